@@ -1,0 +1,1 @@
+"""The mixing-law core: loss model, fit, solve, analysis and baselines."""

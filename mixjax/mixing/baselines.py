@@ -1,0 +1,54 @@
+"""Baseline mixtures a user expects next to the optimum: uniform, proportional, grid."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixjax.mixing.law import LawParams, total_loss
+
+
+def uniform_weights(num_domains: int) -> np.ndarray:
+    return np.full(num_domains, 1.0 / num_domains)
+
+
+def proportional_weights(available_tokens) -> np.ndarray:
+    """Weights proportional to each domain's available tokens (natural mixture)."""
+    available = np.asarray(available_tokens, np.float64)
+    if not np.all(np.isfinite(available)) or np.any(available <= 0):
+        raise ValueError(f"available tokens must be positive and finite, got {available.tolist()}")
+    return available / available.sum()
+
+
+def simplex_grid(num_domains: int, step: float, lower=None, upper=None) -> np.ndarray:
+    """Every mixture whose weights are multiples of ``step`` (a simplex lattice), in bounds.
+
+    Shape (G, k) with G = C(1/step + k - 1, k - 1) before bounds, e.g. 231 for k=3, step 0.05.
+    """
+    units = round(1.0 / step)
+    if units < 1 or not np.isclose(units * step, 1.0):
+        raise ValueError(f"grid step must divide 1, got {step}")
+    # Stars and bars: choose k-1 cut points among units + k - 1 slots.
+    rows = []
+    for cuts in itertools.combinations(range(units + num_domains - 1), num_domains - 1):
+        edges = (-1, *cuts, units + num_domains - 1)
+        rows.append([edges[i + 1] - edges[i] - 1 for i in range(num_domains)])
+    grid = np.asarray(rows, np.float64) / units
+    keep = np.ones(len(grid), bool)
+    if lower is not None:
+        keep &= np.all(grid >= np.asarray(lower) - 1e-12, axis=1)
+    if upper is not None:
+        keep &= np.all(grid <= np.asarray(upper) + 1e-12, axis=1)
+    return grid[keep]
+
+
+def grid_search(params: LawParams, budget: float, grid: np.ndarray, importance=None) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted objective of every grid mixture; returns (best weights, objective per row)."""
+    with jax.enable_x64(True):
+        params = jax.tree.map(jnp.asarray, params)
+        values = jax.vmap(lambda w: total_loss(w, params, budget, importance))(jnp.asarray(grid))
+        values = np.asarray(values)
+    return grid[int(np.argmin(values))], values

@@ -1,0 +1,151 @@
+"""The run table: one row per training run, tokens and validation loss per domain.
+
+Columns ``tokens.<domain>`` (positive numbers, any unit; budgets use the same unit) and
+``loss.<domain>``. An empty loss cell means "not measured"; a literal NaN is an error.
+CSV or JSONL (one object per line, same keys). The base run is the row where every
+domain has its most common token count; domain i's series is the base run plus every
+run that changes only domain i. Runs that keep domain i at base while changing others
+are its "cross" points (they vary the other-domain tokens M).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from mixjax.mixing.fit import DomainData
+
+
+class RunTableError(ValueError):
+    """A malformed run table; the message names the file, line and column."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunTable:
+    domains: tuple[str, ...]
+    tokens: np.ndarray  # (R, k)
+    losses: np.ndarray  # (R, k), NaN where not measured
+    lines: tuple[int, ...]  # source line of each row
+    source: str = "<table>"
+
+    @property
+    def base_tokens(self) -> np.ndarray:
+        return np.array([Counter(col.tolist()).most_common(1)[0][0] for col in self.tokens.T])
+
+
+def _parse_number(text, where: str, what: str, allow_empty: bool) -> float:
+    if text is None or (isinstance(text, str) and text.strip() == ""):
+        if allow_empty:
+            return math.nan
+        raise RunTableError(f"{where}: {what} is empty")
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise RunTableError(f"{where}: {what} is not a number: {text!r}") from None
+    if math.isnan(value):
+        raise RunTableError(f"{where}: {what} is NaN")
+    return value
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict]]:
+    if not path.exists():
+        raise RunTableError(f"{path}: no such file")
+    text = path.read_text()
+    if path.suffix in (".jsonl", ".json", ".ndjson"):
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append((number, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise RunTableError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+        return rows
+    reader = csv.DictReader(text.splitlines())
+    return [(number, row) for number, row in enumerate(reader, start=2)]
+
+
+def parse_run_table(rows: list[tuple[int, dict]], source: str = "<table>") -> RunTable:
+    if not rows:
+        raise RunTableError(f"{source}: the table has no runs")
+    columns = list(rows[0][1].keys())
+    domains = tuple(c.removeprefix("tokens.") for c in columns if c.startswith("tokens."))
+    if not domains:
+        raise RunTableError(f"{source}: no tokens.<domain> columns (have: {', '.join(columns)})")
+    for d in domains:
+        if f"loss.{d}" not in columns:
+            raise RunTableError(f"{source}: column loss.{d} is missing (every tokens.<domain> needs loss.<domain>)")
+    tokens, losses, lines = [], [], []
+    for number, row in rows:
+        where = f"{source}:{number}"
+        t = [_parse_number(row.get(f"tokens.{d}"), where, f"tokens.{d}", allow_empty=False) for d in domains]
+        for d, v in zip(domains, t):
+            if v <= 0:
+                raise RunTableError(f"{where}: tokens.{d} must be positive, got {v:g}")
+        tokens.append(t)
+        losses.append([_parse_number(row.get(f"loss.{d}"), where, f"loss.{d}", allow_empty=True) for d in domains])
+        lines.append(number)
+    return RunTable(domains, np.asarray(tokens), np.asarray(losses), tuple(lines), source)
+
+
+def read_run_table(path: str | Path) -> RunTable:
+    path = Path(path)
+    return parse_run_table(_read_rows(path), str(path))
+
+
+def domain_data(table: RunTable) -> list[DomainData]:
+    """Split the table into per-domain fit inputs (own series + cross points)."""
+    base = table.base_tokens
+    at_base = np.isclose(table.tokens, base[None], rtol=1e-9)
+    if not np.any(np.all(at_base, axis=1)):
+        raise RunTableError(
+            f"{table.source}: no base run: no row has every domain at its most common token count"
+            f" ({', '.join(f'{d}={b:g}' for d, b in zip(table.domains, base))})"
+        )
+    result = []
+    for i, name in enumerate(table.domains):
+        others_at_base = np.all(np.delete(at_base, i, axis=1), axis=1)
+        series = np.flatnonzero(others_at_base)
+        missing = [table.lines[r] for r in series if np.isnan(table.losses[r, i])]
+        if missing:
+            raise RunTableError(f"{table.source}:{missing[0]}: loss.{name} is empty in a run that perturbs {name}")
+        x, loss = _average_repeats(table.tokens[series, i], table.losses[series, i])
+        if len(x) < 3:
+            raise RunTableError(
+                f"{table.source}: domain {name} has {len(x)} distinct token counts in its series"
+                f" (runs that change only {name}); the fit needs >= 3"
+            )
+        cross = np.flatnonzero(at_base[:, i] & ~others_at_base & ~np.isnan(table.losses[:, i]))
+        other = lambda rows: table.tokens[rows].sum(axis=1) - table.tokens[rows, i]
+        result.append(
+            DomainData(
+                name=name,
+                in_domain=x,
+                other=float(base.sum() - base[i]),
+                loss=loss,
+                cross_in_domain=table.tokens[cross, i],
+                cross_other=other(cross),
+                cross_loss=table.losses[cross, i],
+            )
+        )
+    return result
+
+
+def _average_repeats(x: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs repeated at the same token count (e.g. seeds) are averaged."""
+    keys = np.unique(x)
+    return keys, np.array([loss[x == k].mean() for k in keys])
+
+
+def write_run_table(path: str | Path, domains, tokens, losses) -> None:
+    """Write a CSV run table (empty cells for NaN losses)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([f"tokens.{d}" for d in domains] + [f"loss.{d}" for d in domains])
+        for t, l in zip(np.asarray(tokens), np.asarray(losses)):
+            writer.writerow([repr(float(v)) for v in t] + ["" if np.isnan(v) else repr(float(v)) for v in l])

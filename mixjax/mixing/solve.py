@@ -1,0 +1,147 @@
+"""Optimal mixture weights: minimise sum_i s_i L_i(w, N) over the (bounded) simplex.
+
+Projected gradient (FISTA with backtracking, jaxopt) with an exact projection onto
+``{w : lo <= w <= hi, sum w = 1}`` (:func:`project_bounded_simplex`). ``hi`` folds the per-domain upper bound and the
+availability limit ``w_i N <= D_i`` together. The solver differentiates implicitly
+through its fixed point, so ``jax.jacobian`` of :func:`solve_weights` gives the
+sensitivity of the optimal weights to every law parameter and to the budget.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jaxopt
+from jaxopt import linear_solve
+import numpy as np
+
+from mixjax.mixing.law import LawParams, total_loss
+
+Array = jax.Array
+
+
+class Constraints(NamedTuple):
+    """Per-domain constraints, arrays of shape (k,). ``available`` is in budget units."""
+
+    lower: Array
+    upper: Array
+    available: Array
+    importance: Array
+
+    @classmethod
+    def create(
+        cls,
+        num_domains: int,
+        lower=None,
+        upper=None,
+        available=None,
+        importance=None,
+    ) -> "Constraints":
+        fill = lambda v, default: np.broadcast_to(
+            np.asarray(default if v is None else v, np.float64), (num_domains,)
+        ).copy()
+        return cls(
+            lower=fill(lower, 0.0),
+            upper=fill(upper, 1.0),
+            available=fill(available, np.inf),
+            importance=fill(importance, 1.0),
+        )
+
+
+@jax.custom_jvp
+def project_bounded_simplex(y: Array, bounds: tuple[Array, Array]) -> Array:
+    """Euclidean projection of ``y`` onto ``{w : lo <= w <= hi, sum w = 1}``.
+
+    The solution is ``clip(y - tau, lo, hi)``; ``tau`` is found by bisection (the sum is
+    monotone in tau). The JVP is analytic and linear in the tangents, so the solver's
+    implicit differentiation can transpose it (jaxopt's root-finding projection cannot).
+    """
+    lo, hi = bounds
+    return jnp.clip(y - _projection_shift(y, lo, hi), lo, hi)
+
+
+def _projection_shift(y: Array, lo: Array, hi: Array, iterations: int = 100) -> Array:
+    def body(_, interval):
+        a, b = interval
+        mid = 0.5 * (a + b)
+        too_big = jnp.sum(jnp.clip(y - mid, lo, hi)) > 1.0
+        return jnp.where(too_big, mid, a), jnp.where(too_big, b, mid)
+
+    a, b = jax.lax.fori_loop(0, iterations, body, (jnp.min(y - hi), jnp.max(y - lo)))
+    return jax.lax.stop_gradient(0.5 * (a + b))
+
+
+@project_bounded_simplex.defjvp
+def _project_bounded_simplex_jvp(primals, tangents):
+    (y, (lo, hi)), (dy, (dlo, dhi)) = primals, tangents
+    w = project_bounded_simplex(y, (lo, hi))
+    at_lo, at_hi = w <= lo, w >= hi
+    free = ~(at_lo | at_hi)
+    dw_fixed = jnp.where(at_lo, dlo, 0.0) + jnp.where(at_hi, dhi, 0.0)
+    # Free coordinates move with dy - dtau, where dtau keeps sum(dw) = 0.
+    dtau = (jnp.sum(jnp.where(free, dy, 0.0)) + jnp.sum(dw_fixed)) / jnp.maximum(jnp.sum(free), 1)
+    return w, jnp.where(free, dy - dtau, dw_fixed)
+
+
+def weight_bounds(constraints: Constraints, budget) -> tuple[Array, Array]:
+    """Box of the feasible weights at ``budget``: ``lower <= w <= min(upper, D / N)``."""
+    limited = jnp.isfinite(constraints.available)
+    share = jnp.where(limited, constraints.available, 1.0) / budget  # NaN-free gradient in N
+    return constraints.lower, jnp.where(limited, jnp.minimum(constraints.upper, share), constraints.upper)
+
+
+def check_feasible(constraints: Constraints, budget: float, domains=None) -> None:
+    """Raise ValueError, naming the cause, when no weights satisfy the constraints."""
+    lo, hi = (np.asarray(b, np.float64) for b in weight_bounds(constraints, budget))
+    names = list(domains) if domains is not None else [str(i) for i in range(len(lo))]
+    for name, a, b in zip(names, lo, hi):
+        if a > b:
+            raise ValueError(
+                f"domain {name}: lower bound {a:.4g} exceeds its upper bound {b:.4g} at budget {budget:g}"
+                f" (available tokens {float(constraints.available[names.index(name)]):g})"
+            )
+    if hi.sum() < 1.0 - 1e-12:
+        raise ValueError(
+            f"budget {budget:g} exceeds what the domains can supply: available tokens and upper bounds"
+            f" allow at most {hi.sum() * budget:g} (sum of min(upper_i * N, D_i))"
+        )
+    if lo.sum() > 1.0 + 1e-12:
+        raise ValueError(f"lower bounds sum to {lo.sum():.4g} > 1")
+
+
+def solve_weights(
+    params: LawParams,
+    budget,
+    constraints: Constraints,
+    *,
+    tol: float = 1e-12,
+    maxiter: int = 20000,
+) -> Array:
+    """Optimal weights at one budget. Pure and differentiable (implicit) in params and budget."""
+    k = params.beta.shape[-1]
+    lo, hi = weight_bounds(constraints, budget)
+    solver = jaxopt.ProjectedGradient(
+        fun=total_loss,
+        projection=project_bounded_simplex,
+        tol=tol,
+        maxiter=maxiter,
+        implicit_diff=True,
+        implicit_diff_solve=linear_solve.solve_lu,  # k x k system: exact and cheap
+    )
+    init = project_bounded_simplex(jnp.full(k, 1.0 / k, lo.dtype), (lo, hi))
+    return solver.run(init, (lo, hi), params, budget, constraints.importance).params
+
+
+def solve_sweep(params: LawParams, budgets, constraints: Constraints | None = None, domains=None) -> np.ndarray:
+    """Optimal weights for each budget, shape (len(budgets), k); float64, checked feasible."""
+    budgets = np.atleast_1d(np.asarray(budgets, np.float64))
+    constraints = constraints or Constraints.create(len(params.beta))
+    for budget in budgets:
+        check_feasible(constraints, float(budget), domains)
+    with jax.enable_x64(True):
+        params = jax.tree.map(jnp.asarray, params)
+        constraints = jax.tree.map(jnp.asarray, constraints)
+        solve = jax.jit(jax.vmap(solve_weights, in_axes=(None, 0, None)))
+        return np.asarray(solve(params, jnp.asarray(budgets), constraints))
