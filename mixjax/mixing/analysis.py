@@ -24,11 +24,13 @@ def _x64(tree):
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
 
 
+_jacobians = jax.jit(jax.jacobian(solve_weights, argnums=(0, 1)))
+
+
 def weight_jacobians(params: LawParams, budget: float, constraints: Constraints) -> tuple[LawParams, np.ndarray]:
     """d w* / d theta for each law field (each (k, k): [weight, domain]) and d w* / d N (k,)."""
     with jax.enable_x64(True):
-        jac = jax.jacobian(solve_weights, argnums=(0, 1))(_x64(params), jnp.float64(budget), _x64(constraints))
-        d_params, d_budget = jac
+        d_params, d_budget = _jacobians(_x64(params), jnp.float64(budget), _x64(constraints))
         return jax.tree.map(np.asarray, d_params), np.asarray(d_budget)
 
 
@@ -36,6 +38,13 @@ def tangent_basis(num_domains: int) -> np.ndarray:
     """Orthonormal basis (k, k-1) of the simplex tangent space {v : sum v = 0}."""
     q, _ = np.linalg.qr(np.eye(num_domains) - 1.0 / num_domains)
     return q[:, : num_domains - 1]
+
+
+@jax.jit
+def _tangent_hessian_eigenvalues(points, params, budget, importance):
+    basis = jnp.asarray(tangent_basis(points.shape[-1]), points.dtype)
+    hess = jax.vmap(jax.hessian(total_loss), in_axes=(0, None, None, None))(points, params, budget, importance)
+    return jnp.linalg.eigvalsh(basis.T @ hess @ basis)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,12 +67,12 @@ def check_convexity(
     """Hessian eigenvalues of the objective on the tangent space at the optimum and at
     ``num_points`` Dirichlet(1) mixtures (interior of the simplex). Warns if any is negative."""
     k = len(weights_opt)
-    basis = jnp.asarray(tangent_basis(k))
     with jax.enable_x64(True):
-        p = _x64(params)
-        points = jnp.concatenate([jnp.asarray(weights_opt, jnp.float64)[None], jax.random.dirichlet(key, jnp.ones(k), (num_points,), jnp.float64)])
-        hess = jax.vmap(jax.hessian(total_loss), in_axes=(0, None, None, None))(points, p, budget, importance)
-        eig = np.asarray(jnp.linalg.eigvalsh(basis.T @ hess @ basis))
+        points = jnp.concatenate(
+            [jnp.asarray(weights_opt, jnp.float64)[None], jax.random.dirichlet(key, jnp.ones(k), (num_points,), jnp.float64)]
+        )
+        importance = jnp.ones(k) if importance is None else jnp.asarray(importance, jnp.float64)
+        eig = np.asarray(_tangent_hessian_eigenvalues(points, _x64(params), jnp.float64(budget), importance))
     scale = max(float(np.max(np.abs(eig))), 1e-300)
     report = ConvexityReport(
         min_eigenvalue=float(eig.min()),

@@ -89,6 +89,17 @@ class FitConfig:
     max_loo_rel_error: float = 0.01
     max_start_spread: float = 0.1
 
+    def numerics(self) -> "FitConfig":
+        """Only the fields the jitted fit depends on (the rest would only cause recompiles)."""
+        return FitConfig(
+            huber_delta_ratio=self.huber_delta_ratio,
+            huber_delta_loss=self.huber_delta_loss,
+            alpha_prior=self.alpha_prior,
+            beta_bounds=self.beta_bounds,
+            maxiter=self.maxiter,
+            tol=self.tol,
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class DomainDiagnostics:
@@ -301,7 +312,7 @@ def fit_domain(data: DomainData, key: Array, cfg: FitConfig = FitConfig()) -> tu
         fit_alpha = bool(np.unique(np.round(np.asarray(other2), 12)).size > 1)
         p1, p2 = x1.shape[0], x2.shape[0]
         fit = functools.partial(
-            _fit_batch, x1=x1, other1=other1, x2=x2, other2=other2, fit_alpha=fit_alpha, cfg=cfg
+            _fit_batch, x1=x1, other1=other1, x2=x2, other2=other2, fit_alpha=fit_alpha, cfg=cfg.numerics()
         )
         key_main, key_boot, key_resample = jax.random.split(key, 3)
 

@@ -1,0 +1,36 @@
+"""The perturbation experiments of ALGORITHM.md: base run + each domain at each scale."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mixjax.mixing.law import LawParams, domain_loss
+
+PAPER_SCALES = (0.25, 0.5, 2.0, 3.0)
+
+
+def perturbation_runs(base_tokens, scales=PAPER_SCALES) -> np.ndarray:
+    """Token counts (R, k) of the 1 + k * len(scales) runs; row 0 is the base run.
+
+    Row 1 + i * len(scales) + j has domain i at ``scales[j] * base_tokens[i]`` and every
+    other domain at its base size.
+    """
+    base = np.asarray(base_tokens, np.float64)
+    if np.any(base <= 0):
+        raise ValueError(f"base tokens must be positive, got {base.tolist()}")
+    if any(s <= 0 or s == 1.0 for s in scales):
+        raise ValueError(f"scales must be positive and differ from 1 (the base run), got {scales}")
+    rows = [base]
+    for i in range(len(base)):
+        for s in scales:
+            row = base.copy()
+            row[i] = s * base[i]
+            rows.append(row)
+    return np.stack(rows)
+
+
+def law_losses(params: LawParams, tokens: np.ndarray) -> np.ndarray:
+    """Per-domain losses the law predicts for runs with the given token counts (R, k)."""
+    tokens = np.asarray(tokens, np.float64)
+    other = tokens.sum(axis=1, keepdims=True) - tokens
+    return np.asarray(domain_loss(LawParams(*map(np.asarray, params)), tokens, other))
