@@ -1,0 +1,1 @@
+"""Data layer: SFT formats, tokenization with loss masks, budgets, grain pipelines."""

@@ -1,0 +1,117 @@
+"""grain input pipelines: mixed, shuffled, multi-epoch, packed batches; per-domain eval.
+
+Every batch is a dict of (batch, seq_len) arrays:
+
+- ``inputs``, ``targets``: int32 next-token pairs (targets = inputs shifted by one
+  within each example, so no target crosses an example boundary);
+- ``weights``: float32 loss weight, 1 on response tokens only, 0 on prompts and padding;
+- ``segment_ids``: int32, 1.. per packed example, 0 on padding; attention must stay
+  within a segment (the model builds its mask from these);
+- ``positions``: int32 position within the example (for RoPE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import grain
+import numpy as np
+from grain.experimental import FirstFitPackIterDataset
+
+from mixjax.data.budget import sample_to_budget
+from mixjax.data.domain import Domain, Example
+
+FEATURES = ("inputs", "targets", "weights")
+
+
+def next_token_features(example: Example) -> dict[str, np.ndarray]:
+    return {
+        "inputs": example.tokens[:-1],
+        "targets": example.tokens[1:],
+        "weights": example.loss_mask[1:].astype(np.float32),
+    }
+
+
+def select_mixture(domains: Mapping[str, Domain], budgets: Mapping[str, int], seed: int) -> list[Example]:
+    """The training examples of a mixture: each domain gives exactly its token budget
+    (within one example), chosen by a seeded draw that does not depend on the others."""
+    unknown = set(budgets) - set(domains)
+    if unknown:
+        raise ValueError(f"budgets name unknown domains {sorted(unknown)} (have: {sorted(domains)})")
+    selected = []
+    for index, (name, budget) in enumerate(sorted(budgets.items())):
+        train = domains[name].train
+        picks = sample_to_budget([e.num_tokens for e in train], int(budget), seed + 7919 * index, name)
+        selected += [train[i] for i in picks]
+    return selected
+
+
+def _pack_and_batch(ds: grain.IterDataset, seq_len: int, batch_size: int, seed: int, shuffle: bool) -> grain.IterDataset:
+    packed = FirstFitPackIterDataset(
+        ds,
+        length_struct={k: seq_len for k in FEATURES},
+        num_packing_bins=batch_size,
+        seed=seed,
+        shuffle_bins=shuffle,
+    )
+    return packed.batch(batch_size, drop_remainder=False).map(lambda b: _finish_batch(b, batch_size))
+
+
+def _finish_batch(packed: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    batch = {
+        "inputs": packed["inputs"].astype(np.int32),
+        "targets": packed["targets"].astype(np.int32),
+        "weights": packed["weights"].astype(np.float32),
+        "segment_ids": packed["inputs_segment_ids"].astype(np.int32),
+        "positions": packed["inputs_positions"].astype(np.int32),
+    }
+    short = batch_size - batch["inputs"].shape[0]
+    if short:  # pad the last batch with empty rows (weight 0) to keep shapes static
+        batch = {k: np.concatenate([v, np.zeros((short, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+    return batch
+
+
+def training_dataset(
+    examples: Sequence[Example],
+    *,
+    seq_len: int,
+    batch_size: int,
+    epochs: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.IterDataset:
+    """Shuffled (a new order each epoch), packed batches over ``epochs`` passes.
+
+    With several processes each takes every ``process_count``-th example of the shuffled
+    stream; ``batch_size`` is per process. The iterator is checkpointable (get_state).
+    """
+    if not examples:
+        raise ValueError("the mixture selected no training examples")
+    ds = (
+        grain.MapDataset.source(list(examples))
+        .shuffle(seed=seed)
+        .repeat(epochs)
+        .slice(slice(process_index, None, process_count))
+        .map(next_token_features)
+        .to_iter_dataset()
+    )
+    return _pack_and_batch(ds, seq_len, batch_size, seed, shuffle=True)
+
+
+def weighted_stream(domains: Mapping[str, Domain], weights: Mapping[str, float], *, seq_len: int, batch_size: int, seed: int) -> grain.IterDataset:
+    """An endless stream mixing domains by example weights (grain mix), packed."""
+    names = sorted(weights)
+    parts = [grain.MapDataset.source(list(domains[n].train)).shuffle(seed=seed + i).repeat() for i, n in enumerate(names)]
+    mixed = grain.MapDataset.mix(parts, [weights[n] for n in names]).map(next_token_features)
+    return _pack_and_batch(mixed.to_iter_dataset(), seq_len, batch_size, seed, shuffle=True)
+
+
+def eval_batches(examples: Sequence[Example], *, seq_len: int, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Deterministic packed batches covering every validation token once."""
+    ds = grain.MapDataset.source(list(examples)).map(next_token_features).to_iter_dataset()
+    return list(_pack_and_batch(ds, seq_len, batch_size, seed=0, shuffle=False))
+
+
+def count_tokens(batches: Iterator[dict[str, np.ndarray]]) -> int:
+    return sum(int((b["segment_ids"] > 0).sum()) for b in batches)

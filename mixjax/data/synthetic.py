@@ -1,0 +1,104 @@
+"""Embedded synthetic SFT domains for the demo and tests: deterministic, no downloads.
+
+Three domains that differ in difficulty and share skills, so that training on one
+measurably helps another (the "effective data transferred" the method models):
+
+- ``instruct`` (easiest): string instructions on words (30% from a shared vocabulary,
+  70% generated pronounceable words):
+  reverse, upper-case, repeat n times, first/last letter, sort letters.
+- ``math`` (medium): arithmetic with 1-3 digit numbers (+, -, x), answered with the
+  equation; some as short word problems using the shared vocabulary.
+- ``code`` (hardest): "what does this Python print?" for snippets that do the same
+  string operations as ``instruct`` and the same arithmetic as ``math``, in Python syntax.
+
+Shared skills: string manipulation (instruct <-> code), arithmetic (math <-> code), the
+word vocabulary and the answer formats (all). Every example is a function of
+(domain, seed, index), so a domain is the same on every machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mixjax.data.formats import Conversation
+
+WORDS = (
+    "apple river stone cloud green tiger light music paper ocean bread chair table house "
+    "plant smile water train horse lemon night sugar earth dream storm frost maple pearl "
+    "robin cedar amber coral delta ember flint grape honey ivory jelly karma lunar mango"
+).split()
+
+DOMAINS = ("instruct", "math", "code")
+
+
+def _word(rng: np.random.Generator) -> str:
+    """30% from the shared vocabulary, 70% new pronounceable words (so data keeps adding)."""
+    if rng.random() < 0.3:
+        return str(rng.choice(WORDS))
+    syllables = int(rng.integers(2, 5))
+    return "".join(str(rng.choice(list("bcdfghklmnprstvz"))) + str(rng.choice(list("aeiou"))) for _ in range(syllables))
+
+
+def _string_task(rng: np.random.Generator) -> tuple[str, str, str]:
+    """(instruction, python expression, answer) for one string operation."""
+    word = _word(rng)
+    kind = int(rng.integers(5))
+    if kind == 0:
+        return f"Reverse the word '{word}'.", f"'{word}'[::-1]", word[::-1]
+    if kind == 1:
+        return f"Write '{word}' in capital letters.", f"'{word}'.upper()", word.upper()
+    if kind == 2:
+        n = int(rng.integers(2, 4))
+        return f"Repeat '{word}' {n} times, separated by spaces.", f"' '.join(['{word}'] * {n})", " ".join([word] * n)
+    if kind == 3:
+        return f"What is the first letter of '{word}'?", f"'{word}'[0]", word[0]
+    return f"Sort the letters of '{word}' alphabetically.", f"''.join(sorted('{word}'))", "".join(sorted(word))
+
+
+def _arithmetic(rng: np.random.Generator) -> tuple[int, str, int]:
+    a, b = (int(v) for v in rng.integers(1, 10 ** int(rng.integers(1, 4)), size=2))
+    op = str(rng.choice(["+", "-", "*"]))
+    return a, op, b
+
+
+def _value(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def instruct_example(rng: np.random.Generator) -> Conversation:
+    instruction, _, answer = _string_task(rng)
+    return [("user", instruction), ("assistant", answer)]
+
+
+def math_example(rng: np.random.Generator) -> Conversation:
+    a, op, b = _arithmetic(rng)
+    symbol = {"+": "+", "-": "-", "*": "x"}[op]
+    if op == "+" and rng.random() < 0.3:
+        thing = _word(rng)
+        question = f"I have {a} {thing}s and get {b} more. How many {thing}s do I have?"
+    else:
+        question = f"What is {a} {symbol} {b}?"
+    return [("user", question), ("assistant", f"{a} {symbol} {b} = {_value(a, op, b)}")]
+
+
+def code_example(rng: np.random.Generator) -> Conversation:
+    if rng.random() < 0.5:
+        _, expression, answer = _string_task(rng)
+        snippet = f"s = {expression}\nprint(s)"
+    else:
+        a, op, b = _arithmetic(rng)
+        snippet = f"x = {a}\ny = {b}\nprint(x {op} y)"
+        answer = str(_value(a, op, b))
+    return [("user", f"What does this Python code print?\n```python\n{snippet}\n```"), ("assistant", answer)]
+
+
+_GENERATORS = {"instruct": instruct_example, "math": math_example, "code": code_example}
+
+
+def generate(domain: str, num_examples: int, seed: int = 0) -> list[Conversation]:
+    """``num_examples`` conversations of a synthetic domain, a pure function of its arguments."""
+    if domain not in _GENERATORS:
+        raise ValueError(f"unknown synthetic domain {domain!r} (have: {', '.join(DOMAINS)})")
+    stream = DOMAINS.index(domain)
+    rng = np.random.default_rng([seed, stream])
+    return [_GENERATORS[domain](rng) for _ in range(num_examples)]
