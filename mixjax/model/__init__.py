@@ -1,0 +1,1 @@
+"""Flax Llama-family decoder and Hugging Face checkpoint conversion."""

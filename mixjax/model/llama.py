@@ -1,0 +1,230 @@
+"""A Llama-family decoder in Flax (linen): RMSNorm, RoPE (Llama-3 scaling), SwiGLU,
+grouped-query attention, optional qkv bias (Qwen2), tied or untied embeddings.
+
+Parameters are float32 and carry logical axis names (``embed``, ``heads``, ``kv_heads``,
+``mlp``, ``vocab``, ``layers``, ...) that :mod:`mixjax.train.sharding` maps onto the
+device mesh. Compute runs in ``config.dtype`` (bf16 by default); logits are float32.
+Layers are stacked with ``nn.scan`` (one compiled layer, fast compiles at 8B) and can be
+rematerialised. Attention goes through ``jax.nn.dot_product_attention`` with a causal,
+same-segment mask, so packed examples never attend to each other (cuDNN on GPU when
+``attention_impl`` allows it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3 frequency scaling (config.json ``rope_scaling`` with rope_type llama3)."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    hidden_dim: int
+    head_dim: int | None = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 500_000.0
+    rope_scaling: RopeScaling | None = None
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    dtype: str = "bfloat16"
+    param_dtype: str = "float32"
+    remat: Literal["none", "full", "dots"] = "none"
+    attention_impl: Literal["xla", "cudnn"] | None = None
+    init_std: float = 0.02
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.dim // self.n_heads
+
+    def num_params(self) -> int:
+        h = self.head_size
+        attn = self.dim * h * (self.n_heads * 2 + self.n_kv_heads * 2)
+        attn += h * (self.n_heads + 2 * self.n_kv_heads) if self.qkv_bias else 0
+        mlp = 3 * self.dim * self.hidden_dim
+        embed = self.vocab_size * self.dim * (1 if self.tie_embeddings else 2)
+        return self.n_layers * (attn + mlp + 2 * self.dim) + embed + self.dim
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6 x (non-embedding matmul params + lm head) + attention."""
+        h = self.head_size
+        matmul = self.n_layers * (self.dim * h * (2 * self.n_heads + 2 * self.n_kv_heads) + 3 * self.dim * self.hidden_dim)
+        matmul += self.vocab_size * self.dim
+        attention = self.n_layers * 2 * 2 * self.n_heads * h * seq_len / 2  # causal: half the scores
+        return 6.0 * matmul + 3.0 * attention
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # A few hundred thousand parameters: trains on a laptop CPU in seconds per run.
+    "demo": ModelConfig(vocab_size=263, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=384, rope_theta=10_000.0, tie_embeddings=True),
+    "llama3.2-1b": ModelConfig(
+        vocab_size=128_256, dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, hidden_dim=8192, head_dim=64,
+        rope_scaling=RopeScaling(factor=32.0), tie_embeddings=True, remat="dots",
+    ),
+    "llama3.2-3b": ModelConfig(
+        vocab_size=128_256, dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, hidden_dim=8192, head_dim=128,
+        rope_scaling=RopeScaling(factor=32.0), tie_embeddings=True, remat="dots",
+    ),
+    "llama3.1-8b": ModelConfig(
+        vocab_size=128_256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, hidden_dim=14_336,
+        rope_scaling=RopeScaling(factor=8.0), remat="dots",
+    ),
+    "qwen2.5-0.5b": ModelConfig(
+        vocab_size=151_936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2, hidden_dim=4864, rope_theta=1_000_000.0,
+        norm_eps=1e-6, qkv_bias=True, tie_embeddings=True,
+    ),
+}
+
+
+def rope_inverse_frequencies(config: ModelConfig) -> Array:
+    h = config.head_size
+    inv = 1.0 / (config.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+    s = config.rope_scaling
+    if s is None:
+        return inv
+    low_wavelen = s.original_max_position / s.low_freq_factor
+    high_wavelen = s.original_max_position / s.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    scaled = jnp.where(wavelen > low_wavelen, inv / s.factor, inv)
+    medium = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
+    return jnp.where(medium, (1 - smooth) * inv / s.factor + smooth * inv, scaled)
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotate-half RoPE (the Hugging Face Llama convention). x: (B, T, N, H)."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # (B, T, H/2)
+    cos = jnp.cos(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+    sin = jnp.sin(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x * cos + rotated * sin).astype(x.dtype)
+
+
+def _init(config: ModelConfig, *names: str):
+    return nn.with_logical_partitioning(nn.initializers.normal(config.init_std), names)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (normed * scale).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, segment_ids: Array) -> Array:
+        cfg = self.config
+        h, dtype = cfg.head_size, jnp.dtype(cfg.dtype)
+        dense = lambda n, heads, name: nn.DenseGeneral(
+            (n, h), use_bias=cfg.qkv_bias, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype),
+            kernel_init=_init(cfg, "embed", heads, "kv"),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (heads, "kv")), name=name,
+        )
+        q = dense(cfg.n_heads, "heads", "q_proj")(x)
+        k = dense(cfg.n_kv_heads, "kv_heads", "k_proj")(x)
+        v = dense(cfg.n_kv_heads, "kv_heads", "v_proj")(x)
+        inv_freq = rope_inverse_frequencies(cfg)
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        # Causal within an example; padding (segment 0) attends only to itself, keeping rows finite.
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]
+        out = jax.nn.dot_product_attention(q, k, v, mask=same[:, None], is_causal=True, implementation=cfg.attention_impl)
+        return nn.DenseGeneral(
+            cfg.dim, axis=(-2, -1), use_bias=False, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype),
+            kernel_init=_init(cfg, "heads", "kv", "embed"), name="o_proj",
+        )(out)
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        dense = lambda features, axes, name: nn.Dense(
+            features, use_bias=False, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+            kernel_init=_init(cfg, *axes), name=name,
+        )
+        gate = dense(cfg.hidden_dim, ("embed", "mlp"), "gate_proj")(x)
+        up = dense(cfg.hidden_dim, ("embed", "mlp"), "up_proj")(x)
+        return dense(cfg.dim, ("mlp", "embed"), "down_proj")(nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, segment_ids: Array):
+        cfg = self.config
+        x = x + Attention(cfg, name="self_attn")(RMSNorm(cfg.norm_eps, name="input_layernorm")(x), positions, segment_ids)
+        x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.norm_eps, name="post_attention_layernorm")(x))
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return x, None
+
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Decoder(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens: Array, positions: Array, segment_ids: Array) -> Array:
+        """tokens, positions, segment_ids: (B, T) int32 -> logits (B, T, vocab) float32."""
+        cfg = self.config
+        embed = nn.Embed(
+            cfg.vocab_size, cfg.dim, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+            embedding_init=_init(cfg, "vocab", "embed"), name="embed_tokens",
+        )
+        x = embed(tokens)
+        block = Block
+        if cfg.remat != "none":
+            block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+        layers = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast),
+            length=cfg.n_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, _ = layers(cfg, name="layers")(x, positions, segment_ids)
+        x = RMSNorm(cfg.norm_eps, name="norm")(x)
+        if cfg.tie_embeddings:
+            logits = x.astype(jnp.float32) @ embed.embedding.astype(jnp.float32).T
+        else:
+            logits = nn.Dense(
+                cfg.vocab_size, use_bias=False, dtype=jnp.float32, param_dtype=jnp.dtype(cfg.param_dtype),
+                kernel_init=_init(cfg, "embed", "vocab"), name="lm_head",
+            )(x)
+        return logits.astype(jnp.float32)

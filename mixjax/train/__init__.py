@@ -1,0 +1,1 @@
+"""SFT training: optimizer, sharded functional steps, checkpointing, the training loop."""

@@ -1,0 +1,53 @@
+"""orbax checkpoints of a run: ``latest/`` (for resume: state + data position + history)
+and ``best/`` (the state with the lowest total validation loss so far).
+
+Each save is atomic (orbax writes to a temporary directory and renames), so a crash at any
+moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def abstract_like(state: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs with shardings; ``shardings`` may be a prefix tree of ``state``
+    (flax's partition boxes sit above the arrays they describe)."""
+    attach = lambda s, sub: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), sub)
+    return jax.tree.map(attach, shardings, state)
+
+
+class RunCheckpoints:
+    def __init__(self, directory: str | Path) -> None:
+        directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
+        self.latest = ocp.CheckpointManager(directory / "latest", options=options)
+        self.best = ocp.CheckpointManager(directory / "best", options=options)
+
+    def save_latest(self, step: int, state: Any, meta: dict) -> None:
+        self.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+    def save_best(self, step: int, state: Any, losses: dict[str, float]) -> None:
+        self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(losses)), force=True)
+
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
+        step = self.latest.latest_step()
+        if step is None:
+            return None
+        out = self.latest.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        return out.state, out.meta
+
+    def restore_best(self, abstract_state: Any) -> tuple[Any, dict] | None:
+        step = self.best.latest_step()
+        if step is None:
+            return None
+        out = self.best.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        return out.state, out.meta
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
