@@ -177,7 +177,7 @@ def _stage1_objective(theta, x, loss, mask, other, pairs, quads, cfg: FitConfig)
 
 def _stage1_bounds(dtype, cfg: FitConfig) -> tuple[Array, Array]:
     lo, hi = np.log(cfg.beta_bounds[0]), np.log(cfg.beta_bounds[1])
-    return jnp.array([lo, 0.0], dtype), jnp.array([hi, 1.0], dtype)
+    return jnp.array([lo, 1e-6], dtype), jnp.array([hi, 1.0], dtype)  # gamma > 0 strictly
 
 
 # --------------------------------------------------------------------------- stage 2
@@ -201,7 +201,7 @@ def _stage2_objective(phi, beta, x, other, loss, mask, other_ref, fit_alpha, cfg
 
 def _stage2_bounds(dtype, loss) -> tuple[Array, Array]:
     log_loss = jnp.log(jnp.max(loss))
-    return jnp.array([-30.0, 0.0, 0.0, -30.0], dtype), jnp.stack([30.0, 1.0, 1.0, log_loss]).astype(dtype)
+    return jnp.array([-30.0, 1e-6, 0.0, -30.0], dtype), jnp.stack([30.0, 1.0, 1.0, log_loss]).astype(dtype)
 
 
 def _linear_c_e(beta, transfer, x, loss, mask):

@@ -35,17 +35,20 @@ class RunCheckpoints:
         self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(losses)), force=True)
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
-        step = self.latest.latest_step()
-        if step is None:
-            return None
-        out = self.latest.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-        return out.state, out.meta
+        """(state, meta) of the newest checkpoint for resuming, or None."""
+        return self._restore(self.latest, abstract_state)
 
     def restore_best(self, abstract_state: Any) -> tuple[Any, dict] | None:
-        step = self.best.latest_step()
+        """(state, per-domain losses) of the best checkpoint, or None."""
+        return self._restore(self.best, abstract_state)
+
+    @staticmethod
+    def _restore(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, dict] | None:
+        step = manager.latest_step()
         if step is None:
             return None
-        out = self.best.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+        out = manager.restore(step, args=args)
         return out.state, out.meta
 
     def close(self) -> None:

@@ -1,0 +1,18 @@
+"""The demo plus a grid search over the simplex at the validation budget (step 0.2: 21
+extra training runs), which gives the paper's metric. Longer than the demo; not in CI.
+
+    python -m mixjax.run --config configs/demo_grid.py
+"""
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location("demo", Path(__file__).with_name("demo.py"))
+_demo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_demo)
+
+config = dataclasses.replace(
+    _demo.config,
+    validate=dataclasses.replace(_demo.config.validate, grid_step=0.2),
+)

@@ -1,0 +1,1 @@
+"""The end-to-end pipeline: plan, perturbation runs, fit, solve, validate, report."""

@@ -1,0 +1,132 @@
+"""Experiment configuration: a Python file under configs/ that defines ``config``.
+
+Overrides from the command line use dotted paths, e.g. ``--set train.max_steps=20
+base_tokens=40000 validate.grid_step=0.1``; values are parsed as Python literals.
+Every check that can fail runs before any training (:func:`validate`).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from mixjax.data.domain import DomainSpec
+from mixjax.mixing.design import PAPER_SCALES
+from mixjax.mixing.fit import FitConfig
+from mixjax.model.llama import PRESETS, ModelConfig
+from mixjax.train.loop import TrainConfig
+
+
+class ConfigError(ValueError):
+    """A bad experiment config; raised before any training starts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidateConfig:
+    budget: int | None = None  # tokens; default: the first target budget
+    baselines: tuple[str, ...] = ("uniform", "proportional")
+    grid_step: float | None = None  # train every simplex-lattice mixture at this step (slow)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    domains: tuple[DomainSpec, ...]
+    base_tokens: int  # n: tokens per domain in the base run
+    target_budgets: tuple[int, ...]  # N: total SFT tokens to optimise the mixture for
+    model: str | ModelConfig = "demo"  # a preset name or a ModelConfig
+    checkpoint: str | None = None  # local HF model directory to fine-tune from
+    tokenizer: str = "byte"  # "byte" or a local tokenizer.json / directory
+    train: TrainConfig = TrainConfig()
+    evals_per_run: int = 6
+    scales: tuple[float, ...] = PAPER_SCALES
+    fit: FitConfig = FitConfig()
+    importance: dict[str, float] = dataclasses.field(default_factory=dict)
+    lower: dict[str, float] = dataclasses.field(default_factory=dict)
+    upper: dict[str, float] = dataclasses.field(default_factory=dict)
+    validate: ValidateConfig = ValidateConfig()
+    workdir: str = "experiments"
+    seed: int = 0
+
+    @property
+    def experiment_dir(self) -> Path:
+        return Path(self.workdir) / self.name
+
+    @property
+    def domain_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.domains)
+
+    def model_config(self) -> ModelConfig:
+        if isinstance(self.model, ModelConfig):
+            return self.model
+        if self.model not in PRESETS:
+            raise ConfigError(f"model: unknown preset {self.model!r} (have: {', '.join(PRESETS)})")
+        return PRESETS[self.model]
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    spec = importlib.util.spec_from_file_location(f"mixjax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = getattr(module, "config", None)
+    if not isinstance(config, ExperimentConfig):
+        raise ConfigError(f"{path}: must define `config = ExperimentConfig(...)`")
+    return config
+
+
+def _replace_path(obj: Any, keys: list[str], value: Any) -> Any:
+    if not dataclasses.is_dataclass(obj):
+        raise ConfigError(f"cannot set {'.'.join(keys)}: {type(obj).__name__} is not a config section")
+    names = {f.name for f in dataclasses.fields(obj)}
+    if keys[0] not in names:
+        raise ConfigError(f"unknown config key {keys[0]!r} in {type(obj).__name__} (have: {', '.join(sorted(names))})")
+    if len(keys) > 1:
+        value = _replace_path(getattr(obj, keys[0]), keys[1:], value)
+    return dataclasses.replace(obj, **{keys[0]: value})
+
+
+def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not key=value")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text  # a bare string
+        config = _replace_path(config, key.split("."), value)
+    return config
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Checks that need no data: names, budgets, paths. Data-dependent checks (tokens
+    available per domain) run in the plan stage, still before any training."""
+    names = config.domain_names
+    if len(names) < 2:
+        raise ConfigError(f"need at least 2 domains, have {list(names)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"duplicate domain names {list(names)}")
+    for field in ("importance", "lower", "upper"):
+        unknown = set(getattr(config, field)) - set(names)
+        if unknown:
+            raise ConfigError(f"{field}: unknown domain {sorted(unknown)[0]!r} (domains: {', '.join(names)})")
+    if config.base_tokens <= 0 or any(b <= 0 for b in config.target_budgets) or not config.target_budgets:
+        raise ConfigError("base_tokens and target_budgets must be positive (and at least one target budget)")
+    if config.checkpoint is not None and not (Path(config.checkpoint) / "config.json").exists():
+        raise ConfigError(f"checkpoint: {config.checkpoint} is not a local Hugging Face model directory (no config.json)")
+    if config.tokenizer != "byte" and not Path(config.tokenizer).exists():
+        raise ConfigError(f"tokenizer: {config.tokenizer} does not exist")
+    for domain in config.domains:
+        for source in domain.sources:
+            if not source.startswith(("synthetic:", "tfds:")) and not Path(source).exists():
+                raise ConfigError(f"domain {domain.name}: source {source} does not exist")
+    unknown = set(config.validate.baselines) - {"uniform", "proportional"}
+    if unknown:
+        raise ConfigError(f"validate.baselines: unknown {sorted(unknown)} (have: uniform, proportional)")
+    config.model_config()
