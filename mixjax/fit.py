@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--starts", type=int, default=32, help="random starts per fit")
     p.add_argument("--bootstrap", type=int, default=0, help="bootstrap refits for weight intervals")
     p.add_argument("--alpha-prior", type=float, default=0.5, help="alpha when only one M is observed")
-    p.add_argument("--no-cross-runs", action="store_true", help="fit each domain on its own series only")
+    p.add_argument("--cross-runs", action="store_true", help="also fit alpha on runs that perturb the other domains")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             num_starts=args.starts,
             bootstrap_samples=args.bootstrap,
             alpha_prior=args.alpha_prior,
-            use_cross_runs=not args.no_cross_runs,
+            use_cross_runs=args.cross_runs,
         )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

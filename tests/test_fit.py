@@ -53,7 +53,7 @@ def _synthetic_table(noise: float, seed: int = 0) -> RunTable:
 
 
 def test_synthetic_recovery_with_cross_runs():
-    fit = fit_law(domain_data(_synthetic_table(1e-4)), jax.random.key(0))
+    fit = fit_law(domain_data(_synthetic_table(1e-4)), jax.random.key(0), FitConfig(use_cross_runs=True))
     mixtures = np.random.default_rng(1).dirichlet(np.ones(3), 50)
     for budget in (3.0, 10.0):  # 3 = the base total (interpolation), 10 = extrapolation
         tokens = mixtures * budget
@@ -67,7 +67,8 @@ def test_synthetic_recovery_with_cross_runs():
 
 
 def test_own_series_only_holds_alpha_at_prior_and_says_so():
-    fit = fit_law(domain_data(_synthetic_table(1e-4)), jax.random.key(0), FitConfig(use_cross_runs=False, alpha_prior=0.5))
+    # The default: each domain on its own series only.
+    fit = fit_law(domain_data(_synthetic_table(1e-4)), jax.random.key(0), FitConfig(alpha_prior=0.5))
     np.testing.assert_allclose(fit.params.alpha, 0.5)
     assert all(not d.alpha_identified and "not identified" in d.notes[0] for d in fit.diagnostics)
 

@@ -50,7 +50,9 @@ def test_unknown_stage(tmp_path, capsys):
 
 def _pipeline(workdir: Path, stages: str = "plan,perturb,fit,solve") -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mixjax.run", "--config", str(TINY), "--no-progress", "--stages", stages, "--set", f"workdir='{workdir}'"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=path)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def _finished(exp: Path) -> dict[str, float]:

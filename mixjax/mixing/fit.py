@@ -9,6 +9,12 @@ box-constrained L-BFGS-B (jaxopt) on a parametrisation that makes every bound a 
 - stage 2: ``c, e > 0`` in log space, ``0 <= alpha <= 1``, and the transfer constraint
   ``gamma M^alpha <= M`` at every observed ``M``.
 
+If stage 1's beta lands on a bound (the ratios, blind to c and e, can prefer a log law
+that no e >= 0 reproduces) or stage 2 misses a loss by more than ``refine_residual`` of the
+losses' range, a stage 3 refits all five parameters jointly under the same constraints,
+from the stage-2 solution and random starts, and is kept when it fits better. The
+diagnostics say so.
+
 Stage 2 is parametrised by ``A_ref = gamma M_ref^alpha`` (``M_ref``: geometric mean of
 the observed other-domain tokens) instead of ``gamma``. The data constrain ``A_ref``;
 they constrain ``alpha`` only when more than one ``M`` is observed. With one ``M`` (the
@@ -81,13 +87,18 @@ class FitConfig:
     beta_bounds: tuple[float, float] = (1e-6, 5.0)
     maxiter: int = 100
     tol: float = 1e-8
-    use_cross_runs: bool = True
+    # Fit alpha from the cross runs (others perturbed). Off by default: on the demo's
+    # training runs it extrapolated transfer linearly beyond the observed M (README).
+    use_cross_runs: bool = False
     leave_one_out: bool = True
     bootstrap_samples: int = 0
     bootstrap_starts: int = 8
     # Diagnostics thresholds.
     max_loo_rel_error: float = 0.01
     max_start_spread: float = 0.1
+    # Stage 3 (repair) runs when stage 1's beta is on a bound or stage 2 misses a loss by
+    # more than this fraction of the losses' range.
+    refine_residual: float = 0.05
 
     def numerics(self) -> "FitConfig":
         """Only the fields the jitted fit depends on (the rest would only cause recompiles)."""
@@ -98,6 +109,7 @@ class FitConfig:
             beta_bounds=self.beta_bounds,
             maxiter=self.maxiter,
             tol=self.tol,
+            refine_residual=self.refine_residual,
         )
 
 
@@ -114,6 +126,7 @@ class DomainDiagnostics:
     transfer_start_spread: float
     transferred_fraction: float
     alpha_identified: bool
+    refined: bool
     notes: list[str]
     poorly_identified: bool
 
@@ -193,9 +206,13 @@ def _stage2_params(phi, other_all, other_ref, fit_alpha: bool, cfg: FitConfig):
     return jnp.exp(phi[0]), cap * phi[1], alpha, jnp.exp(phi[3])
 
 
-def _stage2_objective(phi, beta, x, other, loss, mask, other_ref, fit_alpha, cfg):
+def _stage2_predict(phi, beta, x, other, other_ref, fit_alpha, cfg):
     c, transfer_ref, alpha, e = _stage2_params(phi, other, other_ref, fit_alpha, cfg)
-    pred = c * (x + transfer_ref * (other / other_ref) ** alpha) ** (-beta) + e
+    return c * (x + transfer_ref * (other / other_ref) ** alpha) ** (-beta) + e
+
+
+def _stage2_objective(phi, beta, x, other, loss, mask, other_ref, fit_alpha, cfg):
+    pred = _stage2_predict(phi, beta, x, other, other_ref, fit_alpha, cfg)
     return _masked_mean(_huber(pred - loss, cfg.huber_delta_loss), mask)
 
 
@@ -263,7 +280,38 @@ def _fit_one(key, x1, loss1, mask1, other1, x2, other2, loss2, mask2, *, num_sta
     objective2 = lambda p: _stage2_objective(p, beta, x2, other2, loss2, mask2, other_ref, fit_alpha, cfg)
     phis = jax.vmap(lambda u: lbfgsb(fun=objective2).run(start2(u), bounds=bounds2).params)(starts2)
     best2, values2 = _best_of(jax.vmap(objective2)(phis))
-    c, transfer_ref, alpha, e = _stage2_params(phis[best2], other2, other_ref, fit_alpha, cfg)
+    phi2, beta2 = phis[best2], beta
+
+    # Stage 3 (repair): the ratios cancel c and e, so stage 1 can choose a beta (typically
+    # its lower bound: a log law) that no c and e >= 0 reproduce. Then refit all five
+    # parameters jointly from the stage-2 solution and random starts; keep it if better.
+    pred2 = _stage2_predict(phi2, beta, x2, other2, other_ref, fit_alpha, cfg)
+    worst = jnp.max(jnp.where(mask2 > 0, jnp.abs(pred2 - loss2), 0.0))
+    spread = jnp.max(jnp.where(mask2 > 0, loss2, -jnp.inf)) - jnp.min(jnp.where(mask2 > 0, loss2, jnp.inf))
+    beta_lo, beta_hi = bounds1[0][0], bounds1[1][0]
+    on_bound = (jnp.log(beta) <= beta_lo + np.log(10.0)) | (jnp.log(beta) >= beta_hi - 0.1)
+    refine = on_bound | (worst > cfg.refine_residual * spread)
+
+    joint = lambda q: _stage2_objective(q[1:], jnp.exp(q[0]), x2, other2, loss2, mask2, other_ref, fit_alpha, cfg)
+    bounds3 = (jnp.concatenate([bounds1[0][:1], bounds2[0]]), jnp.concatenate([bounds1[1][:1], bounds2[1]]))
+    k3a, k3b = jax.random.split(jax.random.fold_in(key, 3))
+    log_betas = jax.random.uniform(k3a, (num_starts,), x1.dtype, np.log(1e-2), np.log(2.0))
+
+    def start3(log_b, u):
+        phi = jnp.stack([0.0, u[0], u[1], 0.0]).astype(x1.dtype)
+        _, transfer_ref, alpha, _ = _stage2_params(phi, other2, other_ref, fit_alpha, cfg)
+        c, e = _linear_c_e(jnp.exp(log_b), transfer_ref * (other2 / other_ref) ** alpha, x2, loss2, mask2)
+        return jnp.clip(jnp.stack([log_b, jnp.log(c), u[0], u[1], jnp.log(e)]), *bounds3)
+
+    starts3 = jax.vmap(start3)(log_betas, jax.random.uniform(k3b, (num_starts, 2), x1.dtype))
+    starts3 = starts3.at[0].set(jnp.concatenate([jnp.log(beta)[None], phi2]))
+    qs = jax.vmap(lambda q: lbfgsb(fun=joint).run(q, bounds=bounds3).params)(starts3)
+    best3, values3 = _best_of(jax.vmap(joint)(qs))
+    use3 = refine & (values3[best3] < values2[best2])
+    phi = jnp.where(use3, qs[best3][1:], phi2)
+    beta = jnp.where(use3, jnp.exp(qs[best3][0]), beta2)
+
+    c, transfer_ref, alpha, e = _stage2_params(phi, other2, other_ref, fit_alpha, cfg)
     return dict(
         beta=beta,
         c=c,
@@ -271,10 +319,12 @@ def _fit_one(key, x1, loss1, mask1, other1, x2, other2, loss2, mask2, *, num_sta
         alpha=alpha,
         e=e,
         stage1_objective=values1[best1],
-        stage2_objective=values2[best2],
+        stage2_objective=jnp.where(use3, values3[best3], values2[best2]),
         beta_spread=beta_spread,
         transfer_spread=transfer_spread,
         transferred_fraction=fraction,
+        stage1_beta=beta2,
+        refined=use3,
     )
 
 
@@ -351,18 +401,25 @@ def fit_domain(data: DomainData, key: Array, cfg: FitConfig = FitConfig()) -> tu
 
 
 def _diagnose(data, cfg, out, residuals, loo_errors, fit_alpha) -> DomainDiagnostics:
-    beta = float(out["beta"])
+    beta = float(out["stage1_beta"])
     fraction = float(out["transferred_fraction"])
     loo_rel = np.abs(loo_errors) / data.loss
     loo_max = float(np.nanmax(loo_rel)) if np.any(np.isfinite(loo_rel)) else float("nan")
     notes, serious = [], []
-    if beta <= cfg.beta_bounds[0] * 10 or beta >= cfg.beta_bounds[1] * 0.9:
+    refined = bool(out["refined"])
+    at_bound = beta <= cfg.beta_bounds[0] * 10 or beta >= cfg.beta_bounds[1] * 0.9
+    if refined:
+        notes.append(
+            f"stage 1 gave beta={beta:.3g}, which no c, e >= 0 reproduce; all parameters refitted jointly"
+            f" (beta={float(out['beta']):.3g})"
+        )
+    elif at_bound:
         serious.append(f"beta={beta:.3g} is at its bound")
     if fraction < 1e-3 or fraction > 0.999:
         notes.append(f"transferred data A/M={fraction:.3g} is at its bound (the transfer constraint binds)")
-    if float(out["beta_spread"]) > cfg.max_start_spread:
+    if float(out["beta_spread"]) > cfg.max_start_spread and not refined:
         serious.append(f"starts with near-best stage-1 objective disagree on beta by {float(out['beta_spread']):.0%}")
-    if float(out["transfer_spread"]) > cfg.max_start_spread:
+    if float(out["transfer_spread"]) > cfg.max_start_spread and not refined:
         serious.append(f"starts with near-best stage-1 objective disagree on A/M by {float(out['transfer_spread']):.0%}")
     if np.isfinite(loo_max) and loo_max > cfg.max_loo_rel_error:
         serious.append(f"leave-one-out error {loo_max:.2%} exceeds {cfg.max_loo_rel_error:.2%}")
@@ -382,6 +439,7 @@ def _diagnose(data, cfg, out, residuals, loo_errors, fit_alpha) -> DomainDiagnos
         transfer_start_spread=float(out["transfer_spread"]),
         transferred_fraction=fraction,
         alpha_identified=fit_alpha,
+        refined=refined,
         notes=notes + serious,
         poorly_identified=bool(serious),
     )

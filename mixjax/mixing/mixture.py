@@ -85,9 +85,7 @@ def report_for_params(
 ) -> MixtureReport:
     """Solve, compare with baselines and analyse the weights for each budget."""
     k = len(fit.domains)
-    for budget in budgets:
-        check_feasible(constraints, float(budget), fit.domains)
-    weights = solve_sweep(fit.params, budgets, constraints, fit.domains)
+    weights = solve_sweep(fit.params, budgets, constraints, fit.domains)  # checks feasibility
     rows = []
     for budget, w, subkey in zip(budgets, weights, jax.random.split(key, len(budgets))):
         budget = float(budget)

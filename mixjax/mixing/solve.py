@@ -144,4 +144,7 @@ def solve_sweep(params: LawParams, budgets, constraints: Constraints | None = No
         params = jax.tree.map(jnp.asarray, params)
         constraints = jax.tree.map(jnp.asarray, constraints)
         solve = jax.jit(jax.vmap(solve_weights, in_axes=(None, 0, None)))
-        return np.asarray(solve(params, jnp.asarray(budgets), constraints))
+        weights = np.asarray(solve(params, jnp.asarray(budgets), constraints))
+    if not np.all(np.isfinite(weights)):
+        raise ValueError(f"the solver returned non-finite weights for budgets {budgets.tolist()}: the law parameters are degenerate ({params})")
+    return weights

@@ -93,7 +93,7 @@ def plot_simplex(exp: "Experiment", fit, budget, optimum, validated: dict[str, n
     for (x, y), name in zip([(0, 0), (1, 0), (0.5, np.sqrt(3) / 2)], names):
         ax.annotate(name, (x, y), ha="center", va="top" if y == 0 else "bottom", fontsize=9)
     ax.set_axis_off()
-    ax.set_title(f"predicted total loss at N = {budget:,.0f}")
+    ax.set_title(f"predicted total loss at N = {budget:,.0f}", pad=20)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -111,7 +111,7 @@ def validation_summary(exp: "Experiment", fit) -> dict:
         with jax.enable_x64(True):
             predicted = np.asarray(mixture_losses(_np(fit.params), w, float(budget)))
         measured = np.array([result["best_losses"][n] for n in names])
-        rows[spec.name.removeprefix("validate-")] = {
+        rows[spec.name.removeprefix("validate-").rsplit("-", 1)[0]] = {
             "weights": w.tolist(), "measured": measured.tolist(), "predicted": predicted.tolist(),
             "measured_total": float(measured.sum()), "predicted_total": float(predicted.sum()),
         }

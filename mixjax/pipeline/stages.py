@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -125,6 +126,12 @@ class Experiment:
 
     def execute(self, spec: RunSpec) -> dict:
         """Train one run unless it already finished; resume it if it was interrupted."""
+        recorded = self.run_dir(spec.name) / "spec.json"
+        if recorded.exists() and json.loads(recorded.read_text())["tokens"] != spec.tokens:
+            raise ConfigError(
+                f"run {spec.name} in {self.dir} was trained with other token counts than the plan now asks for;"
+                " use a new experiment name (or delete that run directory)"
+            )
         done = self.finished(spec.name)
         if done is not None:
             return done
@@ -249,7 +256,8 @@ class Experiment:
         specs = []
         for label, w in self.validation_mixtures().items():
             tokens = token_budgets(w, budget, names)
-            specs.append(RunSpec(f"validate-{label}", "validate", tokens, dict(zip(names, map(float, w)))))
+            digest = hashlib.sha256(json.dumps(tokens, sort_keys=True).encode()).hexdigest()[:8]
+            specs.append(RunSpec(f"validate-{label}-{digest}", "validate", tokens, dict(zip(names, map(float, w)))))
         return specs
 
     def stage_validate(self) -> None:
