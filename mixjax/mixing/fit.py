@@ -248,82 +248,89 @@ def _relative_spread(values: Array, near: Array, reference: Array) -> Array:
     return (hi - lo) / jnp.maximum(jnp.abs(reference), 1e-12)
 
 
+def _lbfgsb(fun, cfg: FitConfig) -> jaxopt.LBFGSB:
+    return jaxopt.LBFGSB(fun=fun, maxiter=cfg.maxiter, tol=cfg.tol, implicit_diff=False)
+
+
+def _multistart(objective, starts: Array, bounds, cfg: FitConfig) -> tuple[Array, Array, Array]:
+    """Minimise from every start (vmapped); returns (solutions, objective values, best index)."""
+    solutions = jax.vmap(lambda s: _lbfgsb(objective, cfg).run(s, bounds=bounds).params)(starts)
+    best, values = _best_of(jax.vmap(objective)(solutions))
+    return solutions, values, best
+
+
+def _stage1(key, x1, loss1, mask1, other1, num_starts, cfg):
+    """beta and A / M from log-ratios of loss differences; plus start agreement."""
+    pairs, quads = ratio_design(x1.shape[0])
+    bounds = _stage1_bounds(x1.dtype, cfg)
+    objective = lambda t: _stage1_objective(t, x1, loss1, mask1, other1, pairs, quads, cfg)
+    thetas, values, best = _multistart(objective, jax.random.uniform(key, (num_starts, 2), x1.dtype, *bounds), bounds, cfg)
+    betas, fractions = jnp.exp(thetas[:, 0]), thetas[:, 1]
+    near = values <= values[best] * (1 + 1e-3) + 1e-9
+    return dict(
+        beta=betas[best],
+        fraction=fractions[best],
+        objective=values[best],
+        beta_spread=_relative_spread(betas, near, betas[best]),
+        transfer_spread=_relative_spread(fractions, near, jnp.ones_like(betas[best])),
+    )
+
+
 def _fit_one(key, x1, loss1, mask1, other1, x2, other2, loss2, mask2, *, num_starts, fit_alpha, cfg):
     """Fit one domain (normalised units). Pure; vmappable over masks, losses and keys."""
-    pairs, quads = ratio_design(x1.shape[0])
-    k1, k2 = jax.random.split(key)
-    lbfgsb = functools.partial(jaxopt.LBFGSB, maxiter=cfg.maxiter, tol=cfg.tol, implicit_diff=False)
+    k1, k2, k3 = jax.random.split(key, 3)
+    s1 = _stage1(k1, x1, loss1, mask1, other1, num_starts, cfg)
+    beta1 = s1["beta"]
 
-    # Stage 1: beta and A from ratios of loss differences (bounds: beta_bounds, 0 <= A <= M).
-    bounds1 = _stage1_bounds(x1.dtype, cfg)
-    starts1 = jax.random.uniform(k1, (num_starts, 2), x1.dtype, *bounds1)
-    objective1 = lambda t: _stage1_objective(t, x1, loss1, mask1, other1, pairs, quads, cfg)
-    thetas = jax.vmap(lambda t: lbfgsb(fun=objective1).run(t, bounds=bounds1).params)(starts1)
-    best1, values1 = _best_of(jax.vmap(objective1)(thetas))
-    betas, transfers = jnp.exp(thetas[:, 0]), thetas[:, 1]
-    beta, fraction = betas[best1], transfers[best1]
-    near = values1 <= values1[best1] * (1 + 1e-3) + 1e-9
-    beta_spread = _relative_spread(betas, near, beta)
-    transfer_spread = _relative_spread(transfers, near, jnp.ones_like(beta))
-
-    # Stage 2: c, gamma, alpha, e with beta fixed; each start gets c, e by least squares.
+    # Stage 2: c, gamma, alpha, e with beta fixed.
     other_ref = jnp.exp(_masked_mean(jnp.log(other2), mask2))
     bounds2 = _stage2_bounds(x1.dtype, loss2)
-    starts2 = jax.random.uniform(k2, (num_starts, 2), x1.dtype)
 
-    def start2(u):
+    def initial_phi(beta, u):
+        """Stage-2 parameters at (A fraction, alpha) = u, with c, e by least squares."""
         phi = jnp.stack([0.0, u[0], u[1], 0.0]).astype(x1.dtype)
         _, transfer_ref, alpha, _ = _stage2_params(phi, other2, other_ref, fit_alpha, cfg)
         c, e = _linear_c_e(beta, transfer_ref * (other2 / other_ref) ** alpha, x2, loss2, mask2)
         return jnp.clip(phi.at[0].set(jnp.log(c)).at[3].set(jnp.log(e)), *bounds2)
 
-    objective2 = lambda p: _stage2_objective(p, beta, x2, other2, loss2, mask2, other_ref, fit_alpha, cfg)
-    phis = jax.vmap(lambda u: lbfgsb(fun=objective2).run(start2(u), bounds=bounds2).params)(starts2)
-    best2, values2 = _best_of(jax.vmap(objective2)(phis))
-    phi2, beta2 = phis[best2], beta
+    objective2 = lambda p: _stage2_objective(p, beta1, x2, other2, loss2, mask2, other_ref, fit_alpha, cfg)
+    starts2 = jax.vmap(initial_phi, in_axes=(None, 0))(beta1, jax.random.uniform(k2, (num_starts, 2), x1.dtype))
+    phis, values2, best2 = _multistart(objective2, starts2, bounds2, cfg)
+    phi2 = phis[best2]
 
     # Stage 3 (repair): the ratios cancel c and e, so stage 1 can choose a beta (typically
     # its lower bound: a log law) that no c and e >= 0 reproduce. Then refit all five
     # parameters jointly from the stage-2 solution and random starts; keep it if better.
-    pred2 = _stage2_predict(phi2, beta, x2, other2, other_ref, fit_alpha, cfg)
-    worst = jnp.max(jnp.where(mask2 > 0, jnp.abs(pred2 - loss2), 0.0))
+    residual = jnp.abs(_stage2_predict(phi2, beta1, x2, other2, other_ref, fit_alpha, cfg) - loss2)
     spread = jnp.max(jnp.where(mask2 > 0, loss2, -jnp.inf)) - jnp.min(jnp.where(mask2 > 0, loss2, jnp.inf))
-    beta_lo, beta_hi = bounds1[0][0], bounds1[1][0]
-    on_bound = (jnp.log(beta) <= beta_lo + np.log(10.0)) | (jnp.log(beta) >= beta_hi - 0.1)
-    refine = on_bound | (worst > cfg.refine_residual * spread)
+    lo, hi = np.log(cfg.beta_bounds[0]), np.log(cfg.beta_bounds[1])
+    on_bound = (jnp.log(beta1) <= lo + np.log(10.0)) | (jnp.log(beta1) >= hi - 0.1)
+    refine = on_bound | (jnp.max(jnp.where(mask2 > 0, residual, 0.0)) > cfg.refine_residual * spread)
 
     joint = lambda q: _stage2_objective(q[1:], jnp.exp(q[0]), x2, other2, loss2, mask2, other_ref, fit_alpha, cfg)
-    bounds3 = (jnp.concatenate([bounds1[0][:1], bounds2[0]]), jnp.concatenate([bounds1[1][:1], bounds2[1]]))
-    k3a, k3b = jax.random.split(jax.random.fold_in(key, 3))
-    log_betas = jax.random.uniform(k3a, (num_starts,), x1.dtype, np.log(1e-2), np.log(2.0))
-
-    def start3(log_b, u):
-        phi = jnp.stack([0.0, u[0], u[1], 0.0]).astype(x1.dtype)
-        _, transfer_ref, alpha, _ = _stage2_params(phi, other2, other_ref, fit_alpha, cfg)
-        c, e = _linear_c_e(jnp.exp(log_b), transfer_ref * (other2 / other_ref) ** alpha, x2, loss2, mask2)
-        return jnp.clip(jnp.stack([log_b, jnp.log(c), u[0], u[1], jnp.log(e)]), *bounds3)
-
-    starts3 = jax.vmap(start3)(log_betas, jax.random.uniform(k3b, (num_starts, 2), x1.dtype))
-    starts3 = starts3.at[0].set(jnp.concatenate([jnp.log(beta)[None], phi2]))
-    qs = jax.vmap(lambda q: lbfgsb(fun=joint).run(q, bounds=bounds3).params)(starts3)
-    best3, values3 = _best_of(jax.vmap(joint)(qs))
+    bounds3 = (jnp.concatenate([jnp.array([lo], x1.dtype), bounds2[0]]), jnp.concatenate([jnp.array([hi], x1.dtype), bounds2[1]]))
+    ka, kb = jax.random.split(k3)
+    log_betas = jax.random.uniform(ka, (num_starts,), x1.dtype, np.log(1e-2), np.log(2.0))
+    us = jax.random.uniform(kb, (num_starts, 2), x1.dtype)
+    starts3 = jax.vmap(lambda b, u: jnp.concatenate([b[None], initial_phi(jnp.exp(b), u)]))(log_betas, us)
+    starts3 = starts3.at[0].set(jnp.concatenate([jnp.log(beta1)[None], phi2]))
+    qs, values3, best3 = _multistart(joint, starts3, bounds3, cfg)
     use3 = refine & (values3[best3] < values2[best2])
     phi = jnp.where(use3, qs[best3][1:], phi2)
-    beta = jnp.where(use3, jnp.exp(qs[best3][0]), beta2)
 
     c, transfer_ref, alpha, e = _stage2_params(phi, other2, other_ref, fit_alpha, cfg)
     return dict(
-        beta=beta,
+        beta=jnp.where(use3, jnp.exp(qs[best3][0]), beta1),
         c=c,
         gamma=transfer_ref / other_ref**alpha,
         alpha=alpha,
         e=e,
-        stage1_objective=values1[best1],
+        stage1_objective=s1["objective"],
         stage2_objective=jnp.where(use3, values3[best3], values2[best2]),
-        beta_spread=beta_spread,
-        transfer_spread=transfer_spread,
-        transferred_fraction=fraction,
-        stage1_beta=beta2,
+        beta_spread=s1["beta_spread"],
+        transfer_spread=s1["transfer_spread"],
+        transferred_fraction=s1["fraction"],
+        stage1_beta=beta1,
         refined=use3,
     )
 
