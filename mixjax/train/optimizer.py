@@ -22,8 +22,13 @@ class OptimizerConfig:
 
 
 def learning_rate_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to the peak, then cosine decay to ``min_lr_ratio * peak``."""
-    warmup = max(1, math.ceil(cfg.warmup_ratio * total_steps))
+    """Linear warmup from 0 to the peak, then cosine decay to ``min_lr_ratio * peak``.
+
+    ``warmup_ratio=0`` means no warmup: the first step already uses the peak rate.
+    """
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    if warmup == 0:
+        return optax.cosine_decay_schedule(cfg.learning_rate, max(total_steps, 1), alpha=cfg.min_lr_ratio)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=cfg.learning_rate,
