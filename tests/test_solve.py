@@ -6,7 +6,7 @@ from conftest import PUBLISHED_PARAMS, PUBLISHED_WEIGHTS
 
 from mixjax.mixing.analysis import check_convexity, tangent_basis, weight_jacobians
 from mixjax.mixing.baselines import grid_search, proportional_weights, simplex_grid
-from mixjax.mixing.law import LawParams, rescale_units, total_loss
+from mixjax.mixing.law import rescale_units, total_loss
 from mixjax.mixing.solve import Constraints, project_bounded_simplex, solve_sweep, solve_weights
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import optax
 import pytest
 from flax import linen as nn
 
