@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -23,6 +26,13 @@ PUBLISHED_WEIGHTS = {
     20.0: [0.4200, 0.2573, 0.3227],
     200.0: [0.4231, 0.2513, 0.3256],
 }
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a child Python that imports mixjax from this checkout, installed or not."""
+    root = str(Path(__file__).parents[1])
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=path, **extra)
 
 
 @pytest.fixture

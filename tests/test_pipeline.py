@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -8,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 from mixjax.pipeline.config import ConfigError, apply_overrides, load_config
 from mixjax.run import main
@@ -50,9 +50,7 @@ def test_unknown_stage(tmp_path, capsys):
 
 def _pipeline(workdir: Path, stages: str = "plan,perturb,fit,solve") -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mixjax.run", "--config", str(TINY), "--no-progress", "--stages", stages, "--set", f"workdir='{workdir}'"]
-    path = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=path)
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env())
 
 
 def _finished(exp: Path) -> dict[str, float]:

@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +6,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import subprocess_env
 from flax import linen as nn
 
 from mixjax.data.domain import DomainSpec, load_domains
@@ -15,7 +15,11 @@ from mixjax.data.tokenizer import ByteTokenizer
 from mixjax.model.llama import PRESETS, ModelConfig
 from mixjax.train.checkpoint import RunCheckpoints
 from mixjax.train.loop import TrainConfig, Trainer, train
-from mixjax.train.optimizer import OptimizerConfig, learning_rate_schedule, steps_for_budget
+from mixjax.train.optimizer import (
+    OptimizerConfig,
+    learning_rate_schedule,
+    steps_for_budget,
+)
 
 TINY = ModelConfig(vocab_size=263, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, dtype="float32", rope_theta=10_000.0, tie_embeddings=True)
 
@@ -49,9 +53,7 @@ def test_prompt_tokens_do_not_count():
 
 
 def test_sharded_step_matches_single_device():
-    root = str(Path(__file__).parents[1])
-    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu", PYTHONPATH=path)
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
     script = Path(__file__).with_name("sharding_check.py")
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

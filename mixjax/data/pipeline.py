@@ -12,7 +12,7 @@ Every batch is a dict of (batch, seq_len) arrays:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import grain
 import numpy as np
@@ -112,6 +112,3 @@ def eval_batches(examples: Sequence[Example], *, seq_len: int, batch_size: int) 
     ds = grain.MapDataset.source(list(examples)).map(next_token_features).to_iter_dataset()
     return list(_pack_and_batch(ds, seq_len, batch_size, seed=0, shuffle=False))
 
-
-def count_tokens(batches: Iterator[dict[str, np.ndarray]]) -> int:
-    return sum(int((b["segment_ids"] > 0).sum()) for b in batches)

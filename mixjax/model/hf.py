@@ -74,14 +74,10 @@ def _read_tensors(directory: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def _bf16_safe(a: np.ndarray) -> np.ndarray:
-    return a.astype(np.float32)
-
-
 def params_from_hf(tensors: dict[str, np.ndarray], config: ModelConfig) -> Params:
     """Map HF tensor names (Linear weights are (out, in)) onto the Flax tree (kernels (in, out))."""
     d, h, n, kv = config.dim, config.head_size, config.n_heads, config.n_kv_heads
-    get = lambda name: _bf16_safe(tensors[name])
+    get = lambda name: tensors[name].astype(np.float32)
     layer = lambda i, name: get(f"model.layers.{i}.{name}")
     stack = lambda fn: np.stack([fn(i) for i in range(config.n_layers)])
     attn: Params = {

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mixjax.io import write_json_atomic  # noqa: E402
 from mixjax.mixing.law import domain_loss, mixture_losses, total_loss  # noqa: E402
 from mixjax.mixing.runs import domain_data, read_run_table  # noqa: E402
 from mixjax.mixing.solve import solve_sweep  # noqa: E402
@@ -25,15 +26,11 @@ if TYPE_CHECKING:
     from mixjax.pipeline.stages import Experiment
 
 
-def _np(params):
-    return jax.tree.map(np.asarray, params)
-
-
 def plot_fits(exp: "Experiment", fit, path) -> None:
     data = domain_data(read_run_table(exp.dir / "runs.csv"))
     fig, axes = plt.subplots(1, len(data), figsize=(4 * len(data), 3.2), squeeze=False)
     for i, (ax, d) in enumerate(zip(axes[0], data)):
-        p = jax.tree.map(lambda a: a[i], _np(fit.params))
+        p = jax.tree.map(lambda a: a[i], fit.params)
         x = np.geomspace(d.in_domain.min() * 0.5, d.in_domain.max() * 2, 100)
         with jax.enable_x64(True):
             ax.plot(x, np.asarray(domain_loss(p, x, d.other)), label="fitted law")
@@ -74,7 +71,7 @@ def plot_simplex(exp: "Experiment", fit, budget, optimum, validated: dict[str, n
     n = 120
     grid = np.clip([(i / n, j / n, 1 - (i + j) / n) for i in range(n + 1) for j in range(n + 1 - i)], 0.0, 1.0)
     with jax.enable_x64(True):
-        values = np.asarray(jax.vmap(lambda w: total_loss(w, _np(fit.params), float(budget)))(grid))
+        values = np.asarray(jax.vmap(lambda w: total_loss(w, fit.params, float(budget)))(grid))
     # The law diverges where a domain gets no data and no transfer; colour by the finite range.
     finite = np.isfinite(values)
     values = np.where(finite, values, np.max(values[finite]))
@@ -109,7 +106,7 @@ def validation_summary(exp: "Experiment", fit) -> dict:
             continue
         w = np.array([spec.weights[n] for n in names])
         with jax.enable_x64(True):
-            predicted = np.asarray(mixture_losses(_np(fit.params), w, float(budget)))
+            predicted = np.asarray(mixture_losses(fit.params, w, float(budget)))
         measured = np.array([result["best_losses"][n] for n in names])
         rows[spec.name.removeprefix("validate-").rsplit("-", 1)[0]] = {
             "weights": w.tolist(), "measured": measured.tolist(), "predicted": predicted.tolist(),
@@ -131,14 +128,14 @@ def validation_summary(exp: "Experiment", fit) -> dict:
 
 
 def write_report(exp: "Experiment") -> None:
-    from mixjax.pipeline.stages import fit_from_dict, write_json
+    from mixjax.pipeline.stages import fit_from_dict
 
     fit = fit_from_dict(json.loads((exp.dir / "fit.json").read_text()))
     solution = json.loads((exp.dir / "solution.json").read_text())
     names = fit.domains
     plot_fits(exp, fit, exp.dir / "fit_curves.png")
     plot_weights_vs_budget(exp, fit, exp.dir / "weights_vs_budget.png")
-    validation = validation_summary(exp, fit) if (exp.dir / "solution.json").exists() else {}
+    validation = validation_summary(exp, fit)
     plots = ["fit_curves.png", "weights_vs_budget.png"]
     if len(names) == 3:
         optimum = solution["weights"][f"{exp.validate_budget:g}"]
@@ -146,7 +143,7 @@ def write_report(exp: "Experiment") -> None:
         plot_simplex(exp, fit, exp.validate_budget, optimum, mixtures, exp.dir / "simplex.png")
         plots.append("simplex.png")
     summary = {"experiment": exp.config.name, "domains": list(names), "solution": solution, "validation": validation}
-    write_json(exp.dir / "summary.json", summary)
+    write_json_atomic(exp.dir / "summary.json", summary)
 
     lines = [f"# mixjax report: {exp.config.name}", "", "## Optimal mixture", ""]
     lines.append("| budget (tokens) | " + " | ".join(names) + " | predicted total loss |")
@@ -156,7 +153,7 @@ def write_report(exp: "Experiment") -> None:
         lines.append(f"| {float(budget):,.0f} | " + " | ".join(f"{x:.3f}" for x in w) + f" | {objective:.4f} |")
     lines += ["", "## Fitted law", "", "| domain | beta | c | gamma | alpha | e | rmse | LOO max | notes |", "|---|---|---|---|---|---|---|---|---|"]
     for i, d in enumerate(fit.diagnostics):
-        p = jax.tree.map(lambda a: float(a[i]), _np(fit.params))
+        p = jax.tree.map(lambda a: float(a[i]), fit.params)
         lines.append(
             f"| {d.name} | {p.beta:.4g} | {p.c:.4g} | {p.gamma:.4g} | {p.alpha:.3f} | {p.e:.4g} | {d.rmse:.2e} |"
             f" {d.loo_max_rel_error:.2%} | {'; '.join(d.notes) or '-'} |"

@@ -34,6 +34,7 @@ from mixjax.data.budget import BudgetError, token_budgets
 from mixjax.data.domain import Domain, load_domains
 from mixjax.data.pipeline import select_mixture
 from mixjax.data.tokenizer import ByteTokenizer, HFTokenizer
+from mixjax.io import write_json_atomic
 from mixjax.mixing.baselines import proportional_weights, simplex_grid, uniform_weights
 from mixjax.mixing.design import perturbation_runs
 from mixjax.mixing.fit import DomainDiagnostics, FitResult, fit_law
@@ -54,12 +55,6 @@ class RunSpec:
     kind: str  # "perturb" or "validate"
     tokens: dict[str, int]
     weights: dict[str, float] | None = None
-
-
-def write_json(path: Path, payload) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
 
 
 class Experiment:
@@ -143,7 +138,7 @@ class Experiment:
         every = max(1, steps // cfg.evals_per_run)
         tc = dataclasses.replace(tc, max_steps=steps, eval_every=every, checkpoint_every=every, seed=cfg.seed)
         self.run_dir(spec.name).mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir(spec.name) / "spec.json", dataclasses.asdict(spec))
+        write_json_atomic(self.run_dir(spec.name) / "spec.json", dataclasses.asdict(spec))
         val = {n: d.val for n, d in self.domains.items()}
         train(self.model, tc, examples, val, self.run_dir(spec.name), init_params=self.init_params, progress=self.progress, log=self.log)
         return self.finished(spec.name)
@@ -198,7 +193,7 @@ class Experiment:
             changed = [i for i, t in enumerate(row) if t != cfg.base_tokens]
             name = "base" if not changed else f"{names[changed[0]]}-x{row[changed[0]] / cfg.base_tokens:g}"
             specs.append(RunSpec(name, "perturb", dict(zip(names, row.tolist()))))
-        write_json(self.dir / "plan.json", {"runs": [dataclasses.asdict(s) for s in specs]})
+        write_json_atomic(self.dir / "plan.json", {"runs": [dataclasses.asdict(s) for s in specs]})
         self.log(f"plan: {len(specs)} perturbation runs (4k+1 with k={len(names)}), base {cfg.base_tokens:,} tokens per domain")
 
     def stage_perturb(self) -> None:
@@ -213,7 +208,7 @@ class Experiment:
         if not path.exists():
             raise ConfigError("fit: no finished perturbation runs (runs.csv); run the perturb stage first")
         fit = fit_law(domain_data(read_run_table(path)), jax.random.key(self.config.seed), self.config.fit)
-        write_json(self.dir / "fit.json", fit_to_dict(fit))
+        write_json_atomic(self.dir / "fit.json", fit_to_dict(fit))
         for d in fit.diagnostics:
             self.log(f"fit {d.name}: rmse {d.rmse:.2e}, LOO max {d.loo_max_rel_error:.2%}" + ("  POORLY IDENTIFIED" if d.poorly_identified else ""))
         return fit
@@ -226,7 +221,7 @@ class Experiment:
         budgets = sorted(set(self.config.target_budgets) | {self.validate_budget})
         report = report_for_params(fit, budgets, self.constraints(), jax.random.key(self.config.seed))
         solution = report.to_dict()
-        write_json(self.dir / "solution.json", solution)
+        write_json_atomic(self.dir / "solution.json", solution)
         for b in report.budgets:
             self.log(f"solve N={b.budget:,.0f}: " + ", ".join(f"{n}={w:.3f}" for n, w in zip(fit.domains, b.weights)))
         return solution

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +22,7 @@ from tqdm.auto import tqdm
 
 from mixjax.data.domain import Example
 from mixjax.data.pipeline import eval_batches, training_dataset
+from mixjax.io import write_json_atomic
 from mixjax.model.llama import ModelConfig
 from mixjax.train.checkpoint import RunCheckpoints, abstract_like
 from mixjax.train.optimizer import OptimizerConfig, make_optimizer, steps_for_budget
@@ -115,12 +114,6 @@ class Trainer:
         return losses
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
 def train(
     model: ModelConfig,
     cfg: TrainConfig,
@@ -208,5 +201,5 @@ def train(
         log(f"[{workdir.name}] done: {step} steps, {seen / max(elapsed, 1e-9):,.0f} tokens/s, last train loss {float(metrics['loss']):.4f}")
     checkpoints.close()
     result = TrainResult(best_step=best["step"], best_losses=best["losses"], final_step=step, history=history)
-    _write_json(workdir / "result.json", dataclasses.asdict(result))
+    write_json_atomic(workdir / "result.json", dataclasses.asdict(result))
     return result

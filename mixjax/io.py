@@ -1,0 +1,15 @@
+"""File writes shared by the trainer and the pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def write_json_atomic(path: str | Path, payload) -> None:
+    """Write JSON so that readers (and a crash) see the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
