@@ -147,6 +147,26 @@ class FitResult:
             for i, name in enumerate(self.domains)
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; :meth:`from_dict` reads it back."""
+        law = lambda p: None if p is None else {f: np.asarray(getattr(p, f)).tolist() for f in LawParams._fields}
+        return {
+            "domains": list(self.domains),
+            "params": law(self.params),
+            "diagnostics": [d.to_dict() for d in self.diagnostics],
+            "bootstrap_params": law(self.bootstrap_params),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FitResult":
+        law = lambda p: None if p is None else LawParams(*(np.asarray(p[f], np.float64) for f in LawParams._fields))
+        return cls(
+            domains=tuple(d["domains"]),
+            params=law(d["params"]),
+            diagnostics=tuple(DomainDiagnostics(**x) for x in d["diagnostics"]),
+            bootstrap_params=law(d["bootstrap_params"]),
+        )
+
 
 # --------------------------------------------------------------------------- stage 1
 

@@ -128,9 +128,9 @@ def validation_summary(exp: "Experiment", fit) -> dict:
 
 
 def write_report(exp: "Experiment") -> None:
-    from mixjax.pipeline.stages import fit_from_dict
+    from mixjax.mixing.fit import FitResult
 
-    fit = fit_from_dict(json.loads((exp.dir / "fit.json").read_text()))
+    fit = FitResult.from_dict(json.loads((exp.dir / "fit.json").read_text()))
     solution = json.loads((exp.dir / "solution.json").read_text())
     names = fit.domains
     plot_fits(exp, fit, exp.dir / "fit_curves.png")

@@ -37,8 +37,7 @@ from mixjax.data.tokenizer import ByteTokenizer, HFTokenizer
 from mixjax.io import write_json_atomic
 from mixjax.mixing.baselines import proportional_weights, simplex_grid, uniform_weights
 from mixjax.mixing.design import perturbation_runs
-from mixjax.mixing.fit import DomainDiagnostics, FitResult, fit_law
-from mixjax.mixing.law import LawParams
+from mixjax.mixing.fit import FitResult, fit_law
 from mixjax.mixing.mixture import report_for_params
 from mixjax.mixing.runs import domain_data, read_run_table, write_run_table
 from mixjax.mixing.solve import Constraints
@@ -208,7 +207,7 @@ class Experiment:
         if not path.exists():
             raise ConfigError("fit: no finished perturbation runs (runs.csv); run the perturb stage first")
         fit = fit_law(domain_data(read_run_table(path)), jax.random.key(self.config.seed), self.config.fit)
-        write_json_atomic(self.dir / "fit.json", fit_to_dict(fit))
+        write_json_atomic(self.dir / "fit.json", fit.to_dict())
         for d in fit.diagnostics:
             self.log(f"fit {d.name}: rmse {d.rmse:.2e}, LOO max {d.loo_max_rel_error:.2%}" + ("  POORLY IDENTIFIED" if d.poorly_identified else ""))
         return fit
@@ -217,7 +216,7 @@ class Experiment:
         path = self.dir / "fit.json"
         if not path.exists():
             raise ConfigError("solve: no fit.json; run the fit stage first")
-        fit = fit_from_dict(json.loads(path.read_text()))
+        fit = FitResult.from_dict(json.loads(path.read_text()))
         budgets = sorted(set(self.config.target_budgets) | {self.validate_budget})
         report = report_for_params(fit, budgets, self.constraints(), jax.random.key(self.config.seed))
         solution = report.to_dict()
@@ -267,25 +266,6 @@ class Experiment:
         from mixjax.pipeline.report import write_report
 
         write_report(self)
-
-
-def fit_to_dict(fit: FitResult) -> dict:
-    return {
-        "domains": list(fit.domains),
-        "params": {f: np.asarray(getattr(fit.params, f)).tolist() for f in LawParams._fields},
-        "diagnostics": [d.to_dict() for d in fit.diagnostics],
-        "bootstrap_params": None if fit.bootstrap_params is None else {f: np.asarray(getattr(fit.bootstrap_params, f)).tolist() for f in LawParams._fields},
-    }
-
-
-def fit_from_dict(d: dict) -> FitResult:
-    law = lambda p: LawParams(*(np.asarray(p[f], np.float64) for f in LawParams._fields))
-    return FitResult(
-        domains=tuple(d["domains"]),
-        params=law(d["params"]),
-        diagnostics=tuple(DomainDiagnostics(**x) for x in d["diagnostics"]),
-        bootstrap_params=None if d["bootstrap_params"] is None else law(d["bootstrap_params"]),
-    )
 
 
 def run_stages(experiment: Experiment, stages: tuple[str, ...] = STAGES) -> None:
