@@ -13,3 +13,10 @@ def write_json_atomic(path: str | Path, payload) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1))
     os.replace(tmp, path)
+
+
+def is_primary_process() -> bool:
+    """True on the one process (index 0) that writes shared files in a multi-host run."""
+    import jax
+
+    return jax.process_index() == 0
