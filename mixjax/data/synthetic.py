@@ -29,14 +29,20 @@ WORDS = (
 ).split()
 
 DOMAINS = ("instruct", "math", "code")
+_CONSONANTS, _VOWELS = "bcdfghklmnprstvz", "aeiou"
+
+
+def _pick(rng: np.random.Generator, options):
+    """``rng.choice(options)`` (the same draw) without converting ``options`` to an array each time."""
+    return options[int(rng.integers(len(options)))]
 
 
 def _word(rng: np.random.Generator) -> str:
     """30% from the shared vocabulary, 70% new pronounceable words (so data keeps adding)."""
     if rng.random() < 0.3:
-        return str(rng.choice(WORDS))
+        return _pick(rng, WORDS)
     syllables = int(rng.integers(2, 5))
-    return "".join(str(rng.choice(list("bcdfghklmnprstvz"))) + str(rng.choice(list("aeiou"))) for _ in range(syllables))
+    return "".join(_pick(rng, _CONSONANTS) + _pick(rng, _VOWELS) for _ in range(syllables))
 
 
 def _string_task(rng: np.random.Generator) -> tuple[str, str, str]:
@@ -57,7 +63,7 @@ def _string_task(rng: np.random.Generator) -> tuple[str, str, str]:
 
 def _arithmetic(rng: np.random.Generator) -> tuple[int, str, int]:
     a, b = (int(v) for v in rng.integers(1, 10 ** int(rng.integers(1, 4)), size=2))
-    op = str(rng.choice(["+", "-", "*"]))
+    op = _pick(rng, "+-*")
     return a, op, b
 
 
