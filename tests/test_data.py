@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from mixjax.data.budget import BudgetError, sample_to_budget, token_budgets
-from mixjax.data.domain import Domain, DomainSpec, Example, load_domain
+from mixjax.data.domain import Domain, DomainSpec, Example, load_domain, load_domains
 from mixjax.data.formats import DataError, parse_record, read_conversations
 from mixjax.data.pipeline import eval_batches, select_mixture, training_dataset, weighted_stream
 from mixjax.data.synthetic import generate
-from mixjax.data.tokenizer import ByteTokenizer, HFTokenizer, encode_conversation
+from mixjax.data.tokenizer import ByteTokenizer, HFTokenizer, encode_conversation, load_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -57,7 +57,7 @@ def test_loss_mask_covers_only_responses():
     assert mask.sum() == 3 and ids[0] == tok.special("<bos>") and ids[-1] == tok.special("<eos>")
 
 
-def test_hf_tokenizer_from_local_file(tmp_path):
+def test_bare_tokenizer_json_loads_without_adding_tokens(tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -67,10 +67,12 @@ def test_hf_tokenizer_from_local_file(tmp_path):
     corpus = [" ".join(turn for _, turn in c) for c in generate("math", 300)]
     bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"]))
     bpe.save(str(tmp_path / "tokenizer.json"))
-    tok = HFTokenizer(tmp_path)
-    ids, mask = encode_conversation(tok, [("user", "What is 2 + 2?"), ("assistant", "2 + 2 = 4")])
-    assert tok.decode(ids[mask == 1][:-1]).strip() == "2 + 2 = 4"
-    assert tok.vocab_size > 300 and tok.special("<|assistant|>") is not None
+    tok = load_tokenizer(tmp_path / "tokenizer.json")
+    assert isinstance(tok, HFTokenizer) and tok.vocab_size == 300  # mixjax's 7 specials are not added
+    assert tok.special("<|assistant|>") is None and tok.pad_id == 0
+    assert tok.decode(tok.encode(" 2 + 2 = 4")) == " 2 + 2 = 4"
+    with pytest.raises(DataError, match="has no chat_template"):
+        encode_conversation(tok, [("user", "What is 2 + 2?"), ("assistant", "2 + 2 = 4")])
 
 
 def test_synthetic_domains_are_deterministic_and_distinct():
@@ -89,6 +91,21 @@ def test_validation_is_disjoint_and_fixed():
     key = lambda e: e.tokens.tobytes()
     assert not {key(e) for e in a.val} & {key(e) for e in a.train}
     assert [key(e) for e in a.val] == [key(e) for e in b.val]
+
+
+def test_validation_is_disjoint_from_every_domains_training_data():
+    """Domain b holds all of domain a's conversations: a's validation examples must not be
+    trained on through b (issue 8 item 7)."""
+    specs = [DomainSpec("a", ("synthetic:math:50",), val_examples=5), DomainSpec("b", ("synthetic:math:50", "synthetic:code:50"), val_examples=3)]
+    domains = load_domains(specs, ByteTokenizer(), 512)
+    key = lambda e: e.tokens.tobytes()
+    val = {key(e) for d in domains.values() for e in d.val}
+    assert len(val) == 8  # the 5 + 3 validation examples are distinct here
+    for d in domains.values():
+        assert not {key(e) for e in d.train} & val
+    assert (len(domains["a"].train), len(domains["b"].train)) == (45, 100 - 8)
+    # load_domain alone (one domain) still only holds out its own validation set
+    assert len(load_domain(specs[1], ByteTokenizer(), 512).train) == 97
 
 
 def test_empty_domain_fails_clearly(tmp_path):

@@ -4,15 +4,18 @@ A source is a file path (.jsonl/.json/.parquet), ``synthetic:<name>[:<count>]`` 
 embedded domains) or ``tfds:<name>[/<config>]:<split>`` (tensorflow-datasets from a local
 ``data_dir``; never downloads). Examples are tokenised with the chat template; the
 validation set is the ``val_examples`` examples with the smallest content hash, and any
-training example with the same content is dropped, so train and validation are disjoint
-whatever the order of the source.
+training example with the same content as a validation example of ANY domain is dropped
+(``load_domains``), so training and validation are disjoint across domains, whatever the
+order of the sources. ``encode_documents`` turns plain-text documents (pretraining) into
+examples whose loss mask is all ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -78,23 +81,67 @@ def content_hash(conversation: Conversation) -> str:
     return hashlib.sha256(repr(conversation).encode("utf-8")).hexdigest()
 
 
-def load_domain(spec: DomainSpec, tokenizer: Tokenizer, max_len: int) -> Domain:
+@dataclasses.dataclass(frozen=True)
+class _Split:
+    """A domain's conversations, their content hashes and its validation indices."""
+
+    conversations: list[Conversation]
+    hashes: list[str]
+    val_ids: np.ndarray
+
+
+def _split(spec: DomainSpec) -> _Split:
     conversations = [c for source in spec.sources for c in _conversations(source, spec)]
     if not conversations:
         raise DataError(f"domain {spec.name}: its sources {list(spec.sources)} hold no examples")
     hashes = [content_hash(c) for c in conversations]
     order = np.argsort(hashes, kind="stable")
-    val_ids = order[: spec.val_examples]
-    val_hashes = {hashes[i] for i in val_ids}
-    train_ids = [i for i in range(len(conversations)) if hashes[i] not in val_hashes]
+    return _Split(conversations, hashes, order[: spec.val_examples])
+
+
+def _build(spec: DomainSpec, split: _Split, held_out: set[str], tokenizer: Tokenizer, max_len: int) -> Domain:
+    """The domain with every conversation whose content is in ``held_out`` dropped from training."""
+    train_ids = [i for i, h in enumerate(split.hashes) if h not in held_out]
     if not train_ids:
         raise DataError(f"domain {spec.name}: no training examples left after holding out {spec.val_examples} for validation")
-    encode = lambda i: Example(*encode_conversation(tokenizer, conversations[i], max_len))
-    return Domain(spec.name, tuple(encode(i) for i in train_ids), tuple(encode(i) for i in sorted(val_ids)))
+    encode = lambda i: Example(*encode_conversation(tokenizer, split.conversations[i], max_len))
+    domain = Domain(spec.name, tuple(encode(i) for i in train_ids), tuple(encode(i) for i in sorted(split.val_ids)))
+    untrained = sum(not e.loss_mask.any() for e in domain.train + domain.val)
+    if untrained:
+        warnings.warn(
+            f"domain {spec.name}: {untrained} of {len(domain.train) + len(domain.val)} examples have no trained token"
+            f" within {max_len} tokens (the chat template's header and the prompt fill them); raise seq_len",
+            stacklevel=3,
+        )
+    return domain
+
+
+def load_domain(spec: DomainSpec, tokenizer: Tokenizer, max_len: int) -> Domain:
+    """One domain on its own (validation deduplicated against its own training data only)."""
+    split = _split(spec)
+    return _build(spec, split, {split.hashes[i] for i in split.val_ids}, tokenizer, max_len)
 
 
 def load_domains(specs: Sequence[DomainSpec], tokenizer: Tokenizer, max_len: int) -> dict[str, Domain]:
+    """All domains; a conversation in ANY domain's validation set is dropped from EVERY domain's
+    training data, so no validation loss is measured on a trained example."""
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise DataError(f"duplicate domain names: {names}")
-    return {s.name: load_domain(s, tokenizer, max_len) for s in specs}
+    splits = [_split(s) for s in specs]
+    held_out = {split.hashes[i] for split in splits for i in split.val_ids}
+    return {s.name: _build(s, split, held_out, tokenizer, max_len) for s, split in zip(specs, splits)}
+
+
+def encode_documents(tokenizer: Tokenizer, texts: Iterable[str], max_len: int) -> list[Example]:
+    """Plain-text documents as pretraining examples: ``encode(text) + [eos]`` (when the tokenizer
+    has an eos), cut into pieces of at most ``max_len`` tokens, loss mask all ones."""
+    eos = [tokenizer.eos_id] if getattr(tokenizer, "eos_id", None) is not None else []
+    examples = []
+    for text in texts:
+        ids = np.asarray(tokenizer.encode(text) + eos, np.int32)
+        for start in range(0, len(ids), max_len):
+            piece = ids[start : start + max_len]
+            if len(piece) >= 2:  # a single token has no next-token target
+                examples.append(Example(piece, np.ones_like(piece)))
+    return examples

@@ -1,33 +1,61 @@
-"""Tokenizers and the chat template: conversation -> (tokens, loss mask).
+"""Tokenizers: conversation -> (token ids, loss mask), with the model's own chat template.
 
-``ByteTokenizer`` (default, no files needed): UTF-8 bytes plus a few special tokens.
-``HFTokenizer``: a Hugging Face ``tokenizers`` ``tokenizer.json`` from a local path
-(extra ``hf``). The template is the same for both:
+``load_tokenizer("byte")``: ``ByteTokenizer``, UTF-8 bytes plus mixjax's own special
+tokens and template (no files needed)::
 
     <bos> <|user|> text <|end|> <|assistant|> text <|end|> ... <eos>
 
-Only assistant content and its ``<|end|>`` count in the loss.
+``load_tokenizer(path)``: ``HFTokenizer``, a Hugging Face model or tokenizer directory
+(or its ``tokenizer.json``), read exactly as a real Llama-3 / Qwen2.5 checkpoint ships it:
+``tokenizer.json`` plus ``tokenizer_config.json`` (``chat_template``, ``bos_token``,
+``eos_token``, ``pad_token``, ``added_tokens_decoder``; a ``chat_template.jinja`` file
+beside it wins, as in recent transformers). Conversations are rendered with the jinja2
+chat template as ``transformers``' ``apply_chat_template`` does and the rendering is
+tokenised as one string (``add_special_tokens=False``), so the ids equal
+``apply_chat_template(..., tokenize=True)``. No token is ever added: ``check_vocab``
+refuses a tokenizer whose ids exceed the model's embedding rows.
+
+Loss mask: 1 on the tokens of assistant content and on the end-of-turn special token that
+the template puts right after it (``<|eot_id|>``, ``<|im_end|>``, ``<|end|>``), 0 elsewhere.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from mixjax.data.formats import Conversation
+from mixjax.data.chat_template import CHATML_TEMPLATE, assistant_spans
+from mixjax.data.formats import Conversation, DataError
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
+# Files of a tokenizer directory, in the order they are hashed and copied.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
 
 class Tokenizer(Protocol):
     vocab_size: int
     pad_id: int
+    eos_id: int | None
 
     def encode(self, text: str) -> list[int]: ...
 
-    def special(self, name: str) -> int: ...
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def encode_conversation(self, conversation: Conversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def fingerprint(self) -> str: ...
+
+
+def _arrays(ids: Sequence[int], mask: Sequence[int], max_len: int | None) -> tuple[np.ndarray, np.ndarray]:
+    ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.int32)
+    if max_len is not None:
+        ids, mask = ids[:max_len], mask[:max_len]
+    return ids, mask
 
 
 class ByteTokenizer:
@@ -37,6 +65,7 @@ class ByteTokenizer:
 
     def __init__(self) -> None:
         self.vocab_size = 256 + len(SPECIALS)
+        self.eos_id = self.special("<eos>")
 
     def encode(self, text: str) -> list[int]:
         return [b + len(SPECIALS) for b in text.encode("utf-8")]
@@ -47,45 +76,172 @@ class ByteTokenizer:
     def special(self, name: str) -> int:
         return SPECIALS.index(name)
 
+    def fingerprint(self) -> str:
+        return "byte"
+
+    def encode_conversation(self, conversation: Conversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = [self.special("<bos>")], [0]
+        end = self.special("<|end|>")
+        for role, text in conversation:
+            body = self.encode(text)
+            trained = int(role == "assistant")
+            ids += [self.special(f"<|{role}|>"), *body, end]
+            mask += [0] + [trained] * (len(body) + 1)
+        ids.append(self.special("<eos>"))
+        mask.append(0)
+        return _arrays(ids, mask, max_len)
+
+
+def _token_text(value) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or an AddedToken dict."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
 
 class HFTokenizer:
-    """A local ``tokenizer.json``; special tokens missing from its vocabulary are added."""
+    """A local Hugging Face tokenizer directory (or ``tokenizer.json``), never extended."""
 
     def __init__(self, path: str | Path) -> None:
         from tokenizers import Tokenizer as _Tokenizer
 
         path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no tokenizer.json there")
-        self._tok = _Tokenizer.from_file(str(path))
-        self._tok.add_special_tokens([s for s in SPECIALS if self._tok.token_to_id(s) is None])
-        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-        self.pad_id = self.special("<pad>")
+        self.directory = path if path.is_dir() else path.parent
+        file = path / "tokenizer.json" if path.is_dir() else path
+        if not file.exists():
+            raise DataError(f"{file}: no tokenizer.json there")
+        self._tok = _Tokenizer.from_file(str(file))
+        self._files = [file] + [self.directory / f for f in TOKENIZER_FILES[1:] if (self.directory / f).exists()]
+        config_file = self.directory / "tokenizer_config.json"
+        config = json.loads(config_file.read_text()) if config_file.exists() else {}
+        vocab = self._tok.get_vocab(with_added_tokens=True)
+        self.vocab_size = max(vocab.values()) + 1
+        for key, added in (config.get("added_tokens_decoder") or {}).items():
+            content = _token_text(added)
+            if vocab.get(content) != int(key):
+                raise DataError(
+                    f"{config_file}: added token {content!r} has id {key} there but {vocab.get(content)} in {file};"
+                    " mixjax never adds tokens, so the two files must agree"
+                )
+        self.special_tokens = {
+            f"{name}_token": _token_text(config.get(f"{name}_token")) for name in ("bos", "eos", "pad", "unk")
+        }
+        for name, token in self.special_tokens.items():
+            if token is not None and token not in vocab:
+                raise DataError(f"{config_file}: {name} {token!r} is not in the vocabulary of {file}")
+        token_id = lambda name: vocab[self.special_tokens[name]] if self.special_tokens[name] is not None else None
+        self.bos_id, self.eos_id = token_id("bos_token"), token_id("eos_token")
+        pad = token_id("pad_token")
+        self.pad_id = pad if pad is not None else self.eos_id if self.eos_id is not None else 0
+        self._special_ids = {t.content: i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        self._special_id_set = set(self._special_ids.values())
+        self.chat_template = self._chat_template(config)
+
+    def _chat_template(self, config: dict) -> str | None:
+        jinja_file = self.directory / "chat_template.jinja"
+        if jinja_file.exists():
+            return jinja_file.read_text()
+        template = config.get("chat_template")
+        if isinstance(template, list):  # [{"name": ..., "template": ...}]: the default one
+            template = {t["name"]: t["template"] for t in template}.get("default")
+        return template
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
-    def decode(self, ids) -> str:
-        return self._tok.decode(list(ids))
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
-    def special(self, name: str) -> int:
+    def special(self, name: str) -> int | None:
         return self._tok.token_to_id(name)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for f in self._files:
+            digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+        return digest.hexdigest()
+
+    def render(self, conversation: Conversation) -> str:
+        return assistant_spans(self._template(), conversation, self.special_tokens)[0]
+
+    def _template(self) -> str:
+        if self.chat_template is None:
+            raise DataError(
+                f"{self.directory}: the tokenizer has no chat_template (tokenizer_config.json or chat_template.jinja);"
+                " SFT needs the model's chat template"
+            )
+        return self.chat_template
+
+    def encode_conversation(self, conversation: Conversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        text, spans = assistant_spans(self._template(), conversation, self.special_tokens)
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        ids, offsets = encoding.ids, encoding.offsets
+        mask = np.zeros(len(ids), np.int32)
+        starts = np.fromiter((o[0] for o in offsets), np.int64, len(ids))
+        ends = np.fromiter((o[1] for o in offsets), np.int64, len(ids))
+        for lo, hi in spans:
+            inside = (ends > lo) & (starts < hi)  # tokens overlapping the content
+            mask[inside] = 1
+            after = int(np.searchsorted(starts, hi, side="left"))  # first token starting at or after the content's end
+            if after < len(ids) and starts[after] == hi and ids[after] in self._special_id_set:
+                mask[after] = 1  # the template's end-of-turn token
+        return _arrays(ids, mask, max_len)
+
+
+def load_tokenizer(spec: str | Path) -> ByteTokenizer | HFTokenizer:
+    """``"byte"`` or a local tokenizer / model directory, or its ``tokenizer.json``."""
+    if str(spec) == "byte":
+        return ByteTokenizer()
+    return HFTokenizer(spec)
+
+
+def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:
+    """Raise DataError when the tokenizer can produce ids beyond the model's embedding rows."""
+    if tokenizer.vocab_size > model_vocab_size:
+        raise DataError(
+            f"the tokenizer has {tokenizer.vocab_size:,} tokens but the model's embedding has {model_vocab_size:,} rows:"
+            " ids past the embedding would index garbage (use the model's own tokenizer)"
+        )
 
 
 def encode_conversation(tokenizer: Tokenizer, conversation: Conversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and loss mask (1 on assistant content and its end marker), truncated to max_len."""
-    ids, mask = [tokenizer.special("<bos>")], [0]
-    end = tokenizer.special("<|end|>")
-    for role, text in conversation:
-        body = tokenizer.encode(text)
-        trained = int(role == "assistant")
-        ids += [tokenizer.special(f"<|{role}|>"), *body, end]
-        mask += [0] + [trained] * (len(body) + 1)
-    ids.append(tokenizer.special("<eos>"))
-    mask.append(0)
-    ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.int32)
-    if max_len is not None:
-        ids, mask = ids[:max_len], mask[:max_len]
-    return ids, mask
+    """Token ids and loss mask (1 on assistant content and its end-of-turn token), truncated to max_len."""
+    return tokenizer.encode_conversation(conversation, max_len)
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) -> Path:
+    """Train a byte-level BPE on ``texts`` and write a tokenizer directory like a Qwen checkpoint's:
+    ``tokenizer.json`` and ``tokenizer_config.json`` with a ChatML ``chat_template``, specials
+    ``<|endoftext|>`` (eos and pad), ``<|im_start|>``, ``<|im_end|>``. Returns ``out_dir``."""
+    from tokenizers import Tokenizer as _Tokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = _Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator(texts, trainer)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bpe.save(str(out / "tokenizer.json"))
+    added = {
+        str(bpe.token_to_id(s)): {"content": s, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+        for s in specials
+    }
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "added_tokens_decoder": added,
+        "bos_token": None,
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "chat_template": CHATML_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1 << 20,
+        "split_special_tokens": False,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+    return out

@@ -142,10 +142,33 @@ def load_hf_checkpoint(path: str | Path, **overrides) -> tuple[ModelConfig, Para
     return config, params_from_hf(_read_tensors(directory), config)
 
 
-def save_hf_checkpoint(path: str | Path, config: ModelConfig, params: Params) -> None:
+def save_hf_checkpoint(path: str | Path, config: ModelConfig, params: Params, tokenizer_dir: str | Path | None = None) -> None:
+    """Write ``config.json`` and ``model.safetensors`` (and, given ``tokenizer_dir``, its tokenizer files)."""
     from safetensors.numpy import save_file
 
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(params_to_hf(params, config), str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(config_to_hf(config), indent=1))
+    if tokenizer_dir is not None:
+        save_tokenizer_files(tokenizer_dir, directory)
+
+
+def save_tokenizer_files(tokenizer_dir: str | Path, model_dir: str | Path) -> list[Path]:
+    """Copy a tokenizer directory's files (tokenizer.json, tokenizer_config.json and, where
+    present, chat_template.jinja, special_tokens_map.json) into a model directory, so that the
+    model directory loads with its tokenizer as a Hugging Face checkpoint does."""
+    from mixjax.data.tokenizer import TOKENIZER_FILES
+
+    source, target = Path(tokenizer_dir), Path(model_dir)
+    if source.is_file():
+        source = source.parent
+    if not (source / "tokenizer.json").exists():
+        raise FileNotFoundError(f"{source}: no tokenizer.json")
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in TOKENIZER_FILES:
+        if (source / name).exists() and (source / name).resolve() != (target / name).resolve():
+            (target / name).write_bytes((source / name).read_bytes())
+            written.append(target / name)
+    return written
