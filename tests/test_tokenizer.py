@@ -177,10 +177,16 @@ def test_fingerprint_is_a_hash_of_the_tokenizer_files(tmp_path):
 CHATML_NO_SYSTEM = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
 
 
+TAGGED_CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}{% if m['role'] == 'assistant' %}{% generation %}"
+    "{{ m['content'] + '<|im_end|>' }}{% endgeneration %}{% else %}{{ m['content'] + '<|im_end|>' }}{% endif %}{{ '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
 def test_chat_template_jinja_file_wins_and_generation_tags_render(tmp_path):
     directory = build_family(tmp_path / "q", "qwen25")
-    tagged = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] + '<|im_end|>' }}{% endgeneration %}{% else %}{{ m['content'] + '<|im_end|>' }}{% endif %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-    (directory / "chat_template.jinja").write_text(tagged)
+    (directory / "chat_template.jinja").write_text(TAGGED_CHATML)
     tok = load_tokenizer(directory)
     conv = [("user", "hi"), ("assistant", "hello there")]
     assert tok.render(conv) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello there<|im_end|>\n"
@@ -215,6 +221,23 @@ def test_matches_transformers_apply_chat_template(family):
     expected = reference.apply_chat_template(messages, tokenize=True)
     expected = expected["input_ids"] if isinstance(expected, dict) or hasattr(expected, "keys") else expected
     assert tok.encode_conversation(CONVERSATION)[0].tolist() == list(expected)
+
+
+def test_mask_matches_transformers_assistant_tokens_mask(tmp_path):
+    """With a template that marks assistant turns by {% generation %}, transformers computes
+    the assistant mask itself: ours equals it."""
+    transformers = pytest.importorskip("transformers")
+    directory = build_family(tmp_path / "q", "qwen25")
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": TAGGED_CHATML}))
+    reference = transformers.PreTrainedTokenizerFast.from_pretrained(str(directory))
+    tok = load_tokenizer(directory)
+    for conversation in (CONVERSATION, [("user", "What is 3 x 4?"), ("assistant", "3 x 4 = 12")]):
+        messages = [{"role": r, "content": t} for r, t in conversation]
+        out = reference.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        ids, mask = tok.encode_conversation(conversation)
+        assert ids.tolist() == list(out["input_ids"])
+        assert mask.tolist() == list(out["assistant_masks"])
 
 
 # --- the demo's own tokenizer and pretraining corpus (issue 9 item 1) ---

@@ -21,7 +21,7 @@ import numpy as np
 
 from mixjax.data import synthetic
 from mixjax.data.formats import Conversation, DataError, read_conversations
-from mixjax.data.tokenizer import Tokenizer, encode_conversation
+from mixjax.data.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +104,8 @@ def _build(spec: DomainSpec, split: _Split, held_out: set[str], tokenizer: Token
     train_ids = [i for i, h in enumerate(split.hashes) if h not in held_out]
     if not train_ids:
         raise DataError(f"domain {spec.name}: no training examples left after holding out {spec.val_examples} for validation")
-    encode = lambda i: Example(*encode_conversation(tokenizer, split.conversations[i], max_len))
-    domain = Domain(spec.name, tuple(encode(i) for i in train_ids), tuple(encode(i) for i in sorted(split.val_ids)))
+    encode = lambda ids: tuple(Example(*e) for e in tokenizer.encode_conversations([split.conversations[i] for i in ids], max_len))
+    domain = Domain(spec.name, encode(train_ids), encode(sorted(split.val_ids)))
     untrained = sum(not e.loss_mask.any() for e in domain.train + domain.val)
     if untrained:
         warnings.warn(
@@ -134,12 +134,12 @@ def load_domains(specs: Sequence[DomainSpec], tokenizer: Tokenizer, max_len: int
 
 
 def encode_documents(tokenizer: Tokenizer, texts: Iterable[str], max_len: int) -> list[Example]:
-    """Plain-text documents as pretraining examples: ``encode(text) + [eos]`` (when the tokenizer
-    has an eos), cut into pieces of at most ``max_len`` tokens, loss mask all ones."""
-    eos = [tokenizer.eos_id] if getattr(tokenizer, "eos_id", None) is not None else []
+    """Plain-text documents as pretraining examples: ``[bos] + encode(text) + [eos]`` (each where
+    the tokenizer has one), cut into pieces of at most ``max_len`` tokens, loss mask all ones."""
+    bos, eos = ([i] if i is not None else [] for i in (tokenizer.bos_id, tokenizer.eos_id))
     examples = []
     for text in texts:
-        ids = np.asarray(tokenizer.encode(text) + eos, np.int32)
+        ids = np.asarray(bos + tokenizer.encode(text) + eos, np.int32)
         for start in range(0, len(ids), max_len):
             piece = ids[start : start + max_len]
             if len(piece) >= 2:  # a single token has no next-token target

@@ -40,6 +40,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 class Tokenizer(Protocol):
     vocab_size: int
     pad_id: int
+    bos_id: int | None
     eos_id: int | None
 
     def encode(self, text: str) -> list[int]: ...
@@ -47,6 +48,8 @@ class Tokenizer(Protocol):
     def decode(self, ids: Iterable[int]) -> str: ...
 
     def encode_conversation(self, conversation: Conversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def encode_conversations(self, conversations: Sequence[Conversation], max_len: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
     def fingerprint(self) -> str: ...
 
@@ -65,7 +68,7 @@ class ByteTokenizer:
 
     def __init__(self) -> None:
         self.vocab_size = 256 + len(SPECIALS)
-        self.eos_id = self.special("<eos>")
+        self.bos_id, self.eos_id = self.special("<bos>"), self.special("<eos>")
 
     def encode(self, text: str) -> list[int]:
         return [b + len(SPECIALS) for b in text.encode("utf-8")]
@@ -78,6 +81,9 @@ class ByteTokenizer:
 
     def fingerprint(self) -> str:
         return "byte"
+
+    def encode_conversations(self, conversations: Sequence[Conversation], max_len: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [self.encode_conversation(c, max_len) for c in conversations]
 
     def encode_conversation(self, conversation: Conversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         ids, mask = [self.special("<bos>")], [0]
@@ -173,12 +179,19 @@ class HFTokenizer:
         return self.chat_template
 
     def encode_conversation(self, conversation: Conversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        text, spans = assistant_spans(self._template(), conversation, self.special_tokens)
-        encoding = self._tok.encode(text, add_special_tokens=False)
-        ids, offsets = encoding.ids, encoding.offsets
+        return self.encode_conversations([conversation], max_len)[0]
+
+    def encode_conversations(self, conversations: Sequence[Conversation], max_len: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``encode_conversation`` of each, tokenised in one batch."""
+        template = self._template()
+        rendered = [assistant_spans(template, c, self.special_tokens) for c in conversations]
+        encodings = self._tok.encode_batch([text for text, _ in rendered], add_special_tokens=False)
+        return [self._masked(e.ids, e.offsets, spans, max_len) for e, (_, spans) in zip(encodings, rendered)]
+
+    def _masked(self, ids: list[int], offsets: list[tuple[int, int]], spans, max_len: int | None) -> tuple[np.ndarray, np.ndarray]:
         mask = np.zeros(len(ids), np.int32)
-        starts = np.fromiter((o[0] for o in offsets), np.int64, len(ids))
-        ends = np.fromiter((o[1] for o in offsets), np.int64, len(ids))
+        bounds = np.asarray(offsets, np.int64).reshape(-1, 2)
+        starts, ends = bounds[:, 0], bounds[:, 1]
         for lo, hi in spans:
             inside = (ends > lo) & (starts < hi)  # tokens overlapping the content
             mask[inside] = 1
