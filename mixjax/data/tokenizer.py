@@ -35,6 +35,8 @@ from mixjax.data.formats import Conversation, DataError
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
 # Files of a tokenizer directory, in the order they are hashed and copied.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+# Qwen2's pre-tokenizer split (digits one by one), used by train_bpe_tokenizer.
+QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 
 class Tokenizer(Protocol):
@@ -223,15 +225,17 @@ def encode_conversation(tokenizer: Tokenizer, conversation: Conversation, max_le
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) -> Path:
-    """Train a byte-level BPE on ``texts`` and write a tokenizer directory like a Qwen checkpoint's:
-    ``tokenizer.json`` and ``tokenizer_config.json`` with a ChatML ``chat_template``, specials
+    """Train a byte-level BPE on ``texts`` (Qwen2's pre-tokenizer: single digits, words, punctuation)
+    and write a tokenizer directory like a Qwen checkpoint's: ``tokenizer.json`` and ``tokenizer_config.json`` with a ChatML ``chat_template``, specials
     ``<|endoftext|>`` (eos and pad), ``<|im_start|>``, ``<|im_end|>``. Returns ``out_dir``."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
     from tokenizers import Tokenizer as _Tokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     bpe = _Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
