@@ -293,3 +293,13 @@ def test_examples_truncated_before_any_answer_are_reported(family):
         load_domains(specs, tok, 8)
     domains = load_domains(specs, tok, 256)
     assert all(e.loss_mask.sum() > 0 for e in domains["math"].train)
+
+
+def test_trained_tokenizer_dir_loads_in_transformers_identically(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    directory = train_bpe_tokenizer(pretraining_corpus(200, seed=0) + _sentences(), vocab_size=512, out_dir=tmp_path / "tok")
+    reference = transformers.AutoTokenizer.from_pretrained(str(directory))
+    tok = load_tokenizer(directory)
+    assert reference.eos_token_id == tok.eos_id and reference.pad_token_id == tok.pad_id and len(reference) == tok.vocab_size
+    out = reference.apply_chat_template([{"role": r, "content": t} for r, t in CONVERSATION], tokenize=True, return_dict=True)
+    assert tok.encode_conversation(CONVERSATION)[0].tolist() == list(out["input_ids"])
