@@ -303,3 +303,21 @@ def test_trained_tokenizer_dir_loads_in_transformers_identically(tmp_path):
     assert reference.eos_token_id == tok.eos_id and reference.pad_token_id == tok.pad_id and len(reference) == tok.vocab_size
     out = reference.apply_chat_template([{"role": r, "content": t} for r, t in CONVERSATION], tokenize=True, return_dict=True)
     assert tok.encode_conversation(CONVERSATION)[0].tolist() == list(out["input_ids"])
+
+
+def test_pretraining_data_splits_disjoint_documents():
+    from mixjax.data.corpus import pretraining_data, tokenizer_texts
+
+    tok = ByteTokenizer()
+    train, val = pretraining_data(tok, num_documents=40, val_documents=8, seed=3, max_len=64)
+    corpus = pretraining_corpus(48, seed=3)
+    assert all(e.loss_mask.all() and e.num_tokens <= 64 for e in train + val)
+    assert sum(e.num_tokens for e in train) == sum(len(tok.encode(d)) + 2 for d in corpus[:40]) - _dropped(tok, corpus[:40], 64)
+    assert not {e.tokens.tobytes() for e in train} & {e.tokens.tobytes() for e in val}
+    assert train[0].tokens[0] == tok.bos_id
+    assert tokenizer_texts(["doc"], [[("user", "q"), ("assistant", "a")]]) == ["doc", "q", "a"]
+
+
+def _dropped(tok, docs, n):
+    """Tokens in the 1-token tail pieces encode_documents drops."""
+    return sum(1 for d in docs if (len(tok.encode(d)) + 2) % n == 1)

@@ -16,8 +16,11 @@ the per-domain losses a little with the mixture, as with a real pretrained model
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from mixjax.data.domain import Example, encode_documents
 from mixjax.data.synthetic import WORDS, _arithmetic, _pick, _string_task, _value, _word
 
 KINDS = ("prose", "arithmetic", "code", "strings")
@@ -95,3 +98,18 @@ def pretraining_corpus(num_documents: int, seed: int) -> list[str]:
     """``num_documents`` plain-text documents, a pure function of ``(num_documents, seed)``
     (each document depends only on ``(seed, index)``, so a longer corpus extends a shorter one)."""
     return [document(seed, i) for i in range(num_documents)]
+
+
+def pretraining_data(tokenizer, num_documents: int, val_documents: int, seed: int, max_len: int) -> tuple[list[Example], list[Example]]:
+    """Training and validation examples (loss mask all ones) of the pretraining corpus:
+    documents ``0 .. num_documents-1`` train, the next ``val_documents`` validate (minus any
+    whose text is also a training document)."""
+    texts = pretraining_corpus(num_documents + val_documents, seed)
+    train, held_out = texts[:num_documents], texts[num_documents:]
+    seen = set(train)
+    return encode_documents(tokenizer, train, max_len), encode_documents(tokenizer, [t for t in held_out if t not in seen], max_len)
+
+
+def tokenizer_texts(corpus: Sequence[str], conversations: Sequence[Sequence[tuple[str, str]]] = ()) -> list[str]:
+    """The texts a demo tokenizer is trained on: the corpus plus every turn of the SFT conversations."""
+    return list(corpus) + [text for conversation in conversations for _, text in conversation]
