@@ -194,6 +194,20 @@ def test_chat_template_jinja_file_wins_and_generation_tags_render(tmp_path):
     assert [tok.decode(r) for r in _runs(ids, mask)] == ["hello there<|im_end|>"]
 
 
+def test_unset_special_tokens_render_as_transformers_does(tmp_path):
+    """An unset bos_token (Qwen) is undefined in the template (renders ""), never "None";
+    special tokens may come from a legacy special_tokens_map.json."""
+    directory = build_family(tmp_path / "q", "qwen25")
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    template = "{{ bos_token }}{% for m in messages %}{{ m['content'] + eos_token }}{% endfor %}"
+    del config["eos_token"]
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    (directory / "special_tokens_map.json").write_text(json.dumps({"eos_token": {"content": "<|im_end|>"}}))
+    tok = load_tokenizer(directory)
+    assert tok.render([("user", "a"), ("assistant", "b")]) == "a<|im_end|>b<|im_end|>"
+    assert tok.eos_id == tok.special("<|im_end|>") and tok.bos_id is None
+
+
 def test_bad_tokenizer_directories_are_clear_errors(tmp_path):
     directory = build_family(tmp_path / "q", "qwen25")
     config = json.loads((directory / "tokenizer_config.json").read_text())

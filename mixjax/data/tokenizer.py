@@ -131,13 +131,20 @@ class HFTokenizer:
                     f"{config_file}: added token {content!r} has id {key} there but {vocab.get(content)} in {file};"
                     " mixjax never adds tokens, so the two files must agree"
                 )
-        self.special_tokens = {
-            f"{name}_token": _token_text(config.get(f"{name}_token")) for name in ("bos", "eos", "pad", "unk")
-        }
-        for name, token in self.special_tokens.items():
+        map_file = self.directory / "special_tokens_map.json"
+        legacy = json.loads(map_file.read_text()) if map_file.exists() else {}
+        named = {}
+        for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            token = _token_text(config.get(key)) or _token_text(legacy.get(key))
             if token is not None and token not in vocab:
-                raise DataError(f"{config_file}: {name} {token!r} is not in the vocabulary of {file}")
-        token_id = lambda name: vocab[self.special_tokens[name]] if self.special_tokens[name] is not None else None
+                raise DataError(f"{config_file}: {key} {token!r} is not in the vocabulary of {file}")
+            named[key] = token
+        # What templates see (as transformers' special_tokens_map: only the tokens that are set).
+        self.special_tokens = {k: v for k, v in named.items() if v is not None}
+        extra = config.get("additional_special_tokens") or legacy.get("additional_special_tokens")
+        if extra:
+            self.special_tokens["additional_special_tokens"] = [_token_text(t) for t in extra]
+        token_id = lambda key: vocab[named[key]] if named[key] is not None else None
         self.bos_id, self.eos_id = token_id("bos_token"), token_id("eos_token")
         pad = token_id("pad_token")
         self.pad_id = pad if pad is not None else self.eos_id if self.eos_id is not None else 0
