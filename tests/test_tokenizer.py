@@ -208,6 +208,29 @@ def test_unset_special_tokens_render_as_transformers_does(tmp_path):
     assert tok.eos_id == tok.special("<|im_end|>") and tok.bos_id is None
 
 
+def test_scaffolding_before_the_answer_is_not_trained(tmp_path):
+    """A Qwen3-like template that writes an empty think block before the final answer."""
+    directory = build_family(tmp_path / "q", "qwen25")
+    template = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
+        "{% if m['role'] == 'assistant' and loop.last %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}"
+        "{{ m['content'] + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    tok = load_tokenizer(directory)
+    conv = [("user", "Say think."), ("assistant", "think")]
+    ids, mask = tok.encode_conversation(conv)
+    assert tok.decode(ids).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\nthink<|im_end|>\n")
+    assert [tok.decode(r) for r in _runs(ids, mask)] == ["think<|im_end|>"]
+    ids, mask = tok.encode_conversation(conv + [("user", "Again."), ("assistant", "think")])
+    assert [tok.decode(r) for r in _runs(ids, mask)] == ["think<|im_end|>"] * 2
+    upper = template.replace("m['content'] +", "m['content'] | upper +")
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": upper}))
+    with pytest.raises(DataError, match="cannot locate assistant turn 1's content"):
+        load_tokenizer(directory).encode_conversation(conv)
+
+
 def test_bad_tokenizer_directories_are_clear_errors(tmp_path):
     directory = build_family(tmp_path / "q", "qwen25")
     config = json.loads((directory / "tokenizer_config.json").read_text())

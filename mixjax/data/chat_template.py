@@ -10,15 +10,17 @@ tag, the ``tojson`` filter without HTML escaping, ``raise_exception`` and
 
 Assistant content is located by rendering prefixes: the rendering of the turns before an
 assistant turn with ``add_generation_prompt=True`` must be a prefix of the full rendering,
-and the assistant's content (verbatim, or stripped for templates that ``trim`` it) must
-follow there. Templates for which that does not hold raise ``ChatTemplateError``.
+and the assistant's content (verbatim, or stripped for templates that ``trim`` it) follows
+there, or, for templates that add scaffolding first (an empty ``<think></think>``), it is
+the last occurrence within the rendering of the turns up to and including that one (which
+must then also be a prefix). Templates for which neither holds raise ``ChatTemplateError``.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 from mixjax.data.formats import Conversation, DataError
@@ -80,7 +82,7 @@ def messages_of(conversation: Conversation) -> list[dict[str, str]]:
 
 
 def render(
-    template: str, messages: Sequence[Mapping[str, str]], special_tokens: Mapping[str, str | None], add_generation_prompt: bool = False
+    template: str, messages: Sequence[Mapping[str, str]], special_tokens: Mapping[str, object], add_generation_prompt: bool = False
 ) -> str:
     """``apply_chat_template(messages, tokenize=False, add_generation_prompt=...)``."""
     import jinja2
@@ -94,9 +96,10 @@ def render(
 
 
 def assistant_spans(
-    template: str, conversation: Conversation, special_tokens: Mapping[str, str | None]
+    template: str, conversation: Conversation, special_tokens: Mapping[str, object], end_markers: Collection[str] = ()
 ) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendering and the character span of every assistant turn's content in it."""
+    """The full rendering and the character span of every assistant turn's content in it.
+    ``end_markers`` (the tokenizer's special tokens) must follow content found by search."""
     messages = messages_of(conversation)
     full = render(template, messages, special_tokens)
     spans = []
@@ -111,10 +114,30 @@ def assistant_spans(
             )
         start = len(prefix)
         shown = next((c for c in (content, content.strip()) if full.startswith(c, start)), None)
-        if shown is None:
+        if shown is not None:
+            spans.append((start, start + len(shown)))
+            continue
+        # The template puts scaffolding after the generation prompt (e.g. an empty <think></think>
+        # block): find the content as the last occurrence within this turn's own rendering.
+        turn = render(template, messages[: k + 1], special_tokens)
+        found = _last_before_marker(turn, (content, content.strip()), start, end_markers) if full.startswith(turn) else None
+        if found is None:
             raise ChatTemplateError(
-                f"chat template: assistant turn {k}'s content does not follow the generation prompt in the rendering"
+                f"chat template: cannot locate assistant turn {k}'s content after the generation prompt"
                 f" (found {full[start:start + 40]!r})"
             )
-        spans.append((start, start + len(shown)))
+        spans.append(found)
     return full, spans
+
+
+def _last_before_marker(text: str, candidates, start: int, end_markers: Collection[str]) -> tuple[int, int] | None:
+    """The span of the last occurrence (at or after ``start``) of a candidate that is directly
+    followed by an end marker (any, when none are given); the longest candidate first."""
+    for candidate in sorted(set(candidates), key=len, reverse=True):
+        at = text.rfind(candidate, start) if candidate else -1
+        while at >= start:
+            end = at + len(candidate)
+            if not end_markers or any(text.startswith(m, end) for m in end_markers):
+                return at, end
+            at = text.rfind(candidate, start, end - 1)
+    return None

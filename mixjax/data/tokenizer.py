@@ -177,7 +177,7 @@ class HFTokenizer:
         return digest.hexdigest()
 
     def render(self, conversation: Conversation) -> str:
-        return assistant_spans(self._template(), conversation, self.special_tokens)[0]
+        return assistant_spans(self._template(), conversation, self.special_tokens, self._special_ids)[0]
 
     def _template(self) -> str:
         if self.chat_template is None:
@@ -193,7 +193,7 @@ class HFTokenizer:
     def encode_conversations(self, conversations: Sequence[Conversation], max_len: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """``encode_conversation`` of each, tokenised in one batch."""
         template = self._template()
-        rendered = [assistant_spans(template, c, self.special_tokens) for c in conversations]
+        rendered = [assistant_spans(template, c, self.special_tokens, self._special_ids) for c in conversations]
         encodings = self._tok.encode_batch([text for text, _ in rendered], add_special_tokens=False)
         return [self._masked(e.ids, e.offsets, spans, max_len) for e, (_, spans) in zip(encodings, rendered)]
 
