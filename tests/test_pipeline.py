@@ -295,7 +295,7 @@ def test_validation_plan_skips_infeasible_mixtures():
         "grid-0.75": "infeasible at N=1,000: domain a needs 750 tokens",
         "grid-1.00": "infeasible at N=1,000: domain a needs 1,000 tokens",
     }
-    assert glue.feasible_mask(np.array([[0.3, 0.7], [0.31, 0.69]]), 1000, [0, 0], [1, 1], [300, 2000]).tolist() == [True, False]
+    assert glue.feasible_mask(np.array([[0.3, 0.7], [0.31, 0.69]]), 1000, Constraints.create(2, available=[300, 2000])).tolist() == [True, False]
 
 
 def test_grid_metrics():

@@ -169,11 +169,12 @@ def best_params(model: ModelConfig, cfg: TrainConfig, run_dir: str | Path):
 # ------------------------------------------------------------------ mixing
 
 
-def feasible_mask(weights: np.ndarray, budget: int, lower, upper, available) -> np.ndarray:
+def feasible_mask(weights: np.ndarray, budget: float, constraints) -> np.ndarray:
     """Mixtures (rows of ``weights``) within the bounds whose shares every domain can supply
-    (w_i N <= D_i). Stand-in for mixjax.mixing.baselines.feasible_mask."""
+    (w_i N <= D_i). Stand-in for mixjax.mixing.baselines.feasible_mask (same signature)."""
     w = np.atleast_2d(np.asarray(weights, np.float64))
     tol = 1e-9
-    in_bounds = np.all((w >= np.asarray(lower) - tol) & (w <= np.asarray(upper) + tol), axis=1)
-    supplied = np.all(w * budget <= np.asarray(available, np.float64) * (1 + tol), axis=1)
+    lower, upper = np.asarray(constraints.lower), np.asarray(constraints.upper)
+    in_bounds = np.all((w >= lower - tol) & (w <= upper + tol), axis=1)
+    supplied = np.all(w * budget <= np.asarray(constraints.available, np.float64) * (1 + tol), axis=1)
     return in_bounds & supplied

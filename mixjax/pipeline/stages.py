@@ -248,7 +248,7 @@ def validation_plan(
     the reason, never an error."""
     labels = list(mixtures)
     weights = np.stack([mixtures[k] for k in labels])
-    feasible = glue.feasible_mask(weights, budget, constraints.lower, constraints.upper, constraints.available)
+    feasible = glue.feasible_mask(weights, budget, constraints)
     specs, skipped = [], {}
     for label, w, ok in zip(labels, weights, feasible):
         tokens = token_budgets(w, budget, names)
