@@ -109,10 +109,11 @@ def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int, out_dir: str | Pa
 
 def text_examples(tokenizer: Tokenizer, texts: Sequence[str], max_len: int) -> list[Example]:
     """Plain-text pretraining examples (loss on every token), cut into pieces of max_len."""
-    bos, eos = tokenizer.special("<bos>"), tokenizer.special("<eos>")
+    special = getattr(tokenizer, "special", None)  # today's tokenizers; the ChatML ones may have none
+    around = ([special("<bos>")], [special("<eos>")]) if special is not None else ([], [])
     out = []
     for text in texts:
-        ids = np.asarray([bos, *tokenizer.encode(text), eos], np.int32)
+        ids = np.asarray([*around[0], *tokenizer.encode(text), *around[1]], np.int32)
         for start in range(0, len(ids) - 1, max_len):
             piece = ids[start : start + max_len]
             if len(piece) >= 2:
