@@ -1,15 +1,15 @@
-"""The CPU demo: three embedded synthetic domains (instruct, math, code; see
-mixjax/data/synthetic.py), a 0.43M-parameter Llama-style model, byte tokenizer.
-13 perturbation runs + 3 validation runs; a few minutes on a laptop CPU.
+"""The CPU demo, a miniature of the paper: three embedded synthetic domains (instruct,
+math, code; see mixjax/data/synthetic.py) and a small Llama-style model.
 
-As in the paper, each run trains a fixed number of epochs over its own data (steps scale
-with its tokens) and keeps its best checkpoint. The paper uses 3 epochs of a pretrained
-model; this randomly initialised model needs more passes to get out of the phase where
-the number of steps, not the data, decides the loss, so the demo uses 10.
+Stage ``pretrain`` first trains the model once on a general plain-text corpus with a BPE
+tokenizer and saves it as a local Hugging Face directory (cached under
+``experiments/base-models/``); the 13 perturbation runs and 3 validation runs then
+fine-tune from it through the same code path as ``checkpoint=/path/to/Llama-3.1-8B``,
+with the paper's recipe: 3 epochs, cosine schedule, best checkpoint.
 """
 
 from mixjax.data.domain import DomainSpec
-from mixjax.pipeline.config import ExperimentConfig, ValidateConfig
+from mixjax.pipeline.config import ExperimentConfig, PretrainConfig, ValidateConfig
 from mixjax.train.loop import TrainConfig
 from mixjax.train.optimizer import OptimizerConfig
 
@@ -19,9 +19,13 @@ config = ExperimentConfig(
     base_tokens=8_000,
     target_budgets=(48_000, 96_000),
     model="demo",
+    pretrain=PretrainConfig(
+        num_documents=20_000, val_documents=256, vocab_size=512,  # ~500k BPE tokens, ~240 steps
+        train=TrainConfig(seq_len=128, batch_size=16, epochs=1.0, optimizer=OptimizerConfig(learning_rate=3e-3, warmup_ratio=0.02)),
+    ),
     train=TrainConfig(
-        seq_len=128, batch_size=16, epochs=10,
-        optimizer=OptimizerConfig(learning_rate=2e-3, warmup_ratio=0.05),
+        seq_len=128, batch_size=16, epochs=3,
+        optimizer=OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.05),
     ),
     evals_per_run=6,
     validate=ValidateConfig(budget=48_000, baselines=("uniform", "proportional")),

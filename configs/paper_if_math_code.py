@@ -7,7 +7,10 @@ copies; nothing is downloaded.
 
 Data: $MIXJAX_DATA/{if,math,code}.jsonl in Alpaca, ShareGPT or OpenAI format. The paper
 uses batches of 256 sequences of up to 4,096 tokens, 3 epochs with a cosine schedule and
-max steps 200 / 400 / 2,500 at 5M / 20M / 200M. Sequences are packed here, so a batch of
+max steps 200 / 400 / 2,500 at 5M / 20M / 200M. ``train.max_steps`` is a CAP: each run
+trains min(cap, tokens x epochs / (batch x seq_len)) steps, so the perturbation runs
+(a few hundred thousand tokens each) take the few dozen steps their data gives and only
+runs at the target budget reach the cap. Sequences are packed here, so a batch of
 16 x 4,096 packed tokens holds about what 256 unpacked SFT examples do.
 """
 
@@ -33,7 +36,7 @@ config = ExperimentConfig(
     checkpoint=CKPT,
     tokenizer=CKPT,
     train=TrainConfig(
-        seq_len=4096, batch_size=16, epochs=3, mesh_shape=(1, -1, 1),  # FSDP over all devices
+        seq_len=4096, batch_size=16, epochs=3, max_steps=MAX_STEPS.get(BUDGET), mesh_shape=(1, -1, 1),  # FSDP over all devices
         optimizer=OptimizerConfig(learning_rate=1e-5, warmup_ratio=0.03, min_lr_ratio=0.0, weight_decay=0.0),
     ),
     evals_per_run=10,

@@ -6,6 +6,9 @@
 
 $MIXJAX_DATA holds one JSONL file per source (e.g. Tulu3's per-source splits); the
 domain names are the file names. The budget defaults to the union of all sources.
+``train.max_steps`` (6,000) is a cap: each run trains min(6,000, tokens x epochs /
+(batch x seq_len)) steps, so perturbation runs over a few hundred thousand tokens take
+only the steps their data gives.
 """
 
 import os

@@ -20,3 +20,13 @@ def is_primary_process() -> bool:
     import jax
 
     return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process got here (a no-op with one process)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -2,33 +2,41 @@
 
     python -m mixjax.run --config configs/demo.py [--stages fit,solve,report] [--set train.max_steps=20 ...]
 
-Rerunning the same command skips finished runs and resumes interrupted ones. Bad
-configs stop before any training with a one-line error (exit code 2).
+Rerunning the same command skips finished runs whose fingerprint still matches and resumes
+interrupted ones. Bad configs, and finished runs made with another setup (without
+``--retrain``), stop before any training with a one-line error (exit code 2). Runs that
+fail in training (non-finite loss, data exhausted) are listed at the end (exit code 3);
+the others are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from mixjax.data.budget import BudgetError
 from mixjax.data.formats import DataError
 from mixjax.pipeline.config import ConfigError, apply_overrides, load_config
-from mixjax.pipeline.stages import STAGES, Experiment, run_one, run_stages
+from mixjax.pipeline.glue import VocabError
+from mixjax.pipeline.stages import STAGES, Options, Pipeline, RunsFailed
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m mixjax.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="a Python file defining `config = ExperimentConfig(...)`")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.max_steps=20")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.max_steps=20")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
     p.add_argument("--run", type=int, metavar="INDEX", help="train only perturbation run INDEX of plan.json (job arrays)")
+    p.add_argument("--retrain", action="store_true", help="retrain runs whose fingerprint (config, data, seed, ...) changed")
+    p.add_argument("--profile", action="store_true", help="capture a jax.profiler trace of a few steps of each run (train.profile)")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, train_fn=None) -> int:
+    """``train_fn`` replaces mixjax.train.loop.train (tests)."""
     args = parse_args(argv)
     if args.distributed:
         import jax
@@ -40,14 +48,20 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise ConfigError(f"--stages: unknown {sorted(unknown)} (have: {', '.join(STAGES)})")
         config = apply_overrides(load_config(args.config), args.set)
-        experiment = Experiment(config, progress=not args.no_progress)
+        options = Options(retrain=args.retrain, profile=args.profile, progress=not args.no_progress)
+        if train_fn is not None:
+            options = dataclasses.replace(options, train_fn=train_fn)
+        pipeline = Pipeline(config, options)
         if args.run is not None:
-            run_one(experiment, args.run)
+            pipeline.run_one(args.run)
         else:
-            run_stages(experiment, stages)
-    except (ConfigError, BudgetError, DataError, FileNotFoundError) as err:
+            pipeline.run(stages)
+    except (ConfigError, BudgetError, DataError, VocabError, FileNotFoundError) as err:
         print(f"mixjax.run: error: {err}", file=sys.stderr)
         return 2
+    except RunsFailed as err:
+        print(f"mixjax.run: {err}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -1,17 +1,23 @@
 """Experiment configuration: a Python file under configs/ that defines ``config``.
 
 Overrides from the command line use dotted paths, e.g. ``--set train.max_steps=20
-base_tokens=40000 validate.grid_step=0.1``; values are parsed as Python literals.
-Every check that can fail runs before any training (:func:`validate`).
+base_tokens=40000 validate.grid_step=0.1``; values are parsed as Python literals and then
+validated against the field's type annotation with pydantic (lax mode: ``1e6`` for an
+``int`` becomes 1000000, ``1.5`` or ``4O96`` is an error naming the key; a bool is never
+taken for a number). Every check that can fail runs before any training (:func:`validate`).
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import importlib.util
+import typing
 from pathlib import Path
 from typing import Any
+
+import pydantic
 
 from mixjax.data.domain import DomainSpec
 from mixjax.mixing.design import PAPER_SCALES
@@ -29,6 +35,20 @@ class ValidateConfig:
     budget: int | None = None  # tokens; default: the first target budget
     baselines: tuple[str, ...] = ("uniform", "proportional")
     grid_step: float | None = None  # train every simplex-lattice mixture at this step (slow)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Pretrain the model once on a general synthetic corpus before the SFT runs (the demo's
+    stand-in for a pretrained checkpoint). The result is a local Hugging Face model directory
+    under ``<workdir>/base-models/<fingerprint>/``, reused while its fingerprint matches;
+    every SFT run fine-tunes from it through the ``checkpoint=`` code path."""
+
+    num_documents: int = 20_000
+    val_documents: int = 256
+    vocab_size: int = 512  # BPE vocabulary (the model's embedding rows follow it)
+    train: TrainConfig = TrainConfig(epochs=1.0)
+    seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +70,7 @@ class ExperimentConfig:
     validate: ValidateConfig = ValidateConfig()
     workdir: str = "experiments"
     seed: int = 0
+    pretrain: PretrainConfig | None = None  # None: fine-tune `checkpoint` (or train from scratch)
 
     @property
     def experiment_dir(self) -> Path:
@@ -80,14 +101,41 @@ def load_config(path: str | Path) -> ExperimentConfig:
     return config
 
 
-def _replace_path(obj: Any, keys: list[str], value: Any) -> Any:
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    return annotation is bool or any(_accepts_bool(a) for a in typing.get_args(annotation)) or annotation is Any
+
+
+def _typed(cls: type, field: str, value: Any, key: str) -> Any:
+    """``value`` checked (and safely converted) against the annotation of ``cls.field``."""
+    annotation = _field_types(cls)[field]
+    if isinstance(value, bool) and not _accepts_bool(annotation):
+        raise ConfigError(f"override {key}={value!r}: expected {_type_name(annotation)}, got a bool")
+    try:
+        return pydantic.TypeAdapter(annotation).validate_python(value)
+    except pydantic.ValidationError as err:
+        problem = err.errors()[0]["msg"]
+        raise ConfigError(f"override {key}={value!r}: expected {_type_name(annotation)} ({problem})") from None
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _replace_path(obj: Any, keys: list[str], value: Any, key: str) -> Any:
     if not dataclasses.is_dataclass(obj):
-        raise ConfigError(f"cannot set {'.'.join(keys)}: {type(obj).__name__} is not a config section")
+        raise ConfigError(f"cannot set {key}: {type(obj).__name__} is not a config section")
     names = {f.name for f in dataclasses.fields(obj)}
     if keys[0] not in names:
         raise ConfigError(f"unknown config key {keys[0]!r} in {type(obj).__name__} (have: {', '.join(sorted(names))})")
     if len(keys) > 1:
-        value = _replace_path(getattr(obj, keys[0]), keys[1:], value)
+        value = _replace_path(getattr(obj, keys[0]), keys[1:], value, key)
+    else:
+        value = _typed(type(obj), keys[0], value, key)
     return dataclasses.replace(obj, **{keys[0]: value})
 
 
@@ -99,8 +147,8 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            value = text  # a bare string
-        config = _replace_path(config, key.split("."), value)
+            value = text  # a bare string; the type check decides whether a string is fine here
+        config = _replace_path(config, key.split("."), value, key)
     return config
 
 
@@ -129,4 +177,12 @@ def validate(config: ExperimentConfig) -> None:
     unknown = set(config.validate.baselines) - {"uniform", "proportional"}
     if unknown:
         raise ConfigError(f"validate.baselines: unknown {sorted(unknown)} (have: uniform, proportional)")
+    if config.pretrain is not None:
+        if config.checkpoint is not None:
+            raise ConfigError("set either pretrain (train a base model here) or checkpoint (fine-tune a given one), not both")
+        p = config.pretrain
+        if p.num_documents <= p.val_documents or p.val_documents <= 0 or p.vocab_size < 300:
+            raise ConfigError("pretrain: need num_documents > val_documents > 0 and vocab_size >= 300")
+    if config.train.max_steps is not None and config.train.max_steps <= 0:
+        raise ConfigError(f"train.max_steps: a cap must be positive, got {config.train.max_steps}")
     config.model_config()

@@ -1,19 +1,16 @@
-"""Pipeline stages: plan -> perturb -> fit -> solve -> validate -> report.
+"""Pipeline stages: pretrain -> plan -> perturb -> fit -> solve -> validate -> report.
 
-Everything a stage produces is a file in the experiment directory, written atomically,
-so stages can run separately (``--stages``) and a rerun picks up where the last stopped:
+Each stage is a function of plain inputs; :func:`run_pipeline` wires them to the config,
+the lazily loaded data (:class:`Inputs`) and the run store (:mod:`mixjax.pipeline.store`).
+Everything a stage produces is a file in the experiment directory, so stages can run
+separately (``--stages``) and a rerun picks up where the last one stopped.
 
-    plan.json            the runs to train (name, tokens per domain)
-    runs/<name>/         one directory per training run: checkpoints/, result.json
-    runs.csv             per-domain losses of finished perturbation runs (mixjax.fit format)
-    fit.json             fitted law parameters and diagnostics
-    solution.json        optimal weights per budget, baselines, analysis
-    validation.csv       per-domain losses of the validation runs
-    report.md, summary.json, *.png
-
-A run counts as finished when its ``result.json`` exists; interrupted runs resume from
-their latest checkpoint. ``kill -9`` at any moment loses at most the steps since the last
-checkpoint of the run in flight.
+A run is reused only when it finished (``result.json``) and its fingerprint (tokens, the
+selected examples, model, training and optimizer config, init checkpoint, tokenizer, data
+sources, seed) equals the one the current config gives; a mismatch stops before any
+training (exit 2) unless ``retrain``. Interrupted runs resume from their latest
+checkpoint. A run that raises (non-finite loss, data exhausted, any RuntimeError) is
+recorded as failed; the others go on, and the pipeline ends with :class:`RunsFailed`.
 """
 
 from __future__ import annotations
@@ -22,65 +19,70 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from mixjax.data.budget import BudgetError, token_budgets
-from mixjax.data.domain import Domain, load_domains
+from mixjax.data.budget import token_budgets
+from mixjax.data.domain import Domain, Example, load_domains
 from mixjax.data.pipeline import select_mixture
-from mixjax.data.tokenizer import ByteTokenizer, HFTokenizer
-from mixjax.io import write_json_atomic
 from mixjax.mixing.baselines import proportional_weights, simplex_grid, uniform_weights
 from mixjax.mixing.design import perturbation_runs
-from mixjax.mixing.fit import FitResult, fit_law
+from mixjax.mixing.fit import FitConfig, FitResult, fit_law
 from mixjax.mixing.mixture import report_for_params
-from mixjax.mixing.runs import domain_data, read_run_table, write_run_table
+from mixjax.mixing.runs import domain_data, read_run_table
 from mixjax.mixing.solve import Constraints
+from mixjax.model.llama import ModelConfig
+from mixjax.pipeline import glue
+from mixjax.pipeline.budget import steps_for_run
 from mixjax.pipeline.config import ConfigError, ExperimentConfig, validate
-from mixjax.train.loop import train
-from mixjax.train.optimizer import steps_for_budget
+from mixjax.pipeline.fingerprint import config_dict, data_stamp, directory_stamp, examples_hash, normalise
+from mixjax.pipeline.store import RunSpec, RunStore
+from mixjax.train.loop import TrainConfig
 
-STAGES = ("plan", "perturb", "fit", "solve", "validate", "report")
+STAGES = ("pretrain", "plan", "perturb", "fit", "solve", "validate", "report")
+
+
+class RunsFailed(RuntimeError):
+    """Some training runs raised; the finished ones are kept."""
+
+    def __init__(self, failed: Mapping[str, str]) -> None:
+        self.failed = dict(failed)
+        lines = "\n".join(f"  {name}: {error}" for name, error in self.failed.items())
+        super().__init__(f"{len(self.failed)} run(s) failed (rerun to retry them; finished runs are kept):\n{lines}")
 
 
 @dataclasses.dataclass(frozen=True)
-class RunSpec:
-    name: str
-    kind: str  # "perturb" or "validate"
-    tokens: dict[str, int]
-    weights: dict[str, float] | None = None
+class Options:
+    retrain: bool = False  # retrain runs whose fingerprint changed instead of stopping
+    profile: bool = False  # train.profile: a jax.profiler trace of a few steps per run
+    progress: bool = True
+    train_fn: glue.TrainFn = glue.DEFAULT_TRAIN  # injectable for tests
 
 
-class Experiment:
-    """The state shared by the stages: config, directories, loaded data (lazily)."""
+# ---------------------------------------------------------------------- inputs
 
-    def __init__(self, config: ExperimentConfig, log: Callable[[str], None] = print, progress: bool = True) -> None:
-        validate(config)
-        self.config, self.progress = config, progress
-        self.dir = config.experiment_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._log = log
 
-    def log(self, message: str) -> None:
-        self._log(message)
-        with open(self.dir / "log.txt", "a") as f:
-            f.write(message + "\n")
+class Inputs:
+    """What the training stages read, loaded on first use: tokenizer, domains, model, the
+    init checkpoint's parameters."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
 
     @functools.cached_property
     def tokenizer(self):
-        return ByteTokenizer() if self.config.tokenizer == "byte" else HFTokenizer(self.config.tokenizer)
+        return glue.load_tokenizer(self.config.tokenizer)
 
     @functools.cached_property
-    def domains(self) -> dict[str, Domain]:
-        return load_domains(self.config.domains, self.tokenizer, self.config.train.seq_len + 1)
+    def tokenizer_fingerprint(self) -> str:
+        return glue.tokenizer_fingerprint(self.config.tokenizer, self.tokenizer)
 
     @functools.cached_property
-    def model(self):
+    def model(self) -> ModelConfig:
         model = self.config.model_config()
         if self.config.checkpoint is None:
             return model
@@ -90,6 +92,11 @@ class Experiment:
         return config_from_hf(hf, dtype=model.dtype, remat=model.remat, attention_impl=model.attention_impl)
 
     @functools.cached_property
+    def domains(self) -> dict[str, Domain]:
+        glue.check_vocab(self.tokenizer, self.model.vocab_size)
+        return load_domains(self.config.domains, self.tokenizer, self.config.train.seq_len + 1)
+
+    @functools.cached_property
     def init_params(self):
         if self.config.checkpoint is None:
             return None
@@ -97,188 +104,328 @@ class Experiment:
 
         return load_hf_checkpoint(self.config.checkpoint)[1]
 
+    @functools.cached_property
+    def checkpoint_stamp(self) -> dict | None:
+        return None if self.config.checkpoint is None else directory_stamp(self.config.checkpoint)
+
     @property
     def available(self) -> np.ndarray:
         return np.array([self.domains[n].train_tokens for n in self.config.domain_names], np.float64)
 
     def constraints(self) -> Constraints:
-        names, c = self.config.domain_names, self.config
-        pick = lambda d, default: [d.get(n, default) for n in names]
-        return Constraints.create(
-            len(names), lower=pick(c.lower, 0.0), upper=pick(c.upper, 1.0), available=self.available,
-            importance=pick(c.importance, 1.0),
-        )
+        return constraints_for(self.config, self.available)
 
-    # ------------------------------------------------------------------ runs
 
-    def run_dir(self, name: str) -> Path:
-        return self.dir / "runs" / name
+def constraints_for(config: ExperimentConfig, available: np.ndarray) -> Constraints:
+    names = config.domain_names
+    pick = lambda d, default: [d.get(n, default) for n in names]
+    return Constraints.create(
+        len(names), lower=pick(config.lower, 0.0), upper=pick(config.upper, 1.0), available=available,
+        importance=pick(config.importance, 1.0),
+    )
 
-    def finished(self, name: str) -> dict | None:
-        path = self.run_dir(name) / "result.json"
-        return json.loads(path.read_text()) if path.exists() else None
 
-    def execute(self, spec: RunSpec) -> dict:
-        """Train one run unless it already finished; resume it if it was interrupted."""
-        recorded = self.run_dir(spec.name) / "spec.json"
-        if recorded.exists() and json.loads(recorded.read_text())["tokens"] != spec.tokens:
+# ---------------------------------------------------------------------- plan
+
+
+def plan_runs(names: Sequence[str], base_tokens: int, scales: Sequence[float], available: np.ndarray, budgets: Sequence[int]) -> list[RunSpec]:
+    """The 4k+1 perturbation runs; ConfigError when a domain cannot supply its largest run."""
+    tokens = perturbation_runs(np.full(len(names), base_tokens), scales).round().astype(int)
+    for name, need, have in zip(names, tokens.max(axis=0), available):
+        if need > have:
             raise ConfigError(
-                f"run {spec.name} in {self.dir} was trained with other token counts than the plan now asks for;"
-                " use a new experiment name (or delete that run directory)"
+                f"domain {name}: the perturbation runs need {need:,} tokens (base_tokens x {max(scales):g})"
+                f" but only {int(have):,} training tokens are available"
             )
-        done = self.finished(spec.name)
-        if done is not None:
-            return done
-        cfg = self.config
-        examples = select_mixture(self.domains, {n: t for n, t in spec.tokens.items() if t > 0}, cfg.seed)
-        tokens = sum(e.num_tokens for e in examples)
-        tc = cfg.train
-        steps = tc.max_steps or steps_for_budget(tokens, tc.epochs, tc.batch_size * tc.optimizer.grad_accum, tc.seq_len)
-        every = max(1, steps // cfg.evals_per_run)
-        tc = dataclasses.replace(tc, max_steps=steps, eval_every=every, checkpoint_every=every, seed=cfg.seed)
-        self.run_dir(spec.name).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.run_dir(spec.name) / "spec.json", dataclasses.asdict(spec))
-        val = {n: d.val for n, d in self.domains.items()}
-        train(self.model, tc, examples, val, self.run_dir(spec.name), init_params=self.init_params, progress=self.progress, log=self.log)
-        return self.finished(spec.name)
+    for budget in budgets:
+        if budget > available.sum():
+            raise ConfigError(f"target budget {budget:,} exceeds the {int(available.sum()):,} training tokens available")
+    specs = []
+    for row in tokens:
+        changed = [i for i, t in enumerate(row) if t != base_tokens]
+        name = "base" if not changed else f"{names[changed[0]]}-x{row[changed[0]] / base_tokens:g}"
+        specs.append(RunSpec(name, "perturb", dict(zip(names, row.tolist()))))
+    return specs
 
-    def execute_all(self, specs: list[RunSpec], label: str) -> None:
-        todo = [s for s in specs if self.finished(s.name) is None]
-        self.log(f"{label}: {len(specs)} runs, {len(specs) - len(todo)} already finished")
-        for spec in tqdm(todo, desc=label, disable=not self.progress):
-            self.execute(spec)
-            self.write_tables()
 
-    def write_tables(self) -> None:
-        """Regenerate runs.csv / validation.csv from the finished runs (atomic)."""
-        self._write_table("runs.csv", [s for s in self.plan_specs() if s.kind == "perturb"])
-        if (self.dir / "solution.json").exists():
-            self._write_table("validation.csv", self.validation_specs())
+# ---------------------------------------------------------------------- training runs
 
-    def _write_table(self, filename: str, specs: list[RunSpec]) -> None:
-        names = self.config.domain_names
-        rows = [(s, r) for s in specs if (r := self.finished(s.name)) is not None]
-        if not rows:
-            return
-        tmp = self.dir / (filename + ".tmp")
-        write_run_table(
-            tmp, names, [[s.tokens[n] for n in names] for s, _ in rows], [[r["best_losses"][n] for n in names] for _, r in rows]
-        )
-        os.replace(tmp, self.dir / filename)
 
-    # ------------------------------------------------------------------ stages
+@dataclasses.dataclass(frozen=True)
+class PreparedRun:
+    spec: RunSpec
+    examples: list[Example]
+    selected_tokens: dict[str, int]
+    train: TrainConfig
+    fingerprint: dict
 
-    def plan_specs(self) -> list[RunSpec]:
-        path = self.dir / "plan.json"
-        if not path.exists():
-            return []
-        return [RunSpec(**s) for s in json.loads(path.read_text())["runs"]]
 
-    def stage_plan(self) -> None:
-        cfg, names = self.config, self.config.domain_names
-        tokens = perturbation_runs(np.full(len(names), cfg.base_tokens), cfg.scales).round().astype(int)
-        needed = tokens.max(axis=0)
-        for name, need, have in zip(names, needed, self.available):
-            if need > have:
-                raise ConfigError(
-                    f"domain {name}: the perturbation runs need {need:,} tokens (base_tokens x {max(cfg.scales):g})"
-                    f" but only {int(have):,} training tokens are available"
-                )
-        for budget in cfg.target_budgets:
-            if budget > self.available.sum():
-                raise ConfigError(f"target budget {budget:,} exceeds the {int(self.available.sum()):,} training tokens available")
-        specs = []
-        for row in tokens:
-            changed = [i for i, t in enumerate(row) if t != cfg.base_tokens]
-            name = "base" if not changed else f"{names[changed[0]]}-x{row[changed[0]] / cfg.base_tokens:g}"
-            specs.append(RunSpec(name, "perturb", dict(zip(names, row.tolist()))))
-        write_json_atomic(self.dir / "plan.json", {"runs": [dataclasses.asdict(s) for s in specs]})
-        self.log(f"plan: {len(specs)} perturbation runs (4k+1 with k={len(names)}), base {cfg.base_tokens:,} tokens per domain")
+def prepare_run(spec: RunSpec, inputs: Inputs, profile: bool = False) -> PreparedRun:
+    """Select the run's examples and compute its step budget and fingerprint (no training)."""
+    cfg = inputs.config
+    budgets = {n: t for n, t in spec.tokens.items() if t > 0}
+    examples = select_mixture(inputs.domains, budgets, cfg.seed)
+    owner = {id(e): n for n in budgets for e in inputs.domains[n].train}
+    selected = {n: 0 for n in spec.tokens}
+    for e in examples:
+        selected[owner[id(e)]] += e.num_tokens
+    tokens = sum(e.num_tokens for e in examples)
+    tc = cfg.train
+    steps = steps_for_run(tokens, tc.epochs, tc.batch_size * tc.optimizer.grad_accum, tc.seq_len, tc.max_steps)
+    run_cfg = glue.run_train_config(tc, max_steps=steps, eval_every=max(1, steps // cfg.evals_per_run), seed=cfg.seed, profile=profile)
+    fingerprint = normalise({
+        "seed": cfg.seed,
+        "tokens": spec.tokens,
+        "examples": examples_hash(examples),
+        "model": config_dict(inputs.model),
+        "train": config_dict(run_cfg, drop=("profile",)),
+        "init_checkpoint": inputs.checkpoint_stamp,
+        "tokenizer": inputs.tokenizer_fingerprint,
+        "data": data_stamp(cfg.domains),
+    })
+    return PreparedRun(spec, examples, selected, run_cfg, fingerprint)
 
-    def stage_perturb(self) -> None:
-        specs = [s for s in self.plan_specs() if s.kind == "perturb"]
-        if not specs:
-            raise ConfigError("perturb: no plan.json; run the plan stage first")
-        self.execute_all(specs, "perturbation runs")
 
-    def stage_fit(self) -> FitResult:
-        self.write_tables()
-        path = self.dir / "runs.csv"
-        if not path.exists():
-            raise ConfigError("fit: no finished perturbation runs (runs.csv); run the perturb stage first")
-        fit = fit_law(domain_data(read_run_table(path)), jax.random.key(self.config.seed), self.config.fit)
-        write_json_atomic(self.dir / "fit.json", fit.to_dict())
-        for d in fit.diagnostics:
-            self.log(f"fit {d.name}: rmse {d.rmse:.2e}, LOO max {d.loo_max_rel_error:.2%}" + ("  POORLY IDENTIFIED" if d.poorly_identified else ""))
-        return fit
+def train_runs(
+    runs: Sequence[PreparedRun], store: RunStore, label: str, *, model: ModelConfig, val_sets: Mapping[str, Sequence[Example]],
+    init_params, options: Options, after_each: Callable[[], None] = lambda: None,
+) -> dict[str, str]:
+    """Train every run that has not finished; returns {name: error} of the runs that raised.
+    Checks every fingerprint first, so a stale run stops the stage before any training."""
+    store.check_fresh([(r.spec, r.fingerprint) for r in runs], options.retrain)
+    todo = [r for r in runs if store.result(r.spec.name) is None]
+    store.log(f"{label}: {len(runs)} runs, {len(runs) - len(todo)} already finished")
+    trainer = glue.make_trainer(model, runs[0].train) if todo else None
+    failed = {}
+    for run in tqdm(todo, desc=label, disable=not options.progress):
+        store.start(run.spec, run.fingerprint, run.selected_tokens)
+        try:
+            glue.call_train(
+                options.train_fn, model, run.train, run.examples, val_sets, store.run_dir(run.spec.name),
+                init_params=init_params, progress=options.progress, log=store.log, trainer=trainer,
+            )
+        except glue.RUN_ERRORS as err:
+            failed[run.spec.name] = f"{type(err).__name__}: {err}"
+            store.mark_failed(run.spec.name, err)
+            store.log(f"{label}: run {run.spec.name} FAILED: {failed[run.spec.name]}")
+        after_each()
+    return failed
 
-    def stage_solve(self) -> dict:
-        path = self.dir / "fit.json"
-        if not path.exists():
-            raise ConfigError("solve: no fit.json; run the fit stage first")
-        fit = FitResult.from_dict(json.loads(path.read_text()))
-        budgets = sorted(set(self.config.target_budgets) | {self.validate_budget})
-        report = report_for_params(fit, budgets, self.constraints(), jax.random.key(self.config.seed))
-        solution = report.to_dict()
-        write_json_atomic(self.dir / "solution.json", solution)
-        for b in report.budgets:
-            self.log(f"solve N={b.budget:,.0f}: " + ", ".join(f"{n}={w:.3f}" for n, w in zip(fit.domains, b.weights)))
-        return solution
+
+# ---------------------------------------------------------------------- fit and solve
+
+
+def fit_runs(runs_csv: Path, seed: int, fit_config: FitConfig) -> FitResult:
+    if not runs_csv.exists():
+        raise ConfigError("fit: no finished perturbation runs (runs.csv); run the perturb stage first")
+    return fit_law(domain_data(read_run_table(runs_csv)), jax.random.key(seed), fit_config)
+
+
+def solve_mixture(fit: FitResult, budgets: Sequence[int], constraints: Constraints, seed: int) -> dict:
+    return report_for_params(fit, sorted(set(budgets)), constraints, jax.random.key(seed)).to_dict()
+
+
+# ---------------------------------------------------------------------- validate
+
+
+def validation_mixtures(optimum: np.ndarray, baselines: Sequence[str], grid_step: float | None, available: np.ndarray) -> dict[str, np.ndarray]:
+    k = len(available)
+    mixtures = {"optimal": np.asarray(optimum, np.float64)}
+    if "uniform" in baselines:
+        mixtures["uniform"] = uniform_weights(k)
+    if "proportional" in baselines:
+        mixtures["proportional"] = proportional_weights(available)
+    if grid_step:
+        for w in simplex_grid(k, grid_step):
+            mixtures["grid-" + "-".join(f"{x:.2f}" for x in w)] = w
+    return mixtures
+
+
+def validation_plan(
+    names: Sequence[str], budget: int, mixtures: Mapping[str, np.ndarray], constraints: Constraints,
+) -> tuple[list[RunSpec], dict[str, str]]:
+    """Runs for the feasible mixtures; the others (bounds, or w_i N > D_i) are skipped with
+    the reason, never an error."""
+    labels = list(mixtures)
+    weights = np.stack([mixtures[k] for k in labels])
+    feasible = glue.feasible_mask(weights, budget, constraints)
+    specs, skipped = [], {}
+    for label, w, ok in zip(labels, weights, feasible):
+        tokens = token_budgets(w, budget, names)
+        short = [n for n, a in zip(names, constraints.available) if tokens[n] > a]
+        if not ok or short:
+            why = f"domain {short[0]} needs {tokens[short[0]]:,} tokens" if short else "outside the weight bounds"
+            skipped[label] = f"infeasible at N={budget:,}: {why}"
+            continue
+        digest = hashlib.sha256(json.dumps(tokens, sort_keys=True).encode()).hexdigest()[:8]
+        specs.append(RunSpec(f"validate-{label}-{digest}", "validate", tokens, dict(zip(names, map(float, w)))))
+    return specs, skipped
+
+
+def validation_label(run_name: str) -> str:
+    return run_name.removeprefix("validate-").rsplit("-", 1)[0]
+
+
+# ---------------------------------------------------------------------- the pipeline
+
+
+class Pipeline:
+    """Wires the stage functions to one config, its store and its inputs."""
+
+    def __init__(self, config: ExperimentConfig, options: Options = Options(), log: Callable[[str], None] = print) -> None:
+        validate(config)
+        self.config, self.options = config, options
+        self.store = RunStore(config.experiment_dir, log)
+        self.failed: dict[str, str] = {}
+        self._inputs: Inputs | None = None
 
     @property
     def validate_budget(self) -> int:
         return int(self.config.validate.budget or self.config.target_budgets[0])
 
-    def validation_mixtures(self) -> dict[str, np.ndarray]:
-        names, v = self.config.domain_names, self.config.validate
-        path = self.dir / "solution.json"
-        if not path.exists():
-            raise ConfigError("validate: no solution.json; run the solve stage first")
-        solution = json.loads(path.read_text())
-        mixtures = {"optimal": np.asarray(solution["weights"][f"{self.validate_budget:g}"])}
-        if "uniform" in v.baselines:
-            mixtures["uniform"] = uniform_weights(len(names))
-        if "proportional" in v.baselines:
-            mixtures["proportional"] = proportional_weights(self.available)
-        if v.grid_step:
-            for w in simplex_grid(len(names), v.grid_step):
-                mixtures["grid-" + "-".join(f"{x:.2f}" for x in w)] = w
-        return mixtures
+    def inputs(self) -> Inputs:
+        """The inputs of the config, pretraining the base model first when asked to."""
+        if self._inputs is None:
+            config = self.config
+            if config.pretrain is not None:
+                from mixjax.pipeline.pretrain import ensure_base_model
 
-    def validation_specs(self) -> list[RunSpec]:
-        names, budget = self.config.domain_names, self.validate_budget
-        specs = []
-        for label, w in self.validation_mixtures().items():
-            tokens = token_budgets(w, budget, names)
-            digest = hashlib.sha256(json.dumps(tokens, sort_keys=True).encode()).hexdigest()[:8]
-            specs.append(RunSpec(f"validate-{label}-{digest}", "validate", tokens, dict(zip(names, map(float, w)))))
-        return specs
+                try:
+                    base = ensure_base_model(
+                        config.pretrain, config.model_config(), config.workdir, log=self.store.log, progress=self.options.progress,
+                        train_fn=self.options.train_fn, profile=self.options.profile,
+                    )
+                except glue.RUN_ERRORS as err:
+                    raise RunsFailed({"pretrain": f"{type(err).__name__}: {err}"}) from err
+                config = dataclasses.replace(config, checkpoint=str(base), tokenizer=str(base))
+            self._inputs = Inputs(config)
+        return self._inputs
+
+    def solution(self) -> dict:
+        solution = self.store.read_json("solution.json")
+        if solution is None:
+            raise ConfigError("validate: no solution.json; run the solve stage first")
+        return solution
+
+    def validation(self) -> tuple[list[RunSpec], dict[str, str]]:
+        inputs = self.inputs()
+        optimum = np.asarray(self.solution()["weights"][f"{self.validate_budget:g}"])
+        v = self.config.validate
+        mixtures = validation_mixtures(optimum, v.baselines, v.grid_step, inputs.available)
+        return validation_plan(self.config.domain_names, self.validate_budget, mixtures, inputs.constraints())
+
+    def write_tables(self) -> None:
+        names = self.config.domain_names
+        self.store.write_table("runs.csv", [s for s in self.store.plan() if s.kind == "perturb"], names)
+        if self.store.read_json("solution.json") is not None:
+            self.store.write_table("validation.csv", self.validation()[0], names)
+
+    def _train(self, specs: Sequence[RunSpec], label: str) -> dict[str, str]:
+        inputs = self.inputs()
+        runs = [prepare_run(s, inputs, self.options.profile) for s in specs]
+        val = {n: d.val for n, d in inputs.domains.items()}
+        failed = train_runs(
+            runs, self.store, label, model=inputs.model, val_sets=val, init_params=inputs.init_params, options=self.options,
+            after_each=self.write_tables,
+        )
+        self.failed.update(failed)
+        self.write_tables()
+        return failed
+
+    # -- stages
+
+    def stage_pretrain(self) -> None:
+        if self.config.pretrain is None:
+            self.store.log("pretrain: none configured (fine-tuning " + (self.config.checkpoint or "a randomly initialised model") + ")")
+        else:
+            self.inputs()
+
+    def stage_plan(self) -> None:
+        cfg = self.config
+        specs = plan_runs(cfg.domain_names, cfg.base_tokens, cfg.scales, self.inputs().available, cfg.target_budgets)
+        self.store.write_plan(specs)
+        self.store.log(f"plan: {len(specs)} perturbation runs (4k+1 with k={len(cfg.domain_names)}), base {cfg.base_tokens:,} tokens per domain")
+
+    def stage_perturb(self) -> None:
+        specs = [s for s in self.store.plan() if s.kind == "perturb"]
+        if not specs:
+            raise ConfigError("perturb: no plan.json; run the plan stage first")
+        self._train(specs, "perturbation runs")
+
+    def stage_fit(self) -> None:
+        self.write_tables()
+        fit = fit_runs(self.store.path("runs.csv"), self.config.seed, self.config.fit)
+        self.store.write_json("fit.json", fit.to_dict())
+        for d in fit.diagnostics:
+            self.store.log(f"fit {d.name}: rmse {d.rmse:.2e}, LOO max {d.loo_max_rel_error:.2%}" + ("  POORLY IDENTIFIED" if d.poorly_identified else ""))
+
+    def stage_solve(self) -> None:
+        fit_json = self.store.read_json("fit.json")
+        if fit_json is None:
+            raise ConfigError("solve: no fit.json; run the fit stage first")
+        fit = FitResult.from_dict(fit_json)
+        solution = solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], self.inputs().constraints(), self.config.seed)
+        self.store.write_json("solution.json", solution)
+        for budget, w in solution["weights"].items():
+            self.store.log(f"solve N={float(budget):,.0f}: " + ", ".join(f"{n}={x:.3f}" for n, x in zip(fit.domains, w)))
 
     def stage_validate(self) -> None:
-        specs = self.validation_specs()
-        for spec in specs:  # fail before training on a mixture a domain cannot supply
-            for name, t in spec.tokens.items():
-                if t > self.domains[name].train_tokens:
-                    raise BudgetError(f"{spec.name}: domain {name} needs {t:,} tokens, has {self.domains[name].train_tokens:,}")
-        self.execute_all(specs, "validation runs")
+        specs, skipped = self.validation()
+        for label, why in skipped.items():
+            self.store.log(f"validate: skipping {label}: {why}")
+        self.store.write_json("validation_skipped.json", skipped)
+        self._train(specs, "validation runs")
 
     def stage_report(self) -> None:
-        from mixjax.pipeline.report import write_report
+        from mixjax.pipeline.report import ReportInputs, write_report
 
-        write_report(self)
+        fit_json, solution = self.store.read_json("fit.json"), self.store.read_json("solution.json")
+        if fit_json is None or solution is None:
+            self.store.log("report: skipped, no fit/solution")
+            return
+        names = self.config.domain_names
+        measured = {}
+        specs, skipped = (self.validation() if self.store.read_json("validation_skipped.json") is not None else ([], {}))
+        for spec in specs:
+            result = self.store.result(spec.name)
+            if result is not None:
+                measured[validation_label(spec.name)] = ([spec.weights[n] for n in names], [result["best_losses"][n] for n in names])
+        run_names = [s.name for s in self.store.plan()] + [s.name for s in specs]
+        report = ReportInputs(
+            name=self.config.name, domains=names, fit=FitResult.from_dict(fit_json), solution=solution,
+            runs_csv=self.store.path("runs.csv"), target_budgets=tuple(self.config.target_budgets),
+            validate_budget=self.validate_budget, constraints=self.inputs().constraints(), measured=measured, skipped=skipped,
+            histories=self.store.histories(run_names), base_model=self.inputs().config.checkpoint, failed=dict(self.failed),
+        )
+        if self.store.primary:
+            write_report(report, self.store.dir)
+        self.store.log(f"report: {self.store.path('report.md')}")
+
+    def run(self, stages: Sequence[str] = STAGES) -> None:
+        for stage in STAGES:
+            if stage not in stages:
+                continue
+            if self.failed and stage in ("fit", "solve", "validate", "report"):
+                if stage != "report" or any(not n.startswith("validate-") for n in self.failed):
+                    self.store.log(f"{stage}: skipped, {len(self.failed)} run(s) failed")
+                    continue
+            getattr(self, f"stage_{stage}")()
+        if self.failed:
+            raise RunsFailed(self.failed)
+
+    def run_one(self, index: int) -> None:
+        """Train one planned perturbation run (a SLURM array task); plans first if needed."""
+        if not self.store.plan():
+            self.stage_plan()
+        specs = [s for s in self.store.plan() if s.kind == "perturb"]
+        if not 0 <= index < len(specs):
+            raise ConfigError(f"--run {index}: the plan has runs 0..{len(specs) - 1}")
+        self._train([specs[index]], f"run {index}")
+        if self.failed:
+            raise RunsFailed(self.failed)
 
 
-def run_stages(experiment: Experiment, stages: tuple[str, ...] = STAGES) -> None:
-    for stage in STAGES:
-        if stage in stages:
-            getattr(experiment, f"stage_{stage}")()
-
-
-def run_one(experiment: Experiment, index: int) -> None:
-    """Train one planned perturbation run (a SLURM array task); plans first if needed."""
-    if not experiment.plan_specs():
-        experiment.stage_plan()
-    specs = [s for s in experiment.plan_specs() if s.kind == "perturb"]
-    if not 0 <= index < len(specs):
-        raise ConfigError(f"--run {index}: the plan has runs 0..{len(specs) - 1}")
-    experiment.execute(specs[index])
+def run_pipeline(config: ExperimentConfig, stages: Sequence[str] = STAGES, options: Options = Options(), log: Callable[[str], None] = print) -> Pipeline:
+    pipeline = Pipeline(config, options, log)
+    pipeline.run(stages)
+    return pipeline

@@ -1,0 +1,81 @@
+"""The pretrain stage: a base model trained once on a general plain-text corpus, saved as a
+local Hugging Face model directory (config.json, model.safetensors, tokenizer.json,
+tokenizer_config.json with a chat template) that every SFT run fine-tunes from, through
+the same code path as ``checkpoint=/path/to/Llama-3.1-8B``.
+
+The directory is ``<workdir>/base-models/<fingerprint digest>/``: a config that asks for
+the same corpus, tokenizer, model and training reuses it; any change makes a new one.
+``fingerprint.json`` is written last and marks it complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from mixjax.io import barrier, is_primary_process, write_json_atomic
+from mixjax.model.llama import ModelConfig
+from mixjax.pipeline import glue
+from mixjax.pipeline.budget import steps_for_run
+from mixjax.pipeline.config import PretrainConfig
+from mixjax.pipeline.fingerprint import config_dict, digest, normalise
+
+
+def base_fingerprint(pretrain: PretrainConfig, model: ModelConfig, seq_len: int) -> dict:
+    return normalise({
+        "corpus": {"version": glue.CORPUS_VERSION, "num_documents": pretrain.num_documents, "val_documents": pretrain.val_documents, "seed": pretrain.seed},
+        "tokenizer": {"kind": "bpe", "vocab_size": pretrain.vocab_size},
+        "model": config_dict(model, drop=("vocab_size",)),
+        "train": config_dict(pretrain.train, drop=("profile",)),
+        "seq_len": seq_len,
+    })
+
+
+def base_model_dir(workdir: str | Path, fingerprint: dict) -> Path:
+    return Path(workdir) / "base-models" / digest(fingerprint)[:16]
+
+
+def ensure_base_model(
+    pretrain: PretrainConfig, model: ModelConfig, workdir: str | Path, *, log: Callable[[str], None] = print,
+    progress: bool = True, train_fn: glue.TrainFn = glue.DEFAULT_TRAIN, profile: bool = False,
+) -> Path:
+    """The base model directory for this config: reused when complete, else trained now."""
+    tc = pretrain.train
+    fingerprint = base_fingerprint(pretrain, model, tc.seq_len)
+    out = base_model_dir(workdir, fingerprint)
+    if (out / "fingerprint.json").exists():
+        log(f"pretrain: reusing the base model {out}")
+        return out
+    primary = is_primary_process()
+    corpus = glue.pretraining_corpus(pretrain.num_documents, pretrain.seed)
+    val_docs, train_docs = corpus[: pretrain.val_documents], corpus[pretrain.val_documents :]
+    tok_dir = out / "tokenizer"
+    if primary:
+        glue.train_bpe_tokenizer(train_docs, pretrain.vocab_size, tok_dir)
+    barrier("mixjax-pretrain-tokenizer")
+    tokenizer = glue.load_tokenizer(str(tok_dir))
+    model = dataclasses.replace(model, vocab_size=tokenizer.vocab_size)
+    examples = glue.text_examples(tokenizer, train_docs, tc.seq_len + 1)
+    val = {"corpus": glue.text_examples(tokenizer, val_docs, tc.seq_len + 1)}
+    tokens = sum(e.num_tokens for e in examples)
+    steps = steps_for_run(tokens, tc.epochs, tc.batch_size * tc.optimizer.grad_accum, tc.seq_len, tc.max_steps)
+    cfg = glue.run_train_config(tc, max_steps=steps, eval_every=max(1, steps // 4), seed=pretrain.seed, profile=profile)
+    log(f"pretrain: {len(examples):,} documents, {tokens:,} tokens, BPE vocabulary {tokenizer.vocab_size}, {steps} steps -> {out}")
+    run_dir = out / "train"
+    glue.call_train(train_fn, model, cfg, examples, val, run_dir, init_params=None, progress=progress, log=log)
+    params = glue.best_params(model, cfg, run_dir)
+    if primary:
+        from mixjax.model.hf import save_hf_checkpoint
+
+        save_hf_checkpoint(out, model, params)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(tok_dir / name, out / name)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the HF directory holds the best weights
+        result = json.loads((run_dir / "result.json").read_text())
+        write_json_atomic(out / "fingerprint.json", {"fingerprint": fingerprint, "best_losses": result["best_losses"], "steps": steps})
+    barrier("mixjax-pretrain-done")
+    log(f"pretrain: base model saved to {out}")
+    return out

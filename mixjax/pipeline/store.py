@@ -1,0 +1,165 @@
+"""The run store: an experiment directory and the files in it.
+
+    plan.json            the planned perturbation runs (name, tokens per domain)
+    runs/<name>/         one directory per training run:
+        spec.json        the run's spec, fingerprint and the tokens actually selected
+        result.json      written by the trainer when the run finished
+        failed.json      the error that stopped the run (removed when it is retried)
+        checkpoints/     the trainer's
+    runs.csv             per-domain tokens and losses of the finished perturbation runs
+    validation.csv       the same for the validation runs
+    log.txt              the pipeline's log
+
+Every file is written atomically and only by process 0 (multi-host runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mixjax.io import barrier, is_primary_process, write_json_atomic
+from mixjax.mixing.runs import write_run_table
+from mixjax.pipeline.config import ConfigError
+from mixjax.pipeline.fingerprint import describe, differences
+
+
+class FingerprintMismatch(ConfigError):
+    """A finished (or started) run was trained with another setup than the config now gives."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    name: str
+    kind: str  # "perturb" or "validate"
+    tokens: dict[str, int]  # planned tokens per domain
+    weights: dict[str, float] | None = None
+
+
+class RunStore:
+    def __init__(self, directory: str | Path, log: Callable[[str], None] = print, primary: bool | None = None) -> None:
+        self.dir = Path(directory)
+        self.primary = is_primary_process() if primary is None else primary
+        if self.primary:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        self._log = log
+
+    def log(self, message: str) -> None:
+        if not self.primary:
+            return
+        self._log(message)
+        with open(self.dir / "log.txt", "a") as f:
+            f.write(message + "\n")
+
+    # ------------------------------------------------------------------ plain files
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def read_json(self, name: str) -> dict | None:
+        path = self.dir / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_json(self, name: str, payload) -> None:
+        if self.primary:
+            write_json_atomic(self.dir / name, payload)
+
+    def write_text(self, name: str, text: str) -> None:
+        if self.primary:
+            tmp = self.dir / (name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, self.dir / name)
+
+    # ------------------------------------------------------------------ plan
+
+    def write_plan(self, specs: Sequence[RunSpec]) -> None:
+        self.write_json("plan.json", {"runs": [dataclasses.asdict(s) for s in specs]})
+        barrier("mixjax-plan")
+
+    def plan(self) -> list[RunSpec]:
+        plan = self.read_json("plan.json")
+        return [RunSpec(**s) for s in plan["runs"]] if plan else []
+
+    # ------------------------------------------------------------------ runs
+
+    def run_dir(self, name: str) -> Path:
+        return self.dir / "runs" / name
+
+    def record(self, name: str) -> dict | None:
+        """spec.json: the spec, fingerprint and selected tokens the run was started with."""
+        path = self.run_dir(name) / "spec.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def result(self, name: str) -> dict | None:
+        path = self.run_dir(name) / "result.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def failure(self, name: str) -> str | None:
+        path = self.run_dir(name) / "failed.json"
+        return json.loads(path.read_text())["error"] if path.exists() else None
+
+    def start(self, spec: RunSpec, fingerprint: dict, selected_tokens: dict[str, int]) -> None:
+        if not self.primary:
+            return
+        self.run_dir(spec.name).mkdir(parents=True, exist_ok=True)
+        (self.run_dir(spec.name) / "failed.json").unlink(missing_ok=True)
+        record = {**dataclasses.asdict(spec), "fingerprint": fingerprint, "selected_tokens": selected_tokens}
+        write_json_atomic(self.run_dir(spec.name) / "spec.json", record)
+
+    def mark_failed(self, name: str, error: BaseException) -> None:
+        if self.primary:
+            write_json_atomic(self.run_dir(name) / "failed.json", {"error": f"{type(error).__name__}: {error}"})
+
+    def remove(self, name: str) -> None:
+        if self.primary:
+            shutil.rmtree(self.run_dir(name), ignore_errors=True)
+
+    def stale(self, spec: RunSpec, fingerprint: dict) -> list[tuple]:
+        """The fingerprint fields that differ from the ones the run was started with."""
+        record = self.record(spec.name)
+        if record is None:
+            return []
+        return differences(record.get("fingerprint", {}), fingerprint)
+
+    def check_fresh(self, checks: Sequence[tuple[RunSpec, dict]], retrain: bool) -> list[str]:
+        """Raise FingerprintMismatch (before any training) when a recorded run was made with
+        another setup; with ``retrain``, delete those runs instead. Returns their names."""
+        stale = [(spec.name, diffs) for spec, fp in checks if (diffs := self.stale(spec, fp))]
+        if not stale:
+            return []
+        if not retrain:
+            names = ", ".join(n for n, _ in stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
+            raise FingerprintMismatch(
+                f"{len(stale)} run(s) in {self.dir} ({names}) were trained with another setup: {describe(stale[0][1])}."
+                " Use a new experiment name (--set name=...) or --retrain to train them again"
+            )
+        for name, diffs in stale:
+            self.log(f"retrain {name}: {describe(diffs)}")
+            self.remove(name)
+        barrier("mixjax-retrain")
+        return [n for n, _ in stale]
+
+    # ------------------------------------------------------------------ tables
+
+    def histories(self, names: Sequence[str]) -> dict[str, list[dict]]:
+        return {n: r.get("history", []) for n in names if (r := self.result(n)) is not None}
+
+    def write_table(self, filename: str, specs: Sequence[RunSpec], domains: Sequence[str]) -> int:
+        """runs.csv / validation.csv from the finished runs: the tokens actually selected
+        per domain (not the planned ones) and the best checkpoint's losses."""
+        rows = []
+        for spec in specs:
+            result, record = self.result(spec.name), self.record(spec.name)
+            if result is None:
+                continue
+            tokens = (record or {}).get("selected_tokens") or spec.tokens
+            rows.append(([tokens[d] for d in domains], [result["best_losses"][d] for d in domains]))
+        if rows and self.primary:
+            tmp = self.dir / (filename + ".tmp")
+            write_run_table(tmp, domains, [r[0] for r in rows], [r[1] for r in rows])
+            os.replace(tmp, self.dir / filename)
+        return len(rows)
