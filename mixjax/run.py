@@ -18,7 +18,6 @@ import sys
 from mixjax.data.budget import BudgetError
 from mixjax.data.formats import DataError
 from mixjax.pipeline.config import ConfigError, apply_overrides, load_config
-from mixjax.pipeline.glue import VocabError
 from mixjax.pipeline.stages import STAGES, Options, Pipeline, RunsFailed
 
 
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None, train_fn=None) -> int:
             pipeline.run_one(args.run)
         else:
             pipeline.run(stages)
-    except (ConfigError, BudgetError, DataError, VocabError, FileNotFoundError) as err:
+    except (ConfigError, BudgetError, DataError, FileNotFoundError) as err:
         print(f"mixjax.run: error: {err}", file=sys.stderr)
         return 2
     except RunsFailed as err:

@@ -16,6 +16,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from mixjax.data.corpus import pretraining_corpus, pretraining_data
+from mixjax.data.tokenizer import load_tokenizer, train_bpe_tokenizer
 from mixjax.io import barrier, is_primary_process, write_json_atomic
 from mixjax.model.llama import ModelConfig
 from mixjax.pipeline import glue
@@ -24,9 +26,14 @@ from mixjax.pipeline.config import PretrainConfig
 from mixjax.pipeline.fingerprint import config_dict, digest, normalise
 
 
+# The corpus generator's version: part of the base model's fingerprint (bump it when
+# mixjax.data.corpus changes what it writes).
+CORPUS_VERSION = "corpus-v1"
+
+
 def base_fingerprint(pretrain: PretrainConfig, model: ModelConfig, seq_len: int) -> dict:
     return normalise({
-        "corpus": {"version": glue.CORPUS_VERSION, "num_documents": pretrain.num_documents, "val_documents": pretrain.val_documents, "seed": pretrain.seed},
+        "corpus": {"version": CORPUS_VERSION, "num_documents": pretrain.num_documents, "val_documents": pretrain.val_documents, "seed": pretrain.seed},
         "tokenizer": {"kind": "bpe", "vocab_size": pretrain.vocab_size},
         "model": config_dict(model, drop=("vocab_size",)),
         "train": config_dict(pretrain.train, drop=("profile",)),
@@ -50,16 +57,14 @@ def ensure_base_model(
         log(f"pretrain: reusing the base model {out}")
         return out
     primary = is_primary_process()
-    corpus = glue.pretraining_corpus(pretrain.num_documents, pretrain.seed)
-    val_docs, train_docs = corpus[: pretrain.val_documents], corpus[pretrain.val_documents :]
     tok_dir = out / "tokenizer"
     if primary:
-        glue.train_bpe_tokenizer(train_docs, pretrain.vocab_size, tok_dir)
+        train_bpe_tokenizer(pretraining_corpus(pretrain.num_documents, pretrain.seed), pretrain.vocab_size, tok_dir)
     barrier("mixjax-pretrain-tokenizer")
-    tokenizer = glue.load_tokenizer(str(tok_dir))
+    tokenizer = load_tokenizer(tok_dir)
     model = dataclasses.replace(model, vocab_size=tokenizer.vocab_size)
-    examples = glue.text_examples(tokenizer, train_docs, tc.seq_len + 1)
-    val = {"corpus": glue.text_examples(tokenizer, val_docs, tc.seq_len + 1)}
+    examples, val_examples = pretraining_data(tokenizer, pretrain.num_documents, pretrain.val_documents, pretrain.seed, tc.seq_len + 1)
+    val = {"corpus": val_examples}
     tokens = sum(e.num_tokens for e in examples)
     steps = steps_for_run(tokens, tc.epochs, tc.batch_size * tc.optimizer.grad_accum, tc.seq_len, tc.max_steps)
     cfg = glue.run_train_config(tc, max_steps=steps, eval_every=max(1, steps // 4), seed=pretrain.seed, profile=profile)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from mixjax.data.budget import token_budgets
 from mixjax.data.domain import Domain, Example, load_domains
+from mixjax.data.tokenizer import check_vocab, load_tokenizer
 from mixjax.data.pipeline import select_mixture
 from mixjax.mixing.baselines import proportional_weights, simplex_grid, uniform_weights
 from mixjax.mixing.design import perturbation_runs
@@ -75,11 +76,11 @@ class Inputs:
 
     @functools.cached_property
     def tokenizer(self):
-        return glue.load_tokenizer(self.config.tokenizer)
+        return load_tokenizer(self.config.tokenizer)
 
     @functools.cached_property
     def tokenizer_fingerprint(self) -> str:
-        return glue.tokenizer_fingerprint(self.config.tokenizer, self.tokenizer)
+        return self.tokenizer.fingerprint()
 
     @functools.cached_property
     def model(self) -> ModelConfig:
@@ -93,7 +94,7 @@ class Inputs:
 
     @functools.cached_property
     def domains(self) -> dict[str, Domain]:
-        glue.check_vocab(self.tokenizer, self.model.vocab_size)
+        check_vocab(self.tokenizer, self.model.vocab_size)
         return load_domains(self.config.domains, self.tokenizer, self.config.train.seq_len + 1)
 
     @functools.cached_property
