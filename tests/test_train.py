@@ -13,7 +13,7 @@ from flax import linen as nn
 from mixjax.data.domain import DomainSpec, load_domains
 from mixjax.data.pipeline import select_mixture
 from mixjax.data.tokenizer import ByteTokenizer
-from mixjax.model.llama import PRESETS, Decoder, ModelConfig
+from mixjax.model.llama import PRESETS, ModelConfig
 from mixjax.data.pipeline import multi_domain_eval_batches, optimizer_step_batches
 from mixjax.train.checkpoint import RunCheckpoints
 from mixjax.train.loop import DataExhaustedError, NonFiniteLossError, TrainConfig, Trainer, planned_steps, train
@@ -41,7 +41,7 @@ def _leaves(params):
     return [np.asarray(a) for a in jax.tree.leaves(nn.unbox(params))]
 
 
-FIXED_OPT = OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.0)
+FIXED_OPT = OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.0, weight_decay=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_grad_accumulation_with_unequal_micro_batches_equals_big_batch():
         np.testing.assert_allclose(a, b, atol=2e-6)
 
 
-def test_chunked_cross_entropy_equals_full():
+def test_chunked_cross_entropy_equals_full(fixed_trainer):
     rng = np.random.default_rng(0)
     hidden = jax.numpy.asarray(rng.normal(size=(3, 37, 16)), jax.numpy.float32)
     head = jax.numpy.asarray(rng.normal(size=(16, 101)), jax.numpy.float32)
@@ -143,8 +143,12 @@ def test_chunked_cross_entropy_equals_full():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     # Through the model (tied and untied heads): same loss and gradients as the full logits.
     batch = {k: jax.numpy.asarray(v) for k, v in _fixed_batch(length=24).items()}
-    for model in (TINY, dataclasses.replace(TINY, tie_embeddings=False)):
-        params = Decoder(model).init(jax.random.key(1), batch["inputs"], batch["positions"], batch["segment_ids"])["params"]
+    tied = nn.unbox(fixed_trainer.init(jax.random.key(1)).params)
+    untied = dataclasses.replace(TINY, tie_embeddings=False)  # the lm_head kernel path: losses
+    with_head = dict(tied, lm_head={"kernel": jax.numpy.asarray(rng.normal(0, 0.02, (TINY.dim, TINY.vocab_size)), jax.numpy.float32)})
+    loss = jax.jit(lambda p, chunk: token_losses(untied, p, batch, chunk)[0], static_argnums=1)
+    np.testing.assert_allclose(float(loss(with_head, 10)), float(loss(with_head, 0)), rtol=1e-6)
+    for model, params in ((TINY, tied),):  # tied embeddings: losses and gradients
         grad = jax.jit(jax.value_and_grad(lambda p, chunk: token_losses(model, p, batch, chunk)[0]), static_argnums=1)
         (lc, gc), (lf, gf) = grad(params, 10), grad(params, 0)
         np.testing.assert_allclose(float(lc), float(lf), rtol=1e-6)
@@ -152,9 +156,8 @@ def test_chunked_cross_entropy_equals_full():
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # float32 summation order
 
 
-def test_weight_decay_masked_off_norms_and_embeddings():
-    opt = OptimizerConfig(learning_rate=0.1, warmup_ratio=0.0, weight_decay=0.5, min_lr_ratio=1.0)
-    trainer = Trainer(TINY, TrainConfig(optimizer=opt))
+def test_weight_decay_masked_off_norms_and_embeddings(fixed_trainer):
+    trainer = fixed_trainer  # lr 1e-2 from step 0, weight_decay 0.1
     state = trainer.init(jax.random.key(0), 10)
     batch = _fixed_batch()
     before = nn.unbox(state.params)
@@ -166,7 +169,7 @@ def test_weight_decay_masked_off_norms_and_embeddings():
     np.testing.assert_array_equal(after["layers"]["input_layernorm"]["scale"], before["layers"]["input_layernorm"]["scale"])
     np.testing.assert_array_equal(after["embed_tokens"]["embedding"], before["embed_tokens"]["embedding"])
     q_before, q_after = before["layers"]["self_attn"]["q_proj"]["kernel"], after["layers"]["self_attn"]["q_proj"]["kernel"]
-    np.testing.assert_allclose(q_after, q_before * (1 - 0.1 * 0.5), rtol=1e-6)  # decoupled decay: p - lr * wd * p
+    np.testing.assert_allclose(q_after, q_before * (1 - 1e-2 * 0.1), rtol=1e-6)  # decoupled decay: p - lr * wd * p
 
 
 def test_bf16_compute_keeps_float32_master_weights(fixed_trainer):
@@ -199,13 +202,13 @@ def _quiet(**kw):
     return dict(progress=False, log=lambda s: None, **kw)
 
 
-def test_one_trainer_compiles_once_for_runs_of_any_length(tmp_path, small_data):
+def test_one_trainer_compiles_once_for_runs_of_any_length(tmp_path, small_data, run_trainer):
     examples, val = small_data
     shared = Trainer(TINY, _run_cfg())
     results = {n: train(TINY, _run_cfg(max_steps=n), examples, val, tmp_path / f"shared{n}", **_quiet(trainer=shared)) for n in (7, 12)}
     assert shared.traces == {"train": 1, "eval": 1}
     for n in (7, 12):
-        alone = train(TINY, _run_cfg(max_steps=n), examples, val, tmp_path / f"alone{n}", **_quiet())
+        alone = train(TINY, _run_cfg(max_steps=n), examples, val, tmp_path / f"alone{n}", **_quiet(trainer=run_trainer))  # another Trainer
         assert results[n].final_step == n
         assert results[n].history == alone.history
         rows = [json.loads(line) for line in (tmp_path / f"shared{n}" / "metrics.jsonl").read_text().splitlines()]

@@ -109,12 +109,13 @@ def planned_steps(cfg: TrainConfig, examples: Sequence[Example]) -> int:
     return steps_for_budget(trained_positions(examples), cfg.epochs, cfg.batch_size * cfg.optimizer.grad_accum, cfg.seq_len)
 
 
-def _to_global(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """A global array from host data every process holds in full (each takes its shards)."""
-    value = np.asarray(value)
+def _to_global(value, sharding: NamedSharding):
+    """Global arrays from host data (an array or a dict of them) that every process holds
+    in full; each process transfers only its own shards. One device_put per call."""
     if jax.process_count() == 1:
         return jax.device_put(value, sharding)
-    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+    put = lambda v: jax.make_array_from_callback(np.shape(v), sharding, lambda index: np.asarray(v)[index])
+    return jax.tree.map(put, value)
 
 
 class Trainer:
@@ -188,13 +189,13 @@ class Trainer:
         if batch["inputs"].ndim == 2:
             batch = {k: v[None] for k, v in batch.items()}
         with self.mesh, nn.logical_axis_rules(LOGICAL_RULES):
-            return self._train(state, {k: _to_global(v, self.step_sharding) for k, v in batch.items()})
+            return self._train(state, _to_global(batch, self.step_sharding))
 
     def evaluate(self, params, batches: Sequence[Mapping[str, np.ndarray]], names: Sequence[str]) -> dict[str, float]:
         """Per-domain token-weighted mean loss over ``multi_domain_eval_batches`` batches:
         one compiled call per batch for all domains; rows summed per domain on the host."""
         with self.mesh, nn.logical_axis_rules(LOGICAL_RULES):
-            outs = [self._eval(params, {k: _to_global(b[k], self.eval_sharding) for k in BATCH_KEYS}) for b in batches]
+            outs = [self._eval(params, _to_global({k: b[k] for k in BATCH_KEYS}, self.eval_sharding)) for b in batches]
         totals, weights = np.zeros(len(names)), np.zeros(len(names))
         for batch, (t, w) in zip(batches, jax.device_get(outs)):
             np.add.at(totals, batch["domain"], np.asarray(t, np.float64))
