@@ -20,7 +20,7 @@ def run_config():
     from mixjax.train.loop import TrainConfig
     from mixjax.train.optimizer import OptimizerConfig
 
-    return TrainConfig(seq_len=64, batch_size=4, epochs=1, max_steps=MAX_STEPS, eval_every=3, checkpoint_every=3, prefetch=0, optimizer=OptimizerConfig(learning_rate=3e-3))
+    return TrainConfig(seq_len=64, batch_size=4, epochs=1, max_steps=MAX_STEPS, eval_every=3, checkpoint_every=MAX_STEPS, prefetch=0, optimizer=OptimizerConfig(learning_rate=3e-3))
 
 
 def tiny_run(workdir):

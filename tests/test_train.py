@@ -100,9 +100,10 @@ def test_steps_for_budget_floor_never_exceeds_the_data(small_data):
     assert steps_for_budget(1_000_000, 3, 16, 256) == 732  # floor(3e6 / 4096) = 732 (ceil was 733)
     assert steps_for_budget(10, 1, 16, 256) == 1
     examples, _ = small_data
-    for epochs, accum in ((1, 1), (2, 1), (2, 3)):
-        cfg = TrainConfig(seq_len=64, batch_size=8, epochs=epochs, optimizer=OptimizerConfig(grad_accum=accum))
-        supplied = sum(1 for _ in optimizer_step_batches(examples, seq_len=64, batch_size=8, grad_accum=accum, epochs=epochs, seed=0))
+    assert max(e.num_tokens for e in examples) > 33  # seq_len 32: longer examples are cut to a row
+    for epochs, accum, seq_len in ((1, 1, 64), (2, 1, 64), (2, 3, 64), (1, 1, 32)):
+        cfg = TrainConfig(seq_len=seq_len, batch_size=8, epochs=epochs, optimizer=OptimizerConfig(grad_accum=accum))
+        supplied = sum(1 for _ in optimizer_step_batches(examples, seq_len=seq_len, batch_size=8, grad_accum=accum, epochs=epochs, seed=0))
         assert 0 < planned_steps(cfg, examples) <= supplied
 
 

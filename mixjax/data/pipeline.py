@@ -47,6 +47,7 @@ def select_mixture(domains: Mapping[str, Domain], budgets: Mapping[str, int], se
 
 
 def _pack_and_batch(ds: grain.IterDataset, seq_len: int, batch_size: int, seed: int, shuffle: bool) -> grain.IterDataset:
+    ds = ds.map(lambda f: {k: v[:seq_len] for k, v in f.items()})  # an example longer than a row is cut to it
     packed = FirstFitPackIterDataset(
         ds,
         length_struct={k: seq_len for k in FEATURES},
@@ -140,9 +141,11 @@ def multi_domain_eval_batches(
     return out
 
 
-def trained_positions(examples: Sequence[Example]) -> int:
-    """Next-token positions an epoch over ``examples`` trains: sum of (num_tokens - 1)."""
-    return sum(e.num_tokens - 1 for e in examples)
+def trained_positions(examples: Sequence[Example], seq_len: int | None = None) -> int:
+    """Next-token positions an epoch over ``examples`` trains: sum of (num_tokens - 1), each
+    at most ``seq_len`` (longer examples are cut to one packed row)."""
+    cap = seq_len if seq_len is not None else float("inf")
+    return int(sum(min(e.num_tokens - 1, cap) for e in examples))
 
 
 def optimizer_step_batches(

@@ -103,10 +103,12 @@ def examples_hash(examples: Sequence[Example]) -> str:
 
 
 def planned_steps(cfg: TrainConfig, examples: Sequence[Example]) -> int:
-    """The run's optimizer steps: ``cfg.max_steps``, or the most the data supplies for ``cfg.epochs``."""
+    """The run's optimizer steps: ``cfg.max_steps``, or the most the data surely supplies for
+    ``cfg.epochs`` (floor of epochs x trained positions / (B x T x grad_accum)). The pipeline
+    should call this rather than steps_for_budget on raw token counts."""
     if cfg.max_steps:
         return cfg.max_steps
-    return steps_for_budget(trained_positions(examples), cfg.epochs, cfg.batch_size * cfg.optimizer.grad_accum, cfg.seq_len)
+    return steps_for_budget(trained_positions(examples, cfg.seq_len), cfg.epochs, cfg.batch_size * cfg.optimizer.grad_accum, cfg.seq_len)
 
 
 def _to_global(value, sharding: NamedSharding):
