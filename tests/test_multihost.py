@@ -7,7 +7,6 @@ worker process.
 """
 
 import json
-import os
 import socket
 import subprocess
 import sys
