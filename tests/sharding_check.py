@@ -26,8 +26,8 @@ batch = {
 # float reduction-order noise in near-zero gradients into O(lr) differences.
 results = {}
 for label, shape, devices in (("one", (1, 1, 1), jax.devices()[:1]), ("mesh", (2, 2, 2), jax.devices())):
-    trainer = Trainer(model, TrainConfig(mesh_shape=shape, optimizer=OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.0, eps=1e-3)), 10, devices)
-    state = trainer.init(jax.random.key(0))
+    trainer = Trainer(model, TrainConfig(mesh_shape=shape, optimizer=OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.0, eps=1e-3)), devices)
+    state = trainer.init(jax.random.key(0), 10)
     losses = []
     for i in range(3):
         state, metrics = trainer.step(state, batch)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,13 +14,16 @@ from mixjax.data.domain import DomainSpec, load_domains
 from mixjax.data.pipeline import select_mixture
 from mixjax.data.tokenizer import ByteTokenizer
 from mixjax.model.llama import PRESETS, ModelConfig
+from mixjax.data.pipeline import multi_domain_eval_batches, optimizer_step_batches
 from mixjax.train.checkpoint import RunCheckpoints
-from mixjax.train.loop import TrainConfig, Trainer, train
+from mixjax.train.loop import DataExhaustedError, NonFiniteLossError, TrainConfig, Trainer, planned_steps, train
 from mixjax.train.optimizer import (
     OptimizerConfig,
+    learning_rate,
     learning_rate_schedule,
     steps_for_budget,
 )
+from mixjax.train.step import token_losses
 
 TINY = ModelConfig(vocab_size=263, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, dtype="float32", rope_theta=10_000.0, tie_embeddings=True)
 
@@ -33,22 +37,33 @@ def _fixed_batch(seed=0, batch=4, length=32):
     }
 
 
-def test_loss_decreases_on_a_fixed_batch():
-    trainer = Trainer(TINY, TrainConfig(optimizer=OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.0)), 30)
-    state, batch = trainer.init(jax.random.key(0)), _fixed_batch()
+def _leaves(params):
+    return [np.asarray(a) for a in jax.tree.leaves(nn.unbox(params))]
+
+
+FIXED_OPT = OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.0, weight_decay=0.1)
+
+
+@pytest.fixture(scope="module")
+def fixed_trainer():
+    return Trainer(TINY, TrainConfig(optimizer=FIXED_OPT))
+
+
+def test_loss_decreases_on_a_fixed_batch(fixed_trainer):
+    state, batch = fixed_trainer.init(jax.random.key(0), total_steps=30), _fixed_batch()
     losses = []
     for _ in range(30):
-        state, metrics = trainer.step(state, batch)
+        state, metrics = fixed_trainer.step(state, batch)
         losses.append(float(metrics["loss"]))
     assert losses[0] == pytest.approx(np.log(263), rel=0.05)  # untrained: ~uniform over the vocabulary
     assert losses[-1] < 0.5 * losses[0]
+    assert fixed_trainer.traces["train"] == 1
 
 
-def test_prompt_tokens_do_not_count():
-    trainer = Trainer(TINY, TrainConfig(), 10)
-    state, batch = trainer.init(jax.random.key(0)), _fixed_batch()
+def test_prompt_tokens_do_not_count(fixed_trainer):
+    state, batch = fixed_trainer.init(jax.random.key(0), 10), _fixed_batch()
     masked = dict(batch, weights=np.zeros_like(batch["weights"]))
-    _, metrics = trainer.step(state, masked)
+    _, metrics = fixed_trainer.step(state, masked)
     assert float(metrics["tokens"]) == 0.0 and float(metrics["grad_norm"]) == 0.0
 
 
@@ -75,30 +90,85 @@ def test_warmup_cosine_schedule_values():
     assert float(lr(100)) == pytest.approx(1e-4)
     no_warmup = learning_rate_schedule(OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.0, min_lr_ratio=0.1), 100)
     assert float(no_warmup(0)) == pytest.approx(1e-3) and float(no_warmup(100)) == pytest.approx(1e-4)
+    # The length is a traced input: one compiled function, any schedule length.
+    traced = jax.jit(lambda s, n: learning_rate(cfg, s, n))
+    assert float(traced(55, 100)) == pytest.approx(5.5e-4, rel=1e-5)
+    assert float(traced(110, 200)) == pytest.approx(5.5e-4, rel=1e-5)
 
 
-def test_steps_for_budget():
-    assert steps_for_budget(1_000_000, 3, 16, 256, packing_efficiency=1.0) == 733
+def test_steps_for_budget_floor_never_exceeds_the_data(small_data):
+    assert steps_for_budget(1_000_000, 3, 16, 256) == 732  # floor(3e6 / 4096) = 732 (ceil was 733)
     assert steps_for_budget(10, 1, 16, 256) == 1
+    examples, _ = small_data
+    assert max(e.num_tokens for e in examples) > 33  # seq_len 32: longer examples are cut to a row
+    for epochs, accum, seq_len in ((1, 1, 64), (2, 1, 64), (2, 3, 64), (1, 1, 32)):
+        cfg = TrainConfig(seq_len=seq_len, batch_size=8, epochs=epochs, optimizer=OptimizerConfig(grad_accum=accum))
+        supplied = sum(1 for _ in optimizer_step_batches(examples, seq_len=seq_len, batch_size=8, grad_accum=accum, epochs=epochs, seed=0))
+        assert 0 < planned_steps(cfg, examples) <= supplied
 
 
-def test_grad_accumulation_equals_big_batch():
+def test_grad_accumulation_with_unequal_micro_batches_equals_big_batch():
     big = _fixed_batch(batch=8)
-    halves = [{k: v[:4] for k, v in big.items()}, {k: v[4:] for k, v in big.items()}]
+    # Micro-batch 1 trains all 4 x 32 tokens, micro-batch 2 only 4 tokens: a mean of the two
+    # micro-batch means (optax.MultiSteps) weights micro-batch 2's tokens 32x too much.
+    big["weights"][4:, 1:] = 0.0
+    halves = {k: np.stack([v[:4], v[4:]]) for k, v in big.items()}
     # eps=1e-3 keeps Adam's first update smooth in g (see tests/sharding_check.py).
     opt = lambda accum: OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.0, eps=1e-3, grad_accum=accum)
-    cfg = lambda accum: TrainConfig(batch_size=8 // accum, optimizer=opt(accum))
-    one = Trainer(TINY, cfg(1), 5)
-    s1, _ = one.step(one.init(jax.random.key(0)), big)
-    two = Trainer(TINY, cfg(2), 5)
-    s2 = two.init(jax.random.key(0))
-    for half in halves:
-        s2, _ = two.step(s2, half)
-    initial = nn.unbox(one.init(jax.random.key(0)).params)
-    moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(jax.tree.leaves(nn.unbox(s1.params)), jax.tree.leaves(initial)))
-    assert moved > 1e-3  # the step really changed the params
-    for a, b in zip(jax.tree.leaves(nn.unbox(s1.params)), jax.tree.leaves(nn.unbox(s2.params))):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+    one = Trainer(TINY, TrainConfig(batch_size=8, optimizer=opt(1)))
+    s1, m1 = one.step(one.init(jax.random.key(0), 5), big)
+    two = Trainer(TINY, TrainConfig(batch_size=4, optimizer=opt(2)))
+    s2, m2 = two.step(two.init(jax.random.key(0), 5), halves)
+    assert float(m2["tokens"]) == 132.0
+    assert float(m2["loss"]) == pytest.approx(float(m1["loss"]), rel=1e-6)
+    assert float(m2["grad_norm"]) == pytest.approx(float(m1["grad_norm"]), rel=1e-5)
+    initial = _leaves(one.init(jax.random.key(0)).params)
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(_leaves(s1.params), initial)) > 1e-3  # really moved
+    for a, b in zip(_leaves(s1.params), _leaves(s2.params)):
+        np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_chunked_cross_entropy_equals_full(fixed_trainer):
+    """24 positions in chunks of 10 (the last one padded): only (B, 10, V) logits at a time."""
+    rng = np.random.default_rng(0)
+    # Through the model (tied and untied heads): same loss and gradients as the full logits.
+    batch = {k: jax.numpy.asarray(v) for k, v in _fixed_batch(length=24).items()}
+    tied = nn.unbox(fixed_trainer.init(jax.random.key(1)).params)
+    untied = dataclasses.replace(TINY, tie_embeddings=False)  # the lm_head kernel path: losses
+    with_head = dict(tied, lm_head={"kernel": jax.numpy.asarray(rng.normal(0, 0.02, (TINY.dim, TINY.vocab_size)), jax.numpy.float32)})
+    loss = jax.jit(lambda p, chunk: token_losses(untied, p, batch, chunk)[0], static_argnums=1)
+    np.testing.assert_allclose(float(loss(with_head, 10)), float(loss(with_head, 0)), rtol=1e-6)
+    # Tied embeddings: losses and gradients.
+    grad = jax.jit(jax.value_and_grad(lambda p, chunk: token_losses(TINY, p, batch, chunk)[0]), static_argnums=1)
+    (lc, gc), (lf, gf) = grad(tied, 10), grad(tied, 0)
+    np.testing.assert_allclose(float(lc), float(lf), rtol=1e-6)
+    for a, b in zip(_leaves(gc), _leaves(gf)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # float32 summation order
+
+
+def test_weight_decay_masked_off_norms_and_embeddings(fixed_trainer):
+    trainer = fixed_trainer  # lr 1e-2 from step 0, weight_decay 0.1
+    state = trainer.init(jax.random.key(0), 10)
+    batch = _fixed_batch()
+    before = nn.unbox(state.params)
+    before = jax.tree.map(np.asarray, before)
+    # Zero loss weights: zero gradients, so the Adam direction is 0 and only decay moves params.
+    state, _ = trainer.step(state, dict(batch, weights=np.zeros_like(batch["weights"])))
+    after = jax.tree.map(np.asarray, nn.unbox(state.params))
+    np.testing.assert_array_equal(after["norm"]["scale"], before["norm"]["scale"])
+    np.testing.assert_array_equal(after["layers"]["input_layernorm"]["scale"], before["layers"]["input_layernorm"]["scale"])
+    np.testing.assert_array_equal(after["embed_tokens"]["embedding"], before["embed_tokens"]["embedding"])
+    q_before, q_after = before["layers"]["self_attn"]["q_proj"]["kernel"], after["layers"]["self_attn"]["q_proj"]["kernel"]
+    np.testing.assert_allclose(q_after, q_before * (1 - 1e-2 * 0.1), rtol=1e-6)  # decoupled decay: p - lr * wd * p
+
+
+def test_bf16_compute_keeps_float32_master_weights(fixed_trainer):
+    model = dataclasses.replace(TINY, dtype="bfloat16")
+    trainer = Trainer(model, TrainConfig(optimizer=FIXED_OPT))
+    state, m = trainer.step(trainer.init(jax.random.key(0), 5), _fixed_batch())
+    _, m32 = fixed_trainer.step(fixed_trainer.init(jax.random.key(0), 5), _fixed_batch())
+    assert {a.dtype for a in _leaves(state.params)} == {np.dtype("float32")}
+    assert float(m["loss"]) == pytest.approx(float(m32["loss"]), rel=1e-2)
 
 
 @pytest.fixture(scope="module")
@@ -108,40 +178,174 @@ def small_data():
     return examples, {n: d.val for n, d in domains.items()}
 
 
-def _run_cfg():
-    return TrainConfig(seq_len=64, batch_size=8, epochs=2, eval_every=3, checkpoint_every=2, optimizer=OptimizerConfig(learning_rate=3e-3))
+def _run_cfg(**kw):
+    return TrainConfig(**{**dict(seq_len=64, batch_size=8, epochs=1, eval_every=3, checkpoint_every=2, optimizer=OptimizerConfig(learning_rate=3e-3)), **kw})
 
 
-def test_resume_after_interruption_matches_uninterrupted(tmp_path, small_data):
+@pytest.fixture(scope="module")
+def run_trainer():
+    """One Trainer (one compile) for every run test below."""
+    return Trainer(TINY, _run_cfg())
+
+
+def _quiet(**kw):
+    return dict(progress=False, log=lambda s: None, **kw)
+
+
+def test_one_trainer_compiles_once_for_runs_of_any_length(tmp_path, small_data, run_trainer):
     examples, val = small_data
-    full = train(TINY, _run_cfg(), examples, val, tmp_path / "full", progress=False, log=lambda s: None)
+    shared = Trainer(TINY, _run_cfg())
+    results = {n: train(TINY, _run_cfg(max_steps=n), examples, val, tmp_path / f"shared{n}", **_quiet(trainer=shared)) for n in (7, 12)}
+    assert shared.traces == {"train": 1, "eval": 1}
+    for n in (7, 12):
+        alone = train(TINY, _run_cfg(max_steps=n), examples, val, tmp_path / f"alone{n}", **_quiet(trainer=run_trainer))  # another Trainer
+        assert results[n].final_step == n
+        assert results[n].history == alone.history
+        rows = [json.loads(line) for line in (tmp_path / f"shared{n}" / "metrics.jsonl").read_text().splitlines()]
+        assert rows[-1]["learning_rate"] == pytest.approx(learning_rate(_run_cfg().optimizer, n - 1, n))
+
+
+def test_eval_all_domains_in_one_call_matches_per_domain(small_data, run_trainer):
+    _, val = small_data
+    params = run_trainer.init(jax.random.key(3)).params
+    batches = multi_domain_eval_batches(val, seq_len=64, batch_size=8)
+    together = run_trainer.evaluate(params, batches, list(val))
+    for name, examples in val.items():
+        alone = run_trainer.evaluate(params, multi_domain_eval_batches({name: examples}, seq_len=64, batch_size=8), [name])
+        assert together[name] == pytest.approx(alone[name], rel=1e-6)
+    assert len(batches) < sum(len(multi_domain_eval_batches({n: e}, seq_len=64, batch_size=8)) for n, e in val.items()) + 1
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path, small_data, run_trainer):
+    examples, val = small_data
+    full = train(TINY, _run_cfg(), examples, val, tmp_path / "full", **_quiet(trainer=run_trainer))
     with pytest.raises(KeyboardInterrupt):
-        train(TINY, _run_cfg(), examples, val, tmp_path / "crash", progress=False, log=lambda s: None, stop_after=5)
-    resumed = train(TINY, _run_cfg(), examples, val, tmp_path / "crash", progress=False, log=lambda s: None)
+        train(TINY, _run_cfg(), examples, val, tmp_path / "crash", **_quiet(trainer=run_trainer, stop_after=5))
+    resumed = train(TINY, _run_cfg(), examples, val, tmp_path / "crash", **_quiet(trainer=run_trainer))
     assert resumed.final_step == full.final_step
-    trainer = Trainer(TINY, _run_cfg(), full.final_step)
-    params = [RunCheckpoints(tmp_path / run / "checkpoints").restore_latest(trainer.abstract_state)[0].params for run in ("full", "crash")]
-    for a, b in zip(jax.tree.leaves(nn.unbox(params[0])), jax.tree.leaves(nn.unbox(params[1]))):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    params = [RunCheckpoints(tmp_path / run / "checkpoints").restore_latest(run_trainer.abstract_state)[0].params for run in ("full", "crash")]
+    for a, b in zip(_leaves(params[0]), _leaves(params[1])):
+        np.testing.assert_array_equal(a, b)
     assert resumed.best_losses == pytest.approx(full.best_losses)
+    assert resumed.trained_tokens == full.trained_tokens and resumed.trained_examples_hash == full.trained_examples_hash
+    rows = [json.loads(line)["step"] for line in (tmp_path / "crash" / "metrics.jsonl").read_text().splitlines()]
+    assert rows == list(range(1, full.final_step + 1))  # one row per step, no duplicates after the resume
 
 
-def test_best_checkpoint_is_lowest_validation_loss(tmp_path, small_data):
+@pytest.mark.parametrize("kill_step", [4, 6])
+def test_kill_right_after_a_checkpoint_write_resumes(tmp_path, small_data, run_trainer, monkeypatch, kill_step):
+    """eval_every=2, checkpoint_every=3: step 4 writes a params-only best, step 6 a full
+    step that is also the best. A kill right after either write must resume and finish
+    exactly as the uninterrupted run (the old best/ + latest/ managers died here with
+    StepAlreadyExists on the rerun of the step)."""
+    import orbax.checkpoint as ocp
+
     examples, val = small_data
-    cfg = TrainConfig(seq_len=64, batch_size=8, epochs=2, eval_every=2, checkpoint_every=2, optimizer=OptimizerConfig(learning_rate=3e-2))
-    result = train(TINY, cfg, examples, val, tmp_path / "run", progress=False, log=lambda s: None)
+    cfg = _run_cfg(eval_every=2, checkpoint_every=3)
+    full = train(TINY, cfg, examples, val, tmp_path / "full", **_quiet(trainer=run_trainer))
+    assert {h["step"] for h in full.history} >= {2, 4, 6} and full.history[1]["total"] < full.history[0]["total"]
+    save = ocp.CheckpointManager.save
+
+    def save_then_die(self, step, *args, **kwargs):
+        out = save(self, step, *args, **kwargs)
+        if step == kill_step:
+            self.wait_until_finished()
+            raise KeyboardInterrupt("killed")
+        return out
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, cfg, examples, val, tmp_path / "crash", **_quiet(trainer=run_trainer))
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    resumed = train(TINY, cfg, examples, val, tmp_path / "crash", **_quiet(trainer=run_trainer))
+    assert resumed.history == full.history and resumed.best_step == full.best_step
+    params = [RunCheckpoints(tmp_path / run / "checkpoints").restore_latest(run_trainer.abstract_state)[0].params for run in ("full", "crash")]
+    for a, b in zip(_leaves(params[0]), _leaves(params[1])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_best_checkpoint_is_lowest_validation_loss(tmp_path, small_data, run_trainer):
+    examples, val = small_data
+    cfg = _run_cfg(eval_every=2, checkpoint_every=5)
+    result = train(TINY, cfg, examples, val, tmp_path / "run", **_quiet(trainer=run_trainer))
     totals = {h["step"]: h["total"] for h in result.history}
     assert result.best_step == min(totals, key=totals.get)
     assert result.best_total == pytest.approx(min(totals.values()))
-    trainer = Trainer(TINY, cfg, result.final_step)
-    best_state, best_losses = RunCheckpoints(tmp_path / "run" / "checkpoints").restore_best(trainer.abstract_state)
-    assert int(best_state.step) == result.best_step and best_losses == pytest.approx(result.best_losses)
-    # Re-evaluating the restored best state reproduces the recorded losses.
-    from mixjax.data.pipeline import eval_batches
-
-    again = trainer.evaluate(best_state, {n: eval_batches(v, seq_len=64, batch_size=8) for n, v in val.items()})
+    checkpoints = RunCheckpoints(tmp_path / "run" / "checkpoints")
+    best_params, meta = checkpoints.restore_best(run_trainer.abstract_state.params)
+    assert meta["best"]["step"] == result.best_step and meta["best"]["losses"] == pytest.approx(result.best_losses)
+    # Kept: the best step and the newest full step only.
+    assert set(checkpoints.manager.all_steps()) == {result.best_step, result.final_step}
+    # Re-evaluating the restored best params reproduces the recorded losses.
+    again = run_trainer.evaluate(best_params, multi_domain_eval_batches(val, seq_len=64, batch_size=8), list(val))
     assert again == pytest.approx(result.best_losses, rel=1e-5)
     assert json.loads((tmp_path / "run" / "result.json").read_text())["best_step"] == result.best_step
+
+
+def _nan_params(trainer):
+    params = jax.tree.map(np.array, nn.unbox(trainer.init(jax.random.key(0)).params))
+    params["norm"]["scale"][0] = np.nan
+    return params
+
+
+def test_non_finite_train_loss_stops_the_run(tmp_path, small_data, run_trainer):
+    examples, val = small_data
+    with pytest.raises(NonFiniteLossError) as err:
+        train(TINY, _run_cfg(), examples, val, tmp_path / "nan", **_quiet(trainer=run_trainer, init_params=_nan_params(run_trainer)))
+    assert (err.value.run, err.value.step, err.value.what) == ("nan", 1, "train")
+    assert isinstance(err.value, RuntimeError) and "'nan'" in str(err.value) and "step 1" in str(err.value)
+    assert not (tmp_path / "nan" / "result.json").exists()
+
+
+def test_non_finite_eval_loss_stops_the_run(tmp_path, small_data, run_trainer):
+    examples, val = small_data
+    bad = dataclasses.replace(val["math"][0], tokens=np.full_like(val["math"][0].tokens, 10_000))  # beyond the embedding: NaN
+    with pytest.raises(NonFiniteLossError) as err:
+        train(TINY, _run_cfg(), examples, {"instruct": val["instruct"], "math": (bad,)}, tmp_path / "evalnan", **_quiet(trainer=run_trainer))
+    assert (err.value.step, err.value.what) == (3, "eval")  # the first evaluation (eval_every=3)
+    assert not (tmp_path / "evalnan" / "result.json").exists()
+
+
+def test_data_exhausted_before_the_schedule_ends_is_an_error(tmp_path, small_data, run_trainer):
+    examples, val = small_data
+    supplied = sum(1 for _ in optimizer_step_batches(examples, seq_len=64, batch_size=8, grad_accum=1, epochs=1, seed=0))
+    with pytest.raises(DataExhaustedError) as err:
+        train(TINY, _run_cfg(epochs=1, max_steps=supplied + 5), examples, val, tmp_path / "short", **_quiet(trainer=run_trainer))
+    assert (err.value.run, err.value.step, err.value.total_steps) == ("short", supplied, supplied + 5)
+    assert not (tmp_path / "short" / "result.json").exists()
+
+
+def _tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    """Read TensorBoard event files (TFRecord framing + Event protos) without TensorFlow."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(directory.rglob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                series.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return series
+
+
+def test_metrics_jsonl_tensorboard_and_profile(tmp_path, small_data, run_trainer):
+    examples, val = small_data
+    result = train(TINY, _run_cfg(max_steps=8, profile=True), examples, val, tmp_path / "obs", **_quiet(trainer=run_trainer))
+    rows = [json.loads(line) for line in (tmp_path / "obs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert set(rows[0]) == {"step", "loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu"}
+    assert all(r["tokens_per_s"] > 0 and r["grad_norm"] > 0 and r["mfu"] is None for r in rows)  # CPU: no datasheet peak
+    series = _tensorboard_scalars(tmp_path / "obs" / "tensorboard")
+    assert [s for s, _ in series["train/loss"]] == list(range(1, 9))
+    np.testing.assert_allclose([v for _, v in series["train/loss"]], [r["loss"] for r in rows], rtol=1e-6)
+    assert [s for s, _ in series["val/total"]] == [h["step"] for h in result.history]
+    assert list((tmp_path / "obs" / "profile").rglob("*.xplane.pb"))  # the jax.profiler trace
 
 
 def test_presets_have_published_sizes():

@@ -47,6 +47,7 @@ def select_mixture(domains: Mapping[str, Domain], budgets: Mapping[str, int], se
 
 
 def _pack_and_batch(ds: grain.IterDataset, seq_len: int, batch_size: int, seed: int, shuffle: bool) -> grain.IterDataset:
+    ds = ds.map(lambda f: {k: v[:seq_len] for k, v in f.items()})  # an example longer than a row is cut to it
     packed = FirstFitPackIterDataset(
         ds,
         length_struct={k: seq_len for k in FEATURES},
@@ -84,7 +85,9 @@ def training_dataset(
     """Shuffled (a new order each epoch), packed batches over ``epochs`` passes.
 
     With several processes each takes every ``process_count``-th example of the shuffled
-    stream; ``batch_size`` is per process. The iterator is checkpointable (get_state).
+    stream; ``batch_size`` is per process here. The trainer does not use that split: it
+    builds the global stream (``optimizer_step_batches``) on every process. The iterator is
+    checkpointable (get_state).
     """
     if not examples:
         raise ValueError("the mixture selected no training examples")
@@ -111,4 +114,53 @@ def eval_batches(examples: Sequence[Example], *, seq_len: int, batch_size: int) 
     """Deterministic packed batches covering every validation token once."""
     ds = grain.MapDataset.source(list(examples)).map(next_token_features).to_iter_dataset()
     return list(_pack_and_batch(ds, seq_len, batch_size, seed=0, shuffle=False))
+
+
+def multi_domain_eval_batches(
+    val_sets: Mapping[str, Sequence[Example]], *, seq_len: int, batch_size: int
+) -> list[dict[str, np.ndarray]]:
+    """Every domain's packed validation rows in one list of batches, each row tagged with
+    its domain's index (``domain``, (B,) int32, in ``val_sets`` order): one compiled eval
+    call per batch covers all domains. Padding rows carry weight 0."""
+    rows: list[dict[str, np.ndarray]] = []
+    for index, examples in enumerate(val_sets.values()):
+        for batch in eval_batches(examples, seq_len=seq_len, batch_size=batch_size):
+            keep = batch["segment_ids"].any(axis=1)
+            rows.append(dict({k: v[keep] for k, v in batch.items()}, domain=np.full(int(keep.sum()), index, np.int32)))
+    if not rows:
+        return []
+    flat = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    n = len(flat["domain"])
+    out = []
+    for start in range(0, n, batch_size):
+        batch = {k: v[start:start + batch_size] for k, v in flat.items()}
+        short = batch_size - len(batch["domain"])
+        if short:
+            batch = {k: np.concatenate([v, np.zeros((short, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+        out.append(batch)
+    return out
+
+
+def trained_positions(examples: Sequence[Example], seq_len: int | None = None) -> int:
+    """Next-token positions an epoch over ``examples`` trains: sum of (num_tokens - 1), each
+    at most ``seq_len`` (longer examples are cut to one packed row)."""
+    cap = seq_len if seq_len is not None else float("inf")
+    return int(sum(min(e.num_tokens - 1, cap) for e in examples))
+
+
+def optimizer_step_batches(
+    examples: Sequence[Example], *, seq_len: int, batch_size: int, grad_accum: int, epochs: int, seed: int, prefetch: int = 2
+) -> grain.IterDataset:
+    """The GLOBAL training stream of optimizer steps: each element stacks ``grad_accum``
+    packed (batch_size, seq_len) micro-batches into (grad_accum, batch_size, seq_len) arrays.
+    Every process builds this same stream (and puts its own rows on its devices), so all
+    processes run the same steps. A background thread packs ``prefetch`` steps ahead; the
+    iterator's state (get_state/set_state) is the position of the steps consumed."""
+    ds = training_dataset(examples, seq_len=seq_len, batch_size=batch_size, epochs=epochs, seed=seed)
+    ds = ds.batch(grad_accum, drop_remainder=True)
+    if prefetch:
+        from grain.experimental import ThreadPrefetchIterDataset
+
+        ds = ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
+    return ds
 

@@ -199,8 +199,9 @@ class Decoder(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens: Array, positions: Array, segment_ids: Array) -> Array:
-        """tokens, positions, segment_ids: (B, T) int32 -> logits (B, T, vocab) float32."""
+    def __call__(self, tokens: Array, positions: Array, segment_ids: Array, return_hidden: bool = False) -> Array:
+        """tokens, positions, segment_ids: (B, T) int32 -> logits (B, T, vocab) float32;
+        ``return_hidden``: the final-norm hidden states (B, T, dim) instead (for a chunked loss)."""
         cfg = self.config
         embed = nn.Embed(
             cfg.vocab_size, cfg.dim, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
@@ -220,6 +221,8 @@ class Decoder(nn.Module):
         )
         x, _ = layers(cfg, name="layers")(x, positions, segment_ids)
         x = RMSNorm(cfg.norm_eps, name="norm")(x)
+        if return_hidden:
+            return x
         if cfg.tie_embeddings:
             logits = x.astype(jnp.float32) @ embed.embedding.astype(jnp.float32).T
         else:

@@ -1,17 +1,33 @@
-"""orbax checkpoints of a run: ``latest/`` (for resume: state + data position + history)
-and ``best/`` (the state with the lowest total validation loss so far).
+"""The checkpoints of one run: ONE orbax CheckpointManager, async saves.
 
-Each save is atomic (orbax writes to a temporary directory and renames), so a crash at any
-moment leaves the previous checkpoint intact.
+Each saved step is one atomic directory (orbax writes to a temporary name and renames):
+
+- a **full** step (every ``checkpoint_every`` steps and at the end): items ``params``,
+  ``train`` (step, schedule length, optimizer state) and ``meta`` (data position,
+  history, best so far): a point to resume from;
+- a **best** step (an evaluation that lowered the total validation loss, not on a
+  checkpoint step): items ``params`` and ``meta`` only (params-only best; no full-state
+  save at every evaluation).
+
+orbax ``metrics`` per step carry ``total`` (validation total, on evaluated steps) and
+``full`` (1 on full steps); the preservation policy keeps the best step by lowest
+``total`` (orbax's ``best_fn``, via ``BestN``) and the newest full step; all else is
+deleted. A run always resumes from its newest *full* step, and first deletes any newer
+(params-only) steps: replaying those steps rewrites them bit-exactly, so a kill at any
+moment can never leave a step that blocks the rerun (the old two-manager layout died with
+StepAlreadyExists when killed between ``save_best`` and ``save_latest`` of one step).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.checkpoint_managers import preservation_policy as pp
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:
@@ -21,36 +37,84 @@ def abstract_like(state: Any, shardings: Any) -> Any:
     return jax.tree.map(attach, shardings, state)
 
 
+def _total(metrics: dict) -> float:
+    return metrics.get("total", float("inf"))
+
+
+@dataclasses.dataclass
+class _BestAndLatestFull(pp.PreservationPolicy):
+    """Keep the step with the lowest validation total (orbax BestN on best_fn) and the newest full step."""
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> Sequence[bool]:
+        best = pp.BestN(get_metric_fn=_total, reverse=True, n=1, keep_checkpoints_without_metrics=False)
+        keep = list(best.should_preserve(checkpoints, context=context))
+        full = [i for i, c in enumerate(checkpoints) if (c.metrics or {}).get("full")]
+        if full:
+            keep[full[-1]] = True
+        return keep
+
+
 class RunCheckpoints:
-    def __init__(self, directory: str | Path) -> None:
-        directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
-        self.latest = ocp.CheckpointManager(directory / "latest", options=options)
-        self.best = ocp.CheckpointManager(directory / "best", options=options)
+    def __init__(self, directory: str | Path, *, async_save: bool = True) -> None:
+        options = ocp.CheckpointManagerOptions(
+            create=True,
+            enable_async_checkpointing=async_save,
+            best_fn=_total,  # also makes orbax write each step's metrics
+            best_mode="min",
+            preservation_policy=_BestAndLatestFull(),
+        )
+        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
-    def save_latest(self, step: int, state: Any, meta: dict) -> None:
-        self.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    def save(self, step: int, state: Any, meta: dict, *, total: float | None, full: bool) -> None:
+        """Save ``step``: the full state when ``full``, else params only (a new best)."""
+        items = {"params": ocp.args.StandardSave(state.params), "meta": ocp.args.JsonSave(meta)}
+        if full:
+            items["train"] = ocp.args.StandardSave({"step": state.step, "total_steps": state.total_steps, "opt_state": state.opt_state})
+        metrics = {"full": 1.0 if full else 0.0}
+        if total is not None:
+            metrics["total"] = float(total)
+        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
-    def save_best(self, step: int, state: Any, losses: dict[str, float]) -> None:
-        self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(losses)), force=True)
+    def _metrics(self, step: int) -> dict:
+        return self.manager.metrics(step) or {}
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
-        """(state, meta) of the newest checkpoint for resuming, or None."""
-        return self._restore(self.latest, abstract_state)
+        """(state, meta) of the newest full step, or None; deletes any newer (params-only) steps."""
+        self.manager.wait_until_finished()
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        full = [s for s in steps if self._metrics(s).get("full")]
+        if not full:
+            for s in steps:  # only params-only steps: nothing to resume from
+                self.manager.delete(s)
+            return None
+        for s in steps:
+            if s > full[0]:
+                self.manager.delete(s)
+        train = {"step": abstract_state.step, "total_steps": abstract_state.total_steps, "opt_state": abstract_state.opt_state}
+        args = ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_state.params), train=ocp.args.StandardRestore(train), meta=ocp.args.JsonRestore()
+        )
+        out = self.manager.restore(full[0], args=args)
+        state = abstract_state.replace(params=out.params, step=out.train["step"], total_steps=out.train["total_steps"], opt_state=out.train["opt_state"])
+        return state, out.meta
 
-    def restore_best(self, abstract_state: Any) -> tuple[Any, dict] | None:
-        """(state, per-domain losses) of the best checkpoint, or None."""
-        return self._restore(self.best, abstract_state)
+    def best_step(self) -> int | None:
+        self.manager.wait_until_finished()
+        scored = [(self._metrics(s).get("total", float("inf")), s) for s in self.manager.all_steps()]
+        scored = [x for x in scored if x[0] != float("inf")]
+        return min(scored)[1] if scored else None
 
-    @staticmethod
-    def _restore(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, dict] | None:
-        step = manager.latest_step()
+    def restore_best(self, abstract_params: Any) -> tuple[Any, dict] | None:
+        """(params, meta) of the step with the lowest total validation loss, or None;
+        ``meta["best"]`` holds that step's ``step``, ``losses`` and ``total``."""
+        step = self.best_step()
         if step is None:
             return None
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
-        out = manager.restore(step, args=args)
-        return out.state, out.meta
+        out = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))
+        return out.params, out.meta
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.latest.close()
-        self.best.close()
+        self.manager.close()
