@@ -20,8 +20,8 @@ from mixjax.data.corpus import pretraining_corpus, pretraining_data
 from mixjax.data.tokenizer import load_tokenizer, train_bpe_tokenizer
 from mixjax.io import barrier, is_primary_process, write_json_atomic
 from mixjax.model.llama import ModelConfig
-from mixjax.pipeline import glue
-from mixjax.pipeline.budget import steps_for_run
+from mixjax.train.loop import Trainer
+from mixjax.pipeline.training import DEFAULT_TRAIN, TrainFn, best_params, run_train_config, steps_for_run
 from mixjax.pipeline.config import PretrainConfig
 from mixjax.pipeline.fingerprint import config_dict, digest, normalise
 
@@ -47,7 +47,7 @@ def base_model_dir(workdir: str | Path, fingerprint: dict) -> Path:
 
 def ensure_base_model(
     pretrain: PretrainConfig, model: ModelConfig, workdir: str | Path, *, log: Callable[[str], None] = print,
-    progress: bool = True, train_fn: glue.TrainFn = glue.DEFAULT_TRAIN, profile: bool = False,
+    progress: bool = True, train_fn: TrainFn = DEFAULT_TRAIN, profile: bool = False,
 ) -> Path:
     """The base model directory for this config: reused when complete, else trained now."""
     tc = pretrain.train
@@ -66,12 +66,13 @@ def ensure_base_model(
     examples, val_examples = pretraining_data(tokenizer, pretrain.num_documents, pretrain.val_documents, pretrain.seed, tc.seq_len + 1)
     val = {"corpus": val_examples}
     tokens = sum(e.num_tokens for e in examples)
-    steps = steps_for_run(tokens, tc.epochs, tc.batch_size * tc.optimizer.grad_accum, tc.seq_len, tc.max_steps)
-    cfg = glue.run_train_config(tc, max_steps=steps, eval_every=max(1, steps // 4), seed=pretrain.seed, profile=profile)
+    steps = steps_for_run(examples, tc)
+    cfg = run_train_config(tc, max_steps=steps, eval_every=max(1, steps // 4), seed=pretrain.seed, profile=profile)
     log(f"pretrain: {len(examples):,} documents, {tokens:,} tokens, BPE vocabulary {tokenizer.vocab_size}, {steps} steps -> {out}")
     run_dir = out / "train"
-    glue.call_train(train_fn, model, cfg, examples, val, run_dir, init_params=None, progress=progress, log=log)
-    params = glue.best_params(model, cfg, run_dir)
+    trainer = Trainer(model, cfg)
+    train_fn(model, cfg, examples, val, run_dir, init_params=None, progress=progress, log=log, trainer=trainer)
+    params = best_params(trainer, run_dir)
     if primary:
         from mixjax.model.hf import save_hf_checkpoint
 

@@ -30,19 +30,18 @@ from mixjax.data.budget import token_budgets
 from mixjax.data.domain import Domain, Example, load_domains
 from mixjax.data.tokenizer import check_vocab, load_tokenizer
 from mixjax.data.pipeline import select_mixture
-from mixjax.mixing.baselines import proportional_weights, simplex_grid, uniform_weights
+from mixjax.mixing.baselines import feasible_mask, proportional_weights, simplex_grid, uniform_weights
 from mixjax.mixing.design import perturbation_runs
 from mixjax.mixing.fit import FitConfig, FitResult, fit_law
 from mixjax.mixing.mixture import report_for_params
 from mixjax.mixing.runs import domain_data, read_run_table
 from mixjax.mixing.solve import Constraints
 from mixjax.model.llama import ModelConfig
-from mixjax.pipeline import glue
-from mixjax.pipeline.budget import steps_for_run
+from mixjax.pipeline.training import DEFAULT_TRAIN, RUN_ERRORS, TrainFn, run_train_config, steps_for_run
 from mixjax.pipeline.config import ConfigError, ExperimentConfig, validate
 from mixjax.pipeline.fingerprint import config_dict, data_stamp, directory_stamp, examples_hash, normalise
 from mixjax.pipeline.store import RunSpec, RunStore
-from mixjax.train.loop import TrainConfig
+from mixjax.train.loop import Trainer, TrainConfig
 
 STAGES = ("pretrain", "plan", "perturb", "fit", "solve", "validate", "report")
 
@@ -61,7 +60,7 @@ class Options:
     retrain: bool = False  # retrain runs whose fingerprint changed instead of stopping
     profile: bool = False  # train.profile: a jax.profiler trace of a few steps per run
     progress: bool = True
-    train_fn: glue.TrainFn = glue.DEFAULT_TRAIN  # injectable for tests
+    train_fn: TrainFn = DEFAULT_TRAIN  # injectable for tests
 
 
 # ---------------------------------------------------------------------- inputs
@@ -96,6 +95,11 @@ class Inputs:
     def domains(self) -> dict[str, Domain]:
         check_vocab(self.tokenizer, self.model.vocab_size)
         return load_domains(self.config.domains, self.tokenizer, self.config.train.seq_len + 1)
+
+    @functools.cached_property
+    def trainer(self) -> Trainer:
+        """The compiled train and eval steps every run of the pipeline shares."""
+        return Trainer(self.model, self.config.train)
 
     @functools.cached_property
     def init_params(self):
@@ -170,10 +174,8 @@ def prepare_run(spec: RunSpec, inputs: Inputs, profile: bool = False) -> Prepare
     selected = {n: 0 for n in spec.tokens}
     for e in examples:
         selected[owner[id(e)]] += e.num_tokens
-    tokens = sum(e.num_tokens for e in examples)
-    tc = cfg.train
-    steps = steps_for_run(tokens, tc.epochs, tc.batch_size * tc.optimizer.grad_accum, tc.seq_len, tc.max_steps)
-    run_cfg = glue.run_train_config(tc, max_steps=steps, eval_every=max(1, steps // cfg.evals_per_run), seed=cfg.seed, profile=profile)
+    steps = steps_for_run(examples, cfg.train)
+    run_cfg = run_train_config(cfg.train, max_steps=steps, eval_every=max(1, steps // cfg.evals_per_run), seed=cfg.seed, profile=profile)
     fingerprint = normalise({
         "seed": cfg.seed,
         "tokens": spec.tokens,
@@ -189,23 +191,23 @@ def prepare_run(spec: RunSpec, inputs: Inputs, profile: bool = False) -> Prepare
 
 def train_runs(
     runs: Sequence[PreparedRun], store: RunStore, label: str, *, model: ModelConfig, val_sets: Mapping[str, Sequence[Example]],
-    init_params, options: Options, after_each: Callable[[], None] = lambda: None,
+    init_params, trainer: Callable[[], Trainer], options: Options, after_each: Callable[[], None] = lambda: None,
 ) -> dict[str, str]:
     """Train every run that has not finished; returns {name: error} of the runs that raised.
-    Checks every fingerprint first, so a stale run stops the stage before any training."""
+    Checks every fingerprint first, so a stale run stops the stage before any training.
+    ``trainer`` gives the one compiled Trainer the runs share (built only if a run trains)."""
     store.check_fresh([(r.spec, r.fingerprint) for r in runs], options.retrain)
     todo = [r for r in runs if store.result(r.spec.name) is None]
     store.log(f"{label}: {len(runs)} runs, {len(runs) - len(todo)} already finished")
-    trainer = glue.make_trainer(model, runs[0].train) if todo else None
     failed = {}
     for run in tqdm(todo, desc=label, disable=not options.progress):
         store.start(run.spec, run.fingerprint, run.selected_tokens)
         try:
-            glue.call_train(
-                options.train_fn, model, run.train, run.examples, val_sets, store.run_dir(run.spec.name),
-                init_params=init_params, progress=options.progress, log=store.log, trainer=trainer,
+            options.train_fn(
+                model, run.train, run.examples, val_sets, store.run_dir(run.spec.name),
+                init_params=init_params, progress=options.progress, log=store.log, trainer=trainer(),
             )
-        except glue.RUN_ERRORS as err:
+        except RUN_ERRORS as err:
             failed[run.spec.name] = f"{type(err).__name__}: {err}"
             store.mark_failed(run.spec.name, err)
             store.log(f"{label}: run {run.spec.name} FAILED: {failed[run.spec.name]}")
@@ -249,7 +251,7 @@ def validation_plan(
     the reason, never an error."""
     labels = list(mixtures)
     weights = np.stack([mixtures[k] for k in labels])
-    feasible = glue.feasible_mask(weights, budget, constraints)
+    feasible = feasible_mask(weights, budget, constraints)
     specs, skipped = [], {}
     for label, w, ok in zip(labels, weights, feasible):
         tokens = token_budgets(w, budget, names)
@@ -296,7 +298,7 @@ class Pipeline:
                         config.pretrain, config.model_config(), config.workdir, log=self.store.log, progress=self.options.progress,
                         train_fn=self.options.train_fn, profile=self.options.profile,
                     )
-                except glue.RUN_ERRORS as err:
+                except RUN_ERRORS as err:
                     raise RunsFailed({"pretrain": f"{type(err).__name__}: {err}"}) from err
                 config = dataclasses.replace(config, checkpoint=str(base), tokenizer=str(base))
             self._inputs = Inputs(config)
@@ -326,7 +328,7 @@ class Pipeline:
         runs = [prepare_run(s, inputs, self.options.profile) for s in specs]
         val = {n: d.val for n, d in inputs.domains.items()}
         failed = train_runs(
-            runs, self.store, label, model=inputs.model, val_sets=val, init_params=inputs.init_params, options=self.options,
+            runs, self.store, label, model=inputs.model, val_sets=val, init_params=inputs.init_params, trainer=lambda: inputs.trainer, options=self.options,
             after_each=self.write_tables,
         )
         self.failed.update(failed)
