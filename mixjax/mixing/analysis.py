@@ -89,6 +89,9 @@ def check_convexity(
     return report
 
 
+_solve_samples = jax.jit(jax.vmap(solve_weights, in_axes=(0, None, None)))
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightInterval:
     samples: np.ndarray  # (B, k)
@@ -100,8 +103,7 @@ class WeightInterval:
 def bootstrap_weights(bootstrap_params: LawParams, budget: float, constraints: Constraints, level: float = 0.9) -> WeightInterval:
     """Percentile interval of the optimal weights over bootstrap refits (vmapped solve)."""
     with jax.enable_x64(True):
-        solve = jax.jit(jax.vmap(solve_weights, in_axes=(0, None, None)))
-        samples = np.asarray(solve(_x64(bootstrap_params), jnp.float64(budget), _x64(constraints)))
+        samples = np.asarray(_solve_samples(_x64(bootstrap_params), jnp.float64(budget), _x64(constraints)))
     samples = samples[np.all(np.isfinite(samples), axis=1)]
     tail = (1.0 - level) / 2 * 100
     low, high = np.percentile(samples, [tail, 100 - tail], axis=0)
