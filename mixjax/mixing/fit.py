@@ -454,7 +454,7 @@ def _fit_batch(draws, packed, fit_alpha, masks, losses, warm, use_warm, *, cfg):
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties); NaN for fewer than 3 points."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if len(a) < 3:
+    if len(a) < 3 or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         return float("nan")
 
     def rank(v):
