@@ -79,8 +79,8 @@ def test_spearman():
 
 
 def test_swarm_without_enough_runs_is_a_clear_error():
-    tokens = np.array([[1.0, 2.0], [2.0, 1.0]])
-    table = RunTable(("a", "b"), tokens, np.array([[2.0, 2.0], [1.9, 2.1]]), (2, 3))
+    tokens = np.array([[1.0, 2.0], [2.0, 1.0], [3.0, 1.0]])  # base would be (1, 1): no such run
+    table = RunTable(("a", "b"), tokens, np.array([[2.0, 2.0], [1.9, 2.1], [np.nan, 2.05]]), (2, 3, 4))
     with pytest.raises(RunTableError, match="no base run"):
         domain_data(table)
     with pytest.raises(ValueError, match=">= 3"):
