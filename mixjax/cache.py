@@ -42,3 +42,59 @@ def enable_compilation_cache() -> Path | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+_SOURCES = ("mixing/fit.py", "mixing/optim.py", "mixing/law.py", "mixing/solve.py", "mixing/analysis.py", "cache.py")
+
+
+def _source_hash() -> str:
+    import hashlib
+
+    root = Path(__file__).parent
+    digest = hashlib.sha256(jax.__version__.encode())
+    for name in _SOURCES:
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+_LOADED: dict = {}  # file -> deserialized export, per process
+
+
+def cached_call(name: str, fn, args: tuple, static: str = ""):
+    """``fn(*args)`` for a jitted ``fn``, skipping Python tracing in later processes.
+
+    With the compilation cache on, the first process exports the traced function
+    (``jax.export``, StableHLO) next to the cache, keyed by ``name``, ``static`` (the
+    repr of the static arguments), the argument shapes/dtypes, the JAX version and the
+    source of the mixing modules; later processes deserialize it and only load the
+    compiled executable from the cache. Any failure falls back to calling ``fn``.
+    """
+    import hashlib
+    import pickle
+
+    path = jax.config.jax_compilation_cache_dir
+    if not path:
+        return fn(*args)
+    try:
+        from jax import export
+
+        leaves, treedef = jax.tree.flatten(args)
+        shapes = [jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.numpy.result_type(a)) for a in leaves]
+        key = hashlib.sha256(f"{name}|{static}|{treedef}|{shapes}|{_source_hash()}".encode()).hexdigest()[:24]
+        file = Path(path) / f"mixjax-export-{name}-{key}.bin"
+        loaded = _LOADED.get(file)
+        if loaded is None and file.exists():
+            out_tree, blob = pickle.loads(file.read_bytes())
+            loaded = out_tree, export.deserialize(bytearray(blob))
+        if loaded is None:
+            # Plain lists in and out: custom pytrees (NamedTuples) need no serialization rules.
+            out_tree = jax.tree.structure(jax.eval_shape(fn, *jax.tree.unflatten(treedef, shapes)))
+            flat = jax.jit(lambda *xs: jax.tree.leaves(fn(*jax.tree.unflatten(treedef, xs))))
+            loaded = out_tree, export.export(flat)(*shapes)
+            tmp = file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(pickle.dumps((out_tree, loaded[1].serialize())))
+            tmp.replace(file)
+        _LOADED[file] = loaded
+        return jax.tree.unflatten(loaded[0], loaded[1].call(*leaves))
+    except Exception:  # noqa: BLE001 - a cache must never break the computation
+        return fn(*args)

@@ -45,12 +45,15 @@ def simplex_grid(num_domains: int, step: float, lower=None, upper=None) -> np.nd
     return grid[keep]
 
 
+_grid_values = jax.jit(jax.vmap(total_loss, in_axes=(0, None, None, None)))
+
+
 def grid_search(params: LawParams, budget: float, grid: np.ndarray, importance=None) -> tuple[np.ndarray, np.ndarray]:
     """Predicted objective of every grid mixture; returns (best weights, objective per row)."""
     with jax.enable_x64(True):
-        params = jax.tree.map(jnp.asarray, params)
-        values = jax.vmap(lambda w: total_loss(w, params, budget, importance))(jnp.asarray(grid))
-        values = np.asarray(values)
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        importance = np.ones(grid.shape[1]) if importance is None else np.asarray(importance, np.float64)
+        values = np.asarray(_grid_values(jnp.asarray(grid), params, jnp.float64(budget), jnp.asarray(importance)))
     return grid[int(np.argmin(values))], values
 
 

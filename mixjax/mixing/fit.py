@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixjax.cache import cached_call
 from mixjax.mixing.law import LawParams, domain_loss, rescale_units
 from mixjax.mixing.optim import huber_objective, multistart
 
@@ -506,12 +507,15 @@ def _fit_instances(packed, variants, num_folds, cfg, key_fit, key_boot) -> dict[
     flat = lambda a: jnp.asarray(np.reshape(a, (-1, *a.shape[3:])))
     unflat = lambda a: np.asarray(a).reshape(*shape, *a.shape[1:])
     expand = lambda a: np.broadcast_to(a[:, None, None], (*shape, *a.shape[1:]))
-    fit = functools.partial(
-        _fit_batch,
-        packed={k: flat(expand(v)) for k, v in packed.items()},
-        fit_alpha=flat(np.broadcast_to(np.asarray(variants)[None, :, None], shape)),
-        cfg=cfg.numerics(),
-    )
+    numerics = cfg.numerics()
+    batch = jax.jit(functools.partial(_fit_batch, cfg=numerics))
+    packed_flat = {k: flat(expand(v)) for k, v in packed.items()}
+    alpha_flat = flat(np.broadcast_to(np.asarray(variants)[None, :, None], shape))
+
+    def fit(draws, masks, losses, warm, use_warm):
+        args = (draws, packed_flat, alpha_flat, masks, losses, warm, jnp.asarray(use_warm))
+        return cached_call("fit", batch, args, static=repr(numerics))
+
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key_fit)).ravel()[-1])
     draws = flat(rng.uniform(size=(*shape, cfg.num_starts, 7)))
     nan_warm = {"theta1": jnp.full((num_d * num_v * num_i, 2), jnp.nan), "q3": jnp.full((num_d * num_v * num_i, 5), jnp.nan)}

@@ -26,6 +26,7 @@ import jaxopt
 from jaxopt import linear_solve
 import numpy as np
 
+from mixjax.cache import cached_call
 from mixjax.mixing.law import LawParams, total_loss
 
 Array = jax.Array
@@ -239,7 +240,7 @@ def solve_sweep(params: LawParams, budgets, constraints: Constraints | None = No
     with jax.enable_x64(True):
         params = jax.tree.map(jnp.asarray, params)
         constraints = jax.tree.map(jnp.asarray, constraints)
-        weights = np.asarray(_solve_budgets(params, jnp.asarray(budgets), constraints))
+        weights = np.asarray(cached_call("solve", _solve_budgets, (params, jnp.asarray(budgets), constraints)))
     if not np.all(np.isfinite(weights)):
         raise ValueError(f"the solver returned non-finite weights for budgets {budgets.tolist()}: the law parameters are degenerate ({params})")
     return weights
