@@ -67,8 +67,8 @@ def test_synthetic_recovery_with_cross_runs():
 
 
 def test_own_series_only_holds_alpha_at_prior_and_says_so():
-    # The default: each domain on its own series only.
-    fit = fit_law(domain_data(_synthetic_table(1e-4)), jax.random.key(0), FitConfig(alpha_prior=0.5))
+    # alpha_mode="prior": each domain on its own series only (the default is now "auto").
+    fit = fit_law(domain_data(_synthetic_table(1e-4)), jax.random.key(0), FitConfig(alpha_prior=0.5, alpha_mode="prior"))
     np.testing.assert_allclose(fit.params.alpha, 0.5)
     assert all(not d.alpha_identified and "not identified" in d.notes[0] for d in fit.diagnostics)
 

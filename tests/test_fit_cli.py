@@ -10,6 +10,12 @@ from mixjax.fit import main
 EXAMPLE = Path(__file__).parents[1] / "examples" / "paper_worked_example.csv"
 
 
+@pytest.fixture(autouse=True)
+def _no_persistent_cache(monkeypatch):
+    """The CLI turns the compilation cache on; keep the test process off the user's cache."""
+    monkeypatch.setenv("MIXJAX_CACHE_DIR", "")
+
+
 def test_cli_json_on_worked_example(capsys):
     assert main(["--runs", str(EXAMPLE), "--budget", "5", "20", "200", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -79,3 +85,36 @@ def test_cli_availability_error(capsys):
 
 def test_published_weights_constant_is_consistent():
     assert all(abs(sum(w) - 1) < 1e-3 for w in PUBLISHED_WEIGHTS.values())
+
+
+def test_cli_export_and_poorly_determined_message(capsys):
+    import yaml
+
+    assert main(["--runs", str(EXAMPLE), "--budget", "20", "--export", "levanter", "--bootstrap", "0"]) == 0
+    weights = yaml.safe_load(capsys.readouterr().out)["data"]["train_weights"]
+    assert set(weights) == {"if", "math", "code"} and sum(weights.values()) == pytest.approx(1.0, abs=1e-9)
+    assert main(["--runs", str(EXAMPLE), "--budget", "5", "20", "200", "--bootstrap", "8"]) == 0
+    out = capsys.readouterr().out
+    # The worked example's optimum is flat: bootstrap intervals far wider than 0.1.
+    assert "POORLY DETERMINED OPTIMUM" in out and "gain of the optimum over uniform" in out
+    assert "out-of-fold" in out and "Spearman" in out
+
+
+def test_cli_infeasible_uniform_is_not_compared(capsys):
+    assert main(["--runs", str(EXAMPLE), "--budget", "20", "--available", "if=4", "math=100", "code=100",
+                 "--json", "--bootstrap", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "uniform" not in out["baselines"]["20"] and "uniform" in out["infeasible_baselines"]["20"]
+    assert out["grid_skipped"]["20"] > 0
+
+
+def test_compilation_cache_dir(tmp_path, monkeypatch):
+    from mixjax.cache import cache_dir
+
+    monkeypatch.setenv("MIXJAX_CACHE_DIR", "")
+    assert cache_dir() is None
+    monkeypatch.setenv("MIXJAX_CACHE_DIR", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("MIXJAX_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert cache_dir() == tmp_path / "x" / "mixjax" / "jax"

@@ -135,3 +135,52 @@ def test_rescale_units_preserves_losses():
         # Parameters in millions of tokens -> parameters in tokens.
         in_tokens = rescale_units(p, 1e6)  # fitted on tokens / 1e6
         np.testing.assert_allclose(mixture_losses(in_tokens, w, 20e6), mixture_losses(p, w, 20.0), rtol=1e-12)
+
+
+def test_bisection_matches_projected_gradient():
+    """The bisection solver (default) against the previous 20,000-step projected gradient."""
+    from mixjax.mixing.solve import solve_weights_pg
+
+    rng = np.random.default_rng(0)
+    cases = [(PUBLISHED_PARAMS, Constraints.create(3), n) for n in (5.0, 20.0, 200.0)]
+    cases.append((PUBLISHED_PARAMS, Constraints.create(3, available=[4.0, np.inf, np.inf], lower=[0.0, 0.3, 0.0]), 20.0))
+    cases.append((PUBLISHED_PARAMS, Constraints.create(3, upper=[0.35, 1, 1], importance=[1.0, 2.0, 0.5]), 50.0))
+    for _ in range(4):
+        k = 5
+        p = PUBLISHED_PARAMS._replace(
+            beta=rng.uniform(0.05, 0.5, k), c=rng.uniform(0.5, 1.5, k), gamma=rng.uniform(0.05, 0.5, k),
+            alpha=rng.uniform(0.2, 0.8, k), e=rng.uniform(1, 2, k),
+        )
+        cases.append((p, Constraints.create(k), float(rng.uniform(1, 100))))
+    with jax.enable_x64(True):
+        for params, cons, n in cases:
+            args = jax.tree.map(jnp.asarray, params), jnp.float64(n), jax.tree.map(jnp.asarray, cons)
+            w_new = np.asarray(jax.jit(solve_weights)(*args))
+            w_old = np.asarray(jax.jit(solve_weights_pg)(*args))
+            np.testing.assert_allclose(w_new, w_old, atol=1e-7)
+            assert w_new.sum() == pytest.approx(1.0, abs=1e-12)
+            # and it is at least as good
+            obj = lambda w: float(total_loss(jnp.asarray(w), args[0], n, args[2].importance))
+            assert obj(w_new) <= obj(w_old) + 1e-13
+
+
+def test_feasible_mask():
+    from mixjax.mixing.baselines import feasible_mask
+
+    cons = Constraints.create(3, available=[4.0, np.inf, np.inf], lower=[0.0, 0.3, 0.0], upper=[1, 1, 0.5])
+    w = np.array([[0.2, 0.3, 0.5], [0.25, 0.3, 0.45], [0.1, 0.2, 0.7], [0.1, 0.3, 0.6], [0.2, 0.4, 0.5]])
+    np.testing.assert_array_equal(feasible_mask(w, 20.0, cons), [True, False, False, False, False])
+
+
+def test_report_hides_infeasible_baselines_and_skips_grid_points():
+    from mixjax.mixing.fit import FitResult
+    from mixjax.mixing.mixture import report_for_params
+
+    fit = FitResult(domains=("if", "math", "code"), params=PUBLISHED_PARAMS, diagnostics=())
+    cons = Constraints.create(3, available=[4.0, 100.0, 100.0])  # uniform needs 6.67 of if at N=20
+    report = report_for_params(fit, [20.0], cons, jax.random.key(0), grid_step=0.1)
+    b = report.budgets[0]
+    assert "uniform" not in b.baselines and "if needs" in b.infeasible_baselines["uniform"]
+    assert b.grid_skipped == 36  # w_if >= 0.3 needs more than 4 tokens: 8 + 7 + ... + 1 lattice points
+    assert all(b.objective <= v + 1e-12 for v in b.baseline_objective.values())
+    assert any("if at its upper bound" in w for w in b.warnings)

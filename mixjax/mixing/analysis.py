@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixjax.cache import cached_call
 from mixjax.mixing.law import LawParams, total_loss
 from mixjax.mixing.solve import Constraints, solve_weights
 
@@ -30,7 +31,7 @@ _jacobians = jax.jit(jax.jacobian(solve_weights, argnums=(0, 1)))
 def weight_jacobians(params: LawParams, budget: float, constraints: Constraints) -> tuple[LawParams, np.ndarray]:
     """d w* / d theta for each law field (each (k, k): [weight, domain]) and d w* / d N (k,)."""
     with jax.enable_x64(True):
-        d_params, d_budget = _jacobians(_x64(params), jnp.float64(budget), _x64(constraints))
+        d_params, d_budget = cached_call("jacobians", _jacobians, (_x64(params), jnp.float64(budget), _x64(constraints)))
         return jax.tree.map(np.asarray, d_params), np.asarray(d_budget)
 
 
@@ -68,11 +69,12 @@ def check_convexity(
     ``num_points`` Dirichlet(1) mixtures (interior of the simplex). Warns if any is negative."""
     k = len(weights_opt)
     with jax.enable_x64(True):
-        points = jnp.concatenate(
-            [jnp.asarray(weights_opt, jnp.float64)[None], jax.random.dirichlet(key, jnp.ones(k), (num_points,), jnp.float64)]
-        )
-        importance = jnp.ones(k) if importance is None else jnp.asarray(importance, jnp.float64)
-        eig = np.asarray(_tangent_hessian_eigenvalues(points, _x64(params), jnp.float64(budget), importance))
+        # Dirichlet(1) points from numpy (seeded by the key): no per-op PRNG dispatch.
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+        points = np.concatenate([np.asarray(weights_opt, np.float64)[None], rng.dirichlet(np.ones(k), num_points)])
+        importance = np.ones(k) if importance is None else np.asarray(importance, np.float64)
+        args = (jnp.asarray(points), _x64(params), jnp.float64(budget), jnp.asarray(importance))
+        eig = np.asarray(cached_call("convexity", _tangent_hessian_eigenvalues, args))
     scale = max(float(np.max(np.abs(eig))), 1e-300)
     report = ConvexityReport(
         min_eigenvalue=float(eig.min()),
@@ -89,6 +91,9 @@ def check_convexity(
     return report
 
 
+_solve_samples = jax.jit(jax.vmap(solve_weights, in_axes=(0, None, None)))
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightInterval:
     samples: np.ndarray  # (B, k)
@@ -100,8 +105,7 @@ class WeightInterval:
 def bootstrap_weights(bootstrap_params: LawParams, budget: float, constraints: Constraints, level: float = 0.9) -> WeightInterval:
     """Percentile interval of the optimal weights over bootstrap refits (vmapped solve)."""
     with jax.enable_x64(True):
-        solve = jax.jit(jax.vmap(solve_weights, in_axes=(0, None, None)))
-        samples = np.asarray(solve(_x64(bootstrap_params), jnp.float64(budget), _x64(constraints)))
+        samples = np.asarray(cached_call("bootstrap", _solve_samples, (_x64(bootstrap_params), jnp.float64(budget), _x64(constraints))))
     samples = samples[np.all(np.isfinite(samples), axis=1)]
     tail = (1.0 - level) / 2 * 100
     low, high = np.percentile(samples, [tail, 100 - tail], axis=0)

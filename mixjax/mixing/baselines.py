@@ -45,10 +45,43 @@ def simplex_grid(num_domains: int, step: float, lower=None, upper=None) -> np.nd
     return grid[keep]
 
 
+_grid_values = jax.jit(jax.vmap(total_loss, in_axes=(0, None, None, None)))
+
+
 def grid_search(params: LawParams, budget: float, grid: np.ndarray, importance=None) -> tuple[np.ndarray, np.ndarray]:
     """Predicted objective of every grid mixture; returns (best weights, objective per row)."""
     with jax.enable_x64(True):
-        params = jax.tree.map(jnp.asarray, params)
-        values = jax.vmap(lambda w: total_loss(w, params, budget, importance))(jnp.asarray(grid))
-        values = np.asarray(values)
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        importance = np.ones(grid.shape[1]) if importance is None else np.asarray(importance, np.float64)
+        values = np.asarray(_grid_values(jnp.asarray(grid), params, jnp.float64(budget), jnp.asarray(importance)))
     return grid[int(np.argmin(values))], values
+
+
+def feasible_mask(weights, budget: float, constraints, tol: float = 1e-9) -> np.ndarray:
+    """Which mixtures satisfy the constraints at ``budget``: bool (m,) for weights (m, k).
+
+    Feasible: on the simplex, ``lower <= w <= upper`` and availability ``w_i N <= D_i``.
+    The pipeline skips infeasible grid points and baselines with it.
+    """
+    w = np.atleast_2d(np.asarray(weights, np.float64))
+    lower = np.asarray(constraints.lower, np.float64)
+    upper = np.asarray(constraints.upper, np.float64)
+    available = np.asarray(constraints.available, np.float64)
+    ok = np.all(w >= lower - tol, axis=1) & np.all(w <= upper + tol, axis=1)
+    ok &= np.all(w * budget <= available * (1 + tol) + tol, axis=1)
+    ok &= np.abs(w.sum(axis=1) - 1.0) <= 1e-6
+    return ok
+
+
+def infeasibility(weights, budget: float, constraints, domains, tol: float = 1e-9) -> str:
+    """Why one mixture is infeasible (empty string if it is feasible)."""
+    w = np.asarray(weights, np.float64)
+    why = []
+    for i, name in enumerate(domains):
+        if w[i] < constraints.lower[i] - tol:
+            why.append(f"{name} {w[i]:.3g} < lower {float(constraints.lower[i]):.3g}")
+        if w[i] > constraints.upper[i] + tol:
+            why.append(f"{name} {w[i]:.3g} > upper {float(constraints.upper[i]):.3g}")
+        if w[i] * budget > constraints.available[i] * (1 + tol) + tol:
+            why.append(f"{name} needs {w[i] * budget:.4g} tokens, {float(constraints.available[i]):.4g} available")
+    return "; ".join(why)

@@ -13,10 +13,17 @@ import jax
 import numpy as np
 
 from mixjax.mixing.analysis import bootstrap_weights, check_convexity, weight_jacobians
-from mixjax.mixing.baselines import grid_search, proportional_weights, simplex_grid, uniform_weights
+from mixjax.mixing.baselines import (
+    feasible_mask,
+    grid_search,
+    infeasibility,
+    proportional_weights,
+    simplex_grid,
+    uniform_weights,
+)
 from mixjax.mixing.fit import DomainData, FitConfig, FitResult, fit_law
 from mixjax.mixing.law import LawParams, mixture_losses, total_loss
-from mixjax.mixing.solve import Constraints, check_feasible, solve_sweep
+from mixjax.mixing.solve import Constraints, check_feasible, solve_sweep, weight_bounds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,12 +39,21 @@ class BudgetReport:
     min_hessian_eigenvalue: float
     convex: bool
     interval: tuple[np.ndarray, np.ndarray] | None  # bootstrap percentile interval
+    # Baselines that violate the constraints at this budget: name -> why (not in baselines).
+    infeasible_baselines: dict[str, str] = dataclasses.field(default_factory=dict)
+    grid_skipped: int = 0  # grid points skipped as infeasible at this budget
+    uniform_gap: float = float("nan")  # predicted objective(uniform) - objective(optimum)
+    warnings: tuple[str, ...] = ()  # why the optimum is poorly determined here
 
 
 @dataclasses.dataclass(frozen=True)
 class MixtureReport:
     fit: FitResult
     budgets: tuple[BudgetReport, ...]
+
+    @property
+    def poorly_determined(self) -> bool:
+        return any(b.warnings for b in self.budgets)
 
     def to_dict(self) -> dict[str, Any]:
         rows = self.budgets
@@ -54,6 +70,11 @@ class MixtureReport:
                 }
                 for b in rows
             },
+            "infeasible_baselines": {key(b): b.infeasible_baselines for b in rows},
+            "grid_skipped": {key(b): b.grid_skipped for b in rows},
+            "poorly_determined": {key(b): list(b.warnings) for b in rows},
+            "uniform_gap": {key(b): b.uniform_gap for b in rows},
+            "validation": self.fit.validation,
             "diagnostics": {
                 "domains": {d.name: d.to_dict() for d in self.fit.diagnostics},
                 "budgets": {
@@ -82,20 +103,37 @@ def report_for_params(
     constraints: Constraints,
     key: jax.Array,
     grid_step: float | None = 0.05,
+    *,
+    jump: float = 0.2,
+    max_interval: float = 0.1,
 ) -> MixtureReport:
-    """Solve, compare with baselines and analyse the weights for each budget."""
+    """Solve, compare with the feasible baselines and analyse the weights for each budget.
+
+    Baselines that violate the constraints at a budget are left out of ``baselines`` and
+    named in ``infeasible_baselines`` (an infeasible mixture may predict a lower loss than
+    the constrained optimum); infeasible grid points are skipped and counted.
+    """
     k = len(fit.domains)
     weights = solve_sweep(fit.params, budgets, constraints, fit.domains)  # checks feasibility
+    full_grid = simplex_grid(k, grid_step, constraints.lower, constraints.upper) if grid_step else np.zeros((0, k))
     rows = []
     for budget, w, subkey in zip(budgets, weights, jax.random.split(key, len(budgets))):
         budget = float(budget)
-        baselines = {"uniform": uniform_weights(k)}
+        candidates = {"uniform": uniform_weights(k)}
         if np.all(np.isfinite(constraints.available)):
-            baselines["proportional"] = proportional_weights(constraints.available)
-        if grid_step:
-            grid = simplex_grid(k, grid_step, constraints.lower, constraints.upper)
-            if len(grid):
-                baselines["grid"] = grid_search(fit.params, budget, grid, constraints.importance)[0]
+            candidates["proportional"] = proportional_weights(constraints.available)
+        baselines, infeasible = {}, {}
+        for name, b in candidates.items():
+            if feasible_mask(b[None], budget, constraints)[0]:
+                baselines[name] = b
+            else:
+                infeasible[name] = infeasibility(b, budget, constraints, fit.domains)
+        grid_skipped = 0
+        if len(full_grid):
+            ok = feasible_mask(full_grid, budget, constraints)
+            grid_skipped = int((~ok).sum())
+            if ok.any():
+                baselines["grid"] = grid_search(fit.params, budget, full_grid[ok], constraints.importance)[0]
         d_params, d_budget = weight_jacobians(fit.params, budget, constraints)
         convexity = check_convexity(fit.params, budget, w, subkey, constraints.importance)
         interval = None
@@ -104,6 +142,7 @@ def report_for_params(
             interval = (ci.low, ci.high)
         with jax.enable_x64(True):
             predicted = np.asarray(mixture_losses(jax.tree.map(np.asarray, fit.params), w, budget))
+        objective = _objective(fit.params, w, budget, constraints.importance)
         rows.append(
             BudgetReport(
                 budget=budget,
@@ -111,15 +150,49 @@ def report_for_params(
                 predicted_losses=predicted,
                 baselines=baselines,
                 baseline_objective={n: _objective(fit.params, b, budget, constraints.importance) for n, b in baselines.items()},
-                objective=_objective(fit.params, w, budget, constraints.importance),
+                objective=objective,
                 d_weights_d_budget=d_budget,
                 d_weights_d_params=d_params._asdict(),
                 min_hessian_eigenvalue=convexity.min_eigenvalue,
                 convex=convexity.convex,
                 interval=interval,
+                infeasible_baselines=infeasible,
+                grid_skipped=grid_skipped,
+                uniform_gap=_objective(fit.params, uniform_weights(k), budget, constraints.importance) - objective,
             )
         )
-    return MixtureReport(fit=fit, budgets=tuple(rows))
+    return MixtureReport(fit=fit, budgets=tuple(_with_warnings(rows, constraints, fit.domains, jump, max_interval)))
+
+
+def _with_warnings(rows, constraints: Constraints, domains, jump: float, max_interval: float) -> list[BudgetReport]:
+    """Say where the optimum is poorly determined: a weight at a bound, a jump of more than
+    ``jump`` between adjacent budgets, or a bootstrap interval wider than ``max_interval``."""
+    order = sorted(range(len(rows)), key=lambda r: rows[r].budget)
+    out = list(rows)
+    for pos, r in enumerate(order):
+        b = rows[r]
+        lo, hi = (np.asarray(v, np.float64) for v in weight_bounds(constraints, b.budget))
+        why = []
+        for i, name in enumerate(domains):
+            if b.weights[i] <= lo[i] + 1e-6 and lo[i] == 0:
+                why.append(f"{name} at 0")
+            elif b.weights[i] <= lo[i] + 1e-6:
+                why.append(f"{name} at its lower bound {lo[i]:.3g}")
+            elif b.weights[i] >= hi[i] - 1e-6:
+                why.append(f"{name} at its upper bound {hi[i]:.3g}")
+        if pos > 0:
+            prev = rows[order[pos - 1]]
+            moved = np.abs(b.weights - prev.weights)
+            for i in np.flatnonzero(moved > jump):
+                why.append(f"{domains[i]} moves {prev.weights[i]:.2f} -> {b.weights[i]:.2f} from N={prev.budget:g}")
+        if b.interval is not None:
+            width = b.interval[1] - b.interval[0]
+            for i in np.flatnonzero(width > max_interval):
+                why.append(f"{domains[i]} bootstrap interval [{b.interval[0][i]:.2f}, {b.interval[1][i]:.2f}] wider than {max_interval:g}")
+        if why:
+            why.append(f"predicted total-loss gain of the optimum over uniform: {b.uniform_gap:.2e}")
+        out[r] = dataclasses.replace(b, warnings=tuple(why))
+    return out
 
 
 def optimise_mixture(

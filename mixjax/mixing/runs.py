@@ -99,34 +99,45 @@ def read_run_table(path: str | Path) -> RunTable:
 
 
 def domain_data(table: RunTable) -> list[DomainData]:
-    """Split the table into per-domain fit inputs (own series + cross points)."""
+    """Split the table into per-domain fit inputs: every run where the domain's loss was measured.
+
+    With a base run (every domain at its most common token count), domain i's own series
+    is the base run plus the runs that change only domain i (repeats averaged); every
+    other run with a measured loss.i is a cross point. Without one (e.g. a random swarm
+    of mixtures), every run with a measured loss.i is a cross point.
+    """
     base = table.base_tokens
     at_base = np.isclose(table.tokens, base[None], rtol=1e-9)
-    if not np.any(np.all(at_base, axis=1)):
-        raise RunTableError(
-            f"{table.source}: no base run: no row has every domain at its most common token count"
-            f" ({', '.join(f'{d}={b:g}' for d, b in zip(table.domains, base))})"
-        )
+    has_base = bool(np.any(np.all(at_base, axis=1)))
     result = []
     for i, name in enumerate(table.domains):
-        others_at_base = np.all(np.delete(at_base, i, axis=1), axis=1)
+        measured = ~np.isnan(table.losses[:, i])
+        others_at_base = np.all(np.delete(at_base, i, axis=1), axis=1) if has_base else np.zeros(len(at_base), bool)
         series = np.flatnonzero(others_at_base)
         missing = [table.lines[r] for r in series if np.isnan(table.losses[r, i])]
         if missing:
             raise RunTableError(f"{table.source}:{missing[0]}: loss.{name} is empty in a run that perturbs {name}")
         x, loss = _average_repeats(table.tokens[series, i], table.losses[series, i])
         if len(x) < 3:
-            raise RunTableError(
-                f"{table.source}: domain {name} has {len(x)} distinct token counts in its series"
-                f" (runs that change only {name}); the fit needs >= 3"
-            )
-        cross = np.flatnonzero(at_base[:, i] & ~others_at_base & ~np.isnan(table.losses[:, i]))
+            if measured.sum() < 3 and not has_base:
+                raise RunTableError(
+                    f"{table.source}: no base run (no row has every domain at its most common token count:"
+                    f" {', '.join(f'{d}={b:g}' for d, b in zip(table.domains, base))}) and domain {name}"
+                    f" has {int(measured.sum())} runs with a measured loss; the fit needs >= 3"
+                )
+            if measured.sum() < 3:
+                raise RunTableError(
+                    f"{table.source}: domain {name} has {len(x)} distinct token counts in its series"
+                    f" (runs that change only {name}); the fit needs >= 3"
+                )
+            x, loss, series = np.zeros(0), np.zeros(0), np.zeros(0, int)
+        cross = np.flatnonzero(measured & ~np.isin(np.arange(len(measured)), series))
         other = lambda rows: table.tokens[rows].sum(axis=1) - table.tokens[rows, i]
         result.append(
             DomainData(
                 name=name,
                 in_domain=x,
-                other=float(base.sum() - base[i]),
+                other=float(base.sum() - base[i]) if len(x) else 0.0,
                 loss=loss,
                 cross_in_domain=table.tokens[cross, i],
                 cross_other=other(cross),

@@ -1,6 +1,15 @@
 """Optimal mixture weights: minimise sum_i s_i L_i(w, N) over the (bounded) simplex.
 
-Projected gradient (FISTA with backtracking, jaxopt) with an exact projection onto
+The objective is separable: L_i depends on w_i alone. At the optimum (KKT) every weight
+strictly inside its box has the same marginal loss ``s_i dL_i/dw_i = mu``, and a weight
+at a bound has its marginal on the right side of ``mu``. With each L_i convex in w_i
+(the paper's result; :mod:`mixjax.mixing.analysis` checks it) the marginal is increasing,
+so ``w_i(mu)`` is found by bisection per domain and ``sum_i w_i(mu) = 1`` by bisection on
+``mu`` (:func:`solve_weights`): exact to float64 rounding, a fixed number of steps, and
+differentiable through a custom JVP from the KKT conditions (implicit differentiation).
+
+The reference solver (:func:`solve_weights_pg`, the tests compare the two) is projected
+gradient (FISTA with backtracking, jaxopt) with an exact projection onto
 ``{w : lo <= w <= hi, sum w = 1}`` (:func:`project_bounded_simplex`). ``hi`` folds the per-domain upper bound and the
 availability limit ``w_i N <= D_i`` together. The solver differentiates implicitly
 through its fixed point, so ``jax.jacobian`` of :func:`solve_weights` gives the
@@ -17,6 +26,7 @@ import jaxopt
 from jaxopt import linear_solve
 import numpy as np
 
+from mixjax.cache import cached_call
 from mixjax.mixing.law import LawParams, total_loss
 
 Array = jax.Array
@@ -111,6 +121,68 @@ def check_feasible(constraints: Constraints, budget: float, domains=None) -> Non
         raise ValueError(f"lower bounds sum to {lo.sum():.4g} > 1")
 
 
+def _marginal(w: Array, params: LawParams, budget, importance: Array) -> Array:
+    """``s_i dL_i / dw_i`` for every domain (the objective is separable, so this is its gradient)."""
+    return jax.grad(total_loss)(w, params, budget, importance)
+
+
+def _bisect(params: LawParams, budget, lo: Array, hi: Array, importance: Array, outer: int, inner: int) -> Array:
+    marginal = lambda w: _marginal(w, params, budget, importance)
+    width = hi - lo
+
+    def weights_at(mu):
+        def body(_, interval):  # per domain: the w in [lo, hi] where the marginal crosses mu
+            a, b = interval
+            mid = 0.5 * (a + b)
+            below = marginal(mid) < mu
+            return jnp.where(below, mid, a), jnp.where(below, b, mid)
+
+        a, b = jax.lax.fori_loop(0, inner, body, (lo, hi))
+        return 0.5 * (a + b)
+
+    inside = jnp.minimum(1e-12, 0.5) * width
+    g_lo, g_hi = marginal(lo + inside), marginal(hi - inside)
+    g_lo, g_hi = jnp.where(jnp.isfinite(g_lo), g_lo, -1e300), jnp.where(jnp.isfinite(g_hi), g_hi, 1e300)
+
+    def outer_body(_, interval):
+        a, b = interval
+        mid = 0.5 * (a + b)
+        short = jnp.sum(weights_at(mid)) < 1.0
+        return jnp.where(short, mid, a), jnp.where(short, b, mid)
+
+    a, b = jax.lax.fori_loop(0, outer, outer_body, (jnp.min(g_lo), jnp.max(g_hi)))
+    w = jnp.clip(weights_at(0.5 * (a + b)), lo, hi)
+    # Put the last rounding error of sum(w) = 1 on the weights strictly inside their box.
+    free = (w > lo + 1e-12) & (w < hi - 1e-12)
+    fix = (1.0 - jnp.sum(w)) / jnp.maximum(jnp.sum(free), 1)
+    return jnp.clip(jnp.where(free, w + fix, w), lo, hi)
+
+
+@jax.custom_jvp
+def _solve_separable(params: LawParams, budget, lo: Array, hi: Array, importance: Array) -> Array:
+    return _bisect(params, budget, lo, hi, importance, outer=110, inner=64)
+
+
+@_solve_separable.defjvp
+def _solve_separable_jvp(primals, tangents):
+    """Implicit differentiation of the KKT conditions at the optimum.
+
+    Free weights: ``g_i(w_i; theta) = mu`` and ``sum dw = 0`` over all weights; weights at a
+    bound move with the bound.
+    """
+    params, budget, lo, hi, importance = primals
+    d_params, d_budget, d_lo, d_hi, d_importance = tangents
+    w = _solve_separable(params, budget, lo, hi, importance)
+    _, dg = jax.jvp(lambda p, n, s: _marginal(w, p, n, s), (params, budget, importance), (d_params, d_budget, d_importance))
+    _, curvature = jax.jvp(lambda v: _marginal(v, params, budget, importance), (w,), (jnp.ones_like(w),))
+    at_lo, at_hi = w <= lo + 1e-11, w >= hi - 1e-11
+    free = ~(at_lo | at_hi) & (curvature > 0)
+    d_fixed = jnp.where(at_lo, d_lo, 0.0) + jnp.where(at_hi & ~at_lo, d_hi, 0.0)
+    inv = jnp.where(free, 1.0 / jnp.where(free, curvature, 1.0), 0.0)
+    d_mu = (jnp.sum(inv * dg) - jnp.sum(jnp.where(free, 0.0, d_fixed))) / jnp.maximum(jnp.sum(inv), 1e-300)
+    return w, jnp.where(free, (d_mu - dg) * inv, d_fixed)
+
+
 def solve_weights(
     params: LawParams,
     budget,
@@ -119,7 +191,29 @@ def solve_weights(
     tol: float = 1e-12,
     maxiter: int = 20000,
 ) -> Array:
-    """Optimal weights at one budget. Pure and differentiable (implicit) in params and budget."""
+    """Optimal weights at one budget, by bisection on the KKT multiplier (module docstring).
+
+    Pure, jittable, vmappable, and differentiable (implicit) in params, budget and the
+    constraints. ``tol``/``maxiter`` are accepted for compatibility and unused (the
+    bisection runs a fixed number of steps to float64 precision).
+    """
+    lo, hi = weight_bounds(constraints, budget)
+    dtype = jnp.result_type(params.beta, lo, float)
+    cast = lambda a: jnp.asarray(a, dtype)
+    return _solve_separable(
+        jax.tree.map(cast, params), cast(budget), cast(lo), cast(hi), cast(constraints.importance)
+    )
+
+
+def solve_weights_pg(
+    params: LawParams,
+    budget,
+    constraints: Constraints,
+    *,
+    tol: float = 1e-12,
+    maxiter: int = 20000,
+) -> Array:
+    """The previous solver (projected gradient, 20,000 iterations): the tests' reference."""
     k = params.beta.shape[-1]
     lo, hi = weight_bounds(constraints, budget)
     solver = jaxopt.ProjectedGradient(
@@ -134,6 +228,9 @@ def solve_weights(
     return solver.run(init, (lo, hi), params, budget, constraints.importance).params
 
 
+_solve_budgets = jax.jit(jax.vmap(solve_weights, in_axes=(None, 0, None)))
+
+
 def solve_sweep(params: LawParams, budgets, constraints: Constraints | None = None, domains=None) -> np.ndarray:
     """Optimal weights for each budget, shape (len(budgets), k); float64, checked feasible."""
     budgets = np.atleast_1d(np.asarray(budgets, np.float64))
@@ -143,8 +240,7 @@ def solve_sweep(params: LawParams, budgets, constraints: Constraints | None = No
     with jax.enable_x64(True):
         params = jax.tree.map(jnp.asarray, params)
         constraints = jax.tree.map(jnp.asarray, constraints)
-        solve = jax.jit(jax.vmap(solve_weights, in_axes=(None, 0, None)))
-        weights = np.asarray(solve(params, jnp.asarray(budgets), constraints))
+        weights = np.asarray(cached_call("solve", _solve_budgets, (params, jnp.asarray(budgets), constraints)))
     if not np.all(np.isfinite(weights)):
         raise ValueError(f"the solver returned non-finite weights for budgets {budgets.tolist()}: the law parameters are degenerate ({params})")
     return weights
