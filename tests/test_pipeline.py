@@ -92,8 +92,8 @@ def test_sigkill_midway_then_rerun_loses_nothing(tmp_path):
 import dataclasses  # noqa: E402
 
 from mixjax.io import write_json_atomic  # noqa: E402
-from mixjax.pipeline import glue  # noqa: E402
-from mixjax.pipeline.budget import steps_for_run  # noqa: E402
+from mixjax.mixing.baselines import feasible_mask  # noqa: E402
+from mixjax.pipeline.training import run_train_config, steps_for_run  # noqa: E402
 from mixjax.pipeline.report import grid_metrics  # noqa: E402
 from mixjax.pipeline.stages import validation_plan  # noqa: E402
 from mixjax.pipeline.store import RunSpec, RunStore  # noqa: E402
@@ -110,6 +110,7 @@ class FakeTrain:
     def __call__(self, model, cfg, examples, val_sets, workdir, *, init_params=None, progress=True, log=print, trainer=None):
         workdir = Path(workdir)
         self.calls.append((workdir.name, cfg))
+        self.positions = getattr(self, "positions", {}) | {workdir.name: sum(e.num_tokens - 1 for e in examples)}
         self.inits = getattr(self, "inits", []) + [(model, init_params)]
         if workdir.name in self.fail:
             raise RuntimeError(f"non-finite train loss in run {workdir.name} at step 2")
@@ -239,22 +240,28 @@ def test_bad_override_exits_2_with_one_line(tmp_path, capsys):
 
 
 def test_max_steps_is_a_cap():
+    from mixjax.data.domain import Example
+    from mixjax.train.loop import TrainConfig
+
+    def examples(tokens: int) -> list[Example]:  # examples of 4,097 tokens train 4,096 positions each
+        return [Example(np.zeros(4097, np.int32), np.ones(4097, np.int32))] * (tokens // 4096)
+
+    paper = TrainConfig(seq_len=4096, batch_size=16, epochs=3, max_steps=200)
     # Paper, 5M-token budget: 3 epochs of 5M tokens in batches of 16 x 4,096 -> 228 steps, capped at 200.
-    assert steps_for_run(5_000_000, 3, 16, 4096, 200) == 200
+    assert steps_for_run(examples(5_000_000), paper) == 200
     # A 0.66M-token perturbation run needs only 30 steps: the cap does not stretch it.
-    assert steps_for_run(660_000, 3, 16, 4096, 200) == 30
-    assert steps_for_run(660_000, 3, 16, 4096, None) == 30
-    assert steps_for_run(100, 1, 16, 4096, None) == 1
+    assert steps_for_run(examples(660_000), paper) == 30
+    assert steps_for_run(examples(660_000), dataclasses.replace(paper, max_steps=None)) == 30
+    assert steps_for_run(examples(4096), dataclasses.replace(paper, epochs=1, max_steps=None)) == 1
 
 
 def test_run_steps_follow_tokens_under_the_cap(tmp_path):
     fake = FakeTrain()
     assert _main(["--stages", "plan,perturb", "--set", "train.epochs=1", "train.max_steps=None"], tmp_path, fake) == 0
-    for name, cfg in fake.calls:
-        selected = json.loads((tmp_path / "tiny" / "runs" / name / "spec.json").read_text())["selected_tokens"]
-        assert cfg.max_steps == sum(selected.values()) // (4 * 64)
+    for name, cfg in fake.calls:  # floor of the trained positions (tokens - 1 per example) over B x T
+        assert cfg.max_steps == fake.positions[name] // (4 * 96)
     steps = sorted(cfg.max_steps for _, cfg in fake.calls)
-    assert steps[0] == 9 and steps[-1] == 31  # instruct-x0.25 (~2,500 tokens) .. a x3 run (~8,000 tokens)
+    assert steps[0] == 6 and steps[-1] == 20  # instruct-x0.25 (~2,500 tokens) .. a x3 run (~8,000 tokens)
     fake2 = FakeTrain()
     assert _main(["--stages", "plan,perturb", "--set", "train.epochs=1", "train.max_steps=12", "name='capped'"], tmp_path, fake2) == 0
     assert sorted(cfg.max_steps for _, cfg in fake2.calls) == sorted(min(s, 12) for s in steps)
@@ -295,7 +302,7 @@ def test_validation_plan_skips_infeasible_mixtures():
         "grid-0.75": "infeasible at N=1,000: domain a needs 750 tokens",
         "grid-1.00": "infeasible at N=1,000: domain a needs 1,000 tokens",
     }
-    assert glue.feasible_mask(np.array([[0.3, 0.7], [0.31, 0.69]]), 1000, Constraints.create(2, available=[300, 2000])).tolist() == [True, False]
+    assert feasible_mask(np.array([[0.3, 0.7], [0.31, 0.69]]), 1000, Constraints.create(2, available=[300, 2000])).tolist() == [True, False]
 
 
 def test_grid_metrics():
@@ -389,14 +396,8 @@ def test_profile_flag_reaches_the_train_config():
     from mixjax.train.loop import TrainConfig
 
     assert parse_args(["--config", "c.py", "--profile", "--retrain"]).profile
-    base = glue.run_train_config(TrainConfig(), max_steps=7, eval_every=2, seed=3, profile=True)
-    assert (base.max_steps, base.eval_every, base.checkpoint_every, base.seed) == (7, 2, 2, 3)
-
-    @dataclasses.dataclass(frozen=True)
-    class WithProfile(TrainConfig):  # TrainConfig as the train branch extends it
-        profile: bool = False
-
-    assert glue.run_train_config(WithProfile(), max_steps=7, eval_every=2, seed=3, profile=True).profile is True
+    base = run_train_config(TrainConfig(), max_steps=7, eval_every=2, seed=3, profile=True)
+    assert (base.max_steps, base.eval_every, base.checkpoint_every, base.seed, base.profile) == (7, 2, 2, 3, True)
 
 
 def test_job_array_task_trains_one_run(tmp_path):
