@@ -1,7 +1,13 @@
 """Training throughput (tokens/s) and MFU of the mixjax trainer, next to Hugging Face
 transformers + torch training the same config, in the same run.
 
-    python benchmarks/train_throughput.py [--preset demo] [--batch 16] [--seq 256] [--steps 20]
+    python benchmarks/train_throughput.py [--preset demo] [--batch 16] [--seq 256] [--steps 10] [--rounds 3]
+    # GPU (1B, Llama-3.2-1B shape, bf16, packed-sequence flash attention):
+    python benchmarks/train_throughput.py --preset llama3.2-1b --seq 4096 --batch 4 --attention flash --no-torch
+
+The two trainers run interleaved, ``--rounds`` times ``--steps`` steps each, so both see
+the same machine load; the figures are medians over rounds and the ratio is the median
+of the per-round ratios (the machine this runs on is often shared: quote the load).
 
 MFU = achieved model FLOP/s / peak FLOP/s. On GPU the peak is the device's dense bf16
 figure (H100 SXM: 989 TFLOP/s); on CPU, where no meaningful datasheet peak exists, it is
@@ -13,7 +19,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import os
+import statistics
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -52,20 +62,31 @@ def batch(b: int, t: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def time_mixjax(config, b: int, t: int, steps: int) -> float:
-    trainer = Trainer(config, TrainConfig(batch_size=b, seq_len=t, optimizer=OptimizerConfig()), steps + 2)
+def make_trainer(config, cfg: TrainConfig, total_steps: int) -> Trainer:
+    """Trainer(model, cfg, total_steps) before the LR schedule became a runtime input, Trainer(model, cfg) after."""
+    if "total_steps" in inspect.signature(Trainer).parameters:
+        return Trainer(config, cfg, total_steps)
+    return Trainer(config, cfg)
+
+
+def mixjax_runner(config, b: int, t: int, steps: int) -> Callable[[], float]:
+    """Compiles and warms up; returns run() -> tokens/s over ``steps`` steps."""
+    trainer = make_trainer(config, TrainConfig(batch_size=b, seq_len=t, optimizer=OptimizerConfig()), 10_000)
     state, data = trainer.init(jax.random.key(0)), batch(b, t, config.vocab_size)
-    for _ in range(2):  # compile + warm up
-        state, metrics = trainer.step(state, data)
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = trainer.step(state, data)
-    jax.block_until_ready(metrics)
-    return steps * b * t / (time.perf_counter() - start)
+    holder = [state]
+
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            holder[0], metrics = trainer.step(holder[0], data)
+        jax.block_until_ready(metrics)
+        return n * b * t / (time.perf_counter() - start)
+
+    run(2)  # compile + warm up
+    return lambda: run(steps)
 
 
-def time_torch(config, b: int, t: int, steps: int) -> float | None:
+def torch_runner(config, b: int, t: int, steps: int) -> Callable[[], float] | None:
     try:
         import torch
         import transformers
@@ -89,14 +110,16 @@ def time_torch(config, b: int, t: int, steps: int) -> float | None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(2):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return steps * b * t / (time.perf_counter() - start)
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return n * b * t / (time.perf_counter() - start)
+
+    run(2)
+    return lambda: run(steps)
 
 
 def main() -> None:
@@ -104,21 +127,40 @@ def main() -> None:
     p.add_argument("--preset", default="demo")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=10, help="steps per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--attention", default=None, help="ModelConfig.attention_impl (None/xla, flash)")
+    p.add_argument("--remat", default=None, help="ModelConfig.remat (default: the preset's)")
+    p.add_argument("--no-torch", action="store_true")
     args = p.parse_args()
     on_gpu = jax.devices()[0].platform == "gpu"
-    config = dataclasses.replace(PRESETS[args.preset], dtype="bfloat16" if on_gpu else "float32")
+    config = dataclasses.replace(PRESETS[args.preset], dtype="bfloat16" if on_gpu else "float32", attention_impl=args.attention)
+    if args.remat:
+        config = dataclasses.replace(config, remat=args.remat)
     peak, how = peak_flops()
     flops = config.flops_per_token(args.seq)
-    print(f"{args.preset}: {config.num_params() / 1e6:.2f}M params, batch {args.batch} x {args.seq}, "
-          f"{flops / 1e6:.2f} MFLOP/token; peak {peak / 1e12:.2f} TFLOP/s ({how}); device {jax.devices()[0].device_kind}")
-    print(f"{'trainer':<28} {'tokens/s':>12} {'MFU':>7}")
-    for label, fn in (("mixjax (jax.jit, sharded)", time_mixjax), ("transformers + torch", time_torch)):
-        rate = fn(config, args.batch, args.seq, args.steps)
-        if rate is None:
-            print(f"{label:<28} {'(not installed: pip install mixjax[hf])':>20}")
-        else:
-            print(f"{label:<28} {rate:12,.0f} {rate * flops / peak:7.1%}")
+    load = f"; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores" if not on_gpu else ""
+    print(f"{args.preset}: {config.num_params() / 1e6:.2f}M params, batch {args.batch} x {args.seq}, {config.dtype}, "
+          f"{flops / 1e6:.2f} MFLOP/token; peak {peak / 1e12:.2f} TFLOP/s ({how}); device {jax.devices()[0].device_kind}{load}")
+    runners = {"mixjax (jax.jit, sharded)": mixjax_runner(config, args.batch, args.seq, args.steps)}
+    reference = None if args.no_torch else torch_runner(config, args.batch, args.seq, args.steps)
+    if reference is not None:
+        runners["transformers + torch"] = reference
+    rates: dict[str, list[float]] = {label: [] for label in runners}
+    for _ in range(args.rounds):  # interleaved: both trainers see the same load
+        for label, run in runners.items():
+            rates[label].append(run())
+    print(f"{'trainer':<28} {'tokens/s':>12} {'MFU':>7}   (median of {args.rounds} rounds x {args.steps} steps)")
+    for label, values in rates.items():
+        rate = statistics.median(values)
+        print(f"{label:<28} {rate:12,.0f} {rate * flops / peak:7.1%}")
+    if reference is None and not args.no_torch:
+        print(f"{'transformers + torch':<28} {'(not installed: pip install mixjax[hf])':>20}")
+    if reference is not None:
+        ours, theirs = rates["mixjax (jax.jit, sharded)"], rates["transformers + torch"]
+        if not on_gpu:
+            print(f"load average after: {os.getloadavg()[0]:.2f}")
+        print(f"mixjax/torch tokens/s ratio: {statistics.median(a / b for a, b in zip(ours, theirs)):.2f}")
 
 
 if __name__ == "__main__":

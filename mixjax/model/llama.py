@@ -3,11 +3,19 @@ grouped-query attention, optional qkv bias (Qwen2), tied or untied embeddings.
 
 Parameters are float32 and carry logical axis names (``embed``, ``heads``, ``kv_heads``,
 ``mlp``, ``vocab``, ``layers``, ...) that :mod:`mixjax.train.sharding` maps onto the
-device mesh. Compute runs in ``config.dtype`` (bf16 by default); logits are float32.
-Layers are stacked with ``nn.scan`` (one compiled layer, fast compiles at 8B) and can be
-rematerialised. Attention goes through ``jax.nn.dot_product_attention`` with a causal,
-same-segment mask, so packed examples never attend to each other (cuDNN on GPU when
-``attention_impl`` allows it).
+device mesh. Compute runs in ``config.dtype`` (bf16 by default; the CPU demo preset runs
+float32, XLA:CPU has no fast bf16 path); logits are float32. Layers are stacked with
+``nn.scan`` (one compiled layer, fast compiles at 8B), fully unrolled when
+``scan_layers=False`` (same parameter tree; faster for tiny models, where the loop and the
+stacked residuals cost more than the layers), and rematerialised by ``remat`` policy.
+
+Attention is causal within each packed example (``segment_ids``; padding, segment 0,
+attends only to padding, keeping rows finite) and never materialises a (B, 1, T, T)
+mask: ``attention_impl`` None/"xla" is blockwise-causal einsum attention (query blocks
+skip the key blocks after them; the mask is built in-fusion from segment ids per block),
+"flash" is the Pallas flash-attention kernel with segment ids
+(``jax.experimental.pallas.ops.gpu.attention.mha``; Triton on GPU, run in interpret mode
+on CPU, where tests check it against the XLA path).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 Array = jax.Array
+RematPolicy = Literal["none", "full", "dots", "dots_with_no_batch_dims", "offload_dots_with_no_batch_dims"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +58,9 @@ class ModelConfig:
     tie_embeddings: bool = False
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
-    remat: Literal["none", "full", "dots"] = "none"
-    attention_impl: Literal["xla", "cudnn"] | None = None
+    remat: RematPolicy = "none"
+    attention_impl: Literal["xla", "flash"] | None = None
+    scan_layers: bool = True
     init_std: float = 0.02
 
     @property
@@ -76,18 +86,22 @@ class ModelConfig:
 
 PRESETS: dict[str, ModelConfig] = {
     # A few hundred thousand parameters: trains on a laptop CPU in seconds per run.
-    "demo": ModelConfig(vocab_size=263, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=384, rope_theta=10_000.0, tie_embeddings=True),
+    # float32 compute (XLA:CPU has no fast bf16 kernels) and unrolled layers (2 tiny layers).
+    "demo": ModelConfig(
+        vocab_size=263, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=384, rope_theta=10_000.0,
+        tie_embeddings=True, dtype="float32", scan_layers=False,
+    ),
     "llama3.2-1b": ModelConfig(
         vocab_size=128_256, dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, hidden_dim=8192, head_dim=64,
-        rope_scaling=RopeScaling(factor=32.0), tie_embeddings=True, remat="dots",
+        rope_scaling=RopeScaling(factor=32.0), tie_embeddings=True, remat="dots_with_no_batch_dims",
     ),
     "llama3.2-3b": ModelConfig(
         vocab_size=128_256, dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, hidden_dim=8192, head_dim=128,
-        rope_scaling=RopeScaling(factor=32.0), tie_embeddings=True, remat="dots",
+        rope_scaling=RopeScaling(factor=32.0), tie_embeddings=True, remat="dots_with_no_batch_dims",
     ),
     "llama3.1-8b": ModelConfig(
         vocab_size=128_256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, hidden_dim=14_336,
-        rope_scaling=RopeScaling(factor=8.0), remat="dots",
+        rope_scaling=RopeScaling(factor=8.0), remat="dots_with_no_batch_dims",
     ),
     "qwen2.5-0.5b": ModelConfig(
         vocab_size=151_936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2, hidden_dim=4864, rope_theta=1_000_000.0,
@@ -119,6 +133,72 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     return (x * cos + rotated * sin).astype(x.dtype)
+
+
+def _attend_block(q: Array, k: Array, v: Array, q_segments: Array, k_segments: Array, q_start: int) -> Array:
+    """Causal same-segment softmax attention of a block of queries starting at ``q_start``
+    over keys 0..S-1. q: (B, t, K, G, H), k/v: (B, S, K, H) -> (B, t, K, G, H) float32.
+
+    Normalised after the value product (one pass less over the (t, S) scores)."""
+    t, s, h = q.shape[1], k.shape[1], q.shape[-1]
+    scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * (1.0 / math.sqrt(h))
+    causal = (q_start + jnp.arange(t))[:, None] >= jnp.arange(s)[None, :]
+    allowed = (q_segments[:, :, None] == k_segments[:, None, :]) & causal  # (B, t, S), fused
+    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    unnormalised = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+    denominator = jnp.sum(unnormalised, axis=-1)  # (B, K, G, t); >= 1 (the diagonal is always allowed)
+    out = jnp.einsum("bkgts,bskh->btkgh", unnormalised.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out / jnp.transpose(denominator, (0, 3, 1, 2))[..., None]
+
+
+def attention_blocks(seq_len: int, max_blocks: int = 8, min_block: int = 128) -> int:
+    """Query blocks for blockwise-causal attention: block i needs keys [0, (i+1) T/n) only,
+    so n blocks do (n+1)/2n of the dense work."""
+    n = max(1, min(max_blocks, seq_len // min_block))
+    while seq_len % n:
+        n -= 1
+    return n
+
+
+def xla_attention(q: Array, k: Array, v: Array, segment_ids: Array, blocks: int | None = None) -> Array:
+    """Blockwise-causal, same-segment attention in plain XLA ops (CPU and any backend).
+    q: (B, T, N, H), k/v: (B, T, K, H) with N a multiple of K (GQA); segment_ids (B, T)."""
+    b, t, n, h = q.shape
+    kv = k.shape[2]
+    grouped = q.reshape(b, t, kv, n // kv, h)
+    blocks = blocks or attention_blocks(t)
+    size = t // blocks
+    outs = [
+        _attend_block(grouped[:, i * size:(i + 1) * size], k[:, :(i + 1) * size], v[:, :(i + 1) * size],
+                      segment_ids[:, i * size:(i + 1) * size], segment_ids[:, :(i + 1) * size], i * size)
+        for i in range(blocks)
+    ]
+    out = outs[0] if blocks == 1 else jnp.concatenate(outs, axis=1)
+    return out.reshape(b, t, n, h).astype(q.dtype)
+
+
+def flash_attention(q: Array, k: Array, v: Array, segment_ids: Array) -> Array:
+    """Pallas flash attention (Triton on GPU) with segment ids and a causal mask: no (T, T)
+    tensor in memory. Runs the same kernel in interpret mode off GPU (slow: for tests).
+    T must be a multiple of min(T, 128); GQA repeats the K/V heads."""
+    from jax.experimental.pallas.ops.gpu import attention as pallas_attention
+
+    groups = q.shape[2] // k.shape[2]
+    if groups > 1:
+        k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+    interpret = jax.devices()[0].platform != "gpu"
+    return pallas_attention.mha(
+        q, k, v, segment_ids, sm_scale=1.0 / math.sqrt(q.shape[-1]), causal=True, interpret=interpret,
+    )
+
+
+def attention(q: Array, k: Array, v: Array, segment_ids: Array, impl: str | None = None) -> Array:
+    """Causal attention within packed examples; see the module docstring for ``impl``."""
+    if impl in (None, "xla"):
+        return xla_attention(q, k, v, segment_ids)
+    if impl == "flash":
+        return flash_attention(q, k, v, segment_ids)
+    raise ValueError(f"attention_impl must be None, 'xla' or 'flash', got {impl!r}")
 
 
 def _init(config: ModelConfig, *names: str):
@@ -153,9 +233,7 @@ class Attention(nn.Module):
         v = dense(cfg.n_kv_heads, "kv_heads", "v_proj")(x)
         inv_freq = rope_inverse_frequencies(cfg)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        # Causal within an example; padding (segment 0) attends only to itself, keeping rows finite.
-        same = segment_ids[:, :, None] == segment_ids[:, None, :]
-        out = jax.nn.dot_product_attention(q, k, v, mask=same[:, None], is_causal=True, implementation=cfg.attention_impl)
+        out = attention(q, k, v, segment_ids, cfg.attention_impl)
         return nn.DenseGeneral(
             cfg.dim, axis=(-2, -1), use_bias=False, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype),
             kernel_init=_init(cfg, "heads", "kv", "embed"), name="o_proj",
@@ -190,9 +268,17 @@ class Block(nn.Module):
 
 
 _REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "full": lambda: jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer
+    "dots": lambda: jax.checkpoint_policies.checkpoint_dots,  # keep every matmul output (incl. attention scores)
+    "dots_with_no_batch_dims": lambda: jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep projections
+    "offload_dots_with_no_batch_dims": lambda: jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
 }
+
+
+def remat_policy(name: str):
+    if name not in _REMAT_POLICIES:
+        raise ValueError(f"remat must be 'none' or one of {sorted(_REMAT_POLICIES)}, got {name!r}")
+    return _REMAT_POLICIES[name]()
 
 
 class Decoder(nn.Module):
@@ -210,13 +296,14 @@ class Decoder(nn.Module):
         x = embed(tokens)
         block = Block
         if cfg.remat != "none":
-            block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+            block = nn.remat(Block, policy=remat_policy(cfg.remat), prevent_cse=False)
         layers = nn.scan(
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
             in_axes=(nn.broadcast, nn.broadcast),
             length=cfg.n_layers,
+            unroll=1 if cfg.scan_layers else cfg.n_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         x, _ = layers(cfg, name="layers")(x, positions, segment_ids)

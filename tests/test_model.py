@@ -1,0 +1,113 @@
+"""Model-level numerics: the blockwise-causal attention and the Pallas flash path equal
+dense masked attention on packed segments; unrolled layers and remat policies leave the
+logits and gradients unchanged."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from mixjax.model.llama import PRESETS, Decoder, ModelConfig, attention, attention_blocks, xla_attention
+
+CONFIG = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, dtype="float32")
+
+
+def packed_segments(b: int, t: int, seed: int = 0) -> np.ndarray:
+    """Rows of several examples of random lengths, then padding (segment 0)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(b):
+        row, seg = [], 1
+        while len(row) < t - 6:
+            row += [seg] * int(rng.integers(1, t // 2))
+            seg += 1
+        row = row[: t - 6] + [0] * 6
+        rows.append(row)
+    return np.asarray(rows, np.int32)
+
+
+def dense_reference(q, k, v, segment_ids):
+    """The previous implementation: a dense (B, 1, T, T) same-segment mask + is_causal."""
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return jax.nn.dot_product_attention(q, k, v, mask=same[:, None], is_causal=True, implementation="xla")
+
+
+def qkv(b, t, n=4, kv=2, h=16, seed=0):
+    ks = jax.random.split(jax.random.key(seed), 3)
+    return (jax.random.normal(ks[0], (b, t, n, h)), jax.random.normal(ks[1], (b, t, kv, h)), jax.random.normal(ks[2], (b, t, kv, h)))
+
+
+def test_attention_blocks():
+    assert [attention_blocks(t) for t in (8, 128, 256, 384, 4096, 8192)] == [1, 1, 2, 3, 8, 8]
+    assert attention_blocks(640) == 5 and attention_blocks(896) == 7
+
+
+@pytest.mark.parametrize("blocks", [1, 4])
+def test_blockwise_attention_equals_dense_masked_on_packed_segments(blocks):
+    q, k, v = qkv(3, 64)
+    segments = jnp.asarray(packed_segments(3, 64))
+    assert len(np.unique(segments[0])) >= 3  # several examples and padding in a row
+    expected = dense_reference(q, k, v, segments)
+    got = xla_attention(q, k, v, segments, blocks=blocks)
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=1e-6)
+    grad = lambda f: jax.grad(lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v, segments))), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(grad(lambda *x: xla_attention(*x, blocks=blocks)), grad(dense_reference)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_flash_attention_equals_dense_masked_on_packed_segments():
+    """The GPU kernel's code (Pallas, here in interpret mode) on packed segments, forward and backward."""
+    q, k, v = qkv(2, 64, h=16)
+    segments = jnp.asarray(packed_segments(2, 64, seed=1))
+    np.testing.assert_allclose(attention(q, k, v, segments, "flash"), dense_reference(q, k, v, segments), atol=2e-5, rtol=2e-5)
+    loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(attention(q, k, v, segments, impl)))
+    for a, b in zip(jax.grad(loss("flash"), argnums=(0, 1, 2))(q, k, v), jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_unknown_attention_impl_is_an_error():
+    q, k, v = qkv(1, 8)
+    with pytest.raises(ValueError, match="attention_impl"):
+        attention(q, k, v, jnp.ones((1, 8), jnp.int32), "cudnn")
+
+
+def _inputs(b=2, t=32):
+    tokens = jax.random.randint(jax.random.key(1), (b, t), 0, CONFIG.vocab_size)
+    segments = jnp.asarray(packed_segments(b, t, seed=2))
+    pos = np.zeros((b, t), np.int32)
+    for r in range(b):
+        for i in range(1, t):
+            pos[r, i] = pos[r, i - 1] + 1 if segments[r, i] == segments[r, i - 1] else 0
+    return tokens, jnp.asarray(pos), segments
+
+
+def _loss_and_grads(config, params, inputs):
+    def loss(p):
+        return jnp.mean(Decoder(config).apply({"params": p}, *inputs) ** 2)
+    return jax.value_and_grad(loss)(params)
+
+
+@pytest.mark.parametrize("change", [{"scan_layers": False}, {"remat": "full"}, {"remat": "dots", "scan_layers": False}])
+def test_unrolled_layers_and_remat_policies_leave_numerics_unchanged(change):
+    inputs = _inputs()
+    params = nn.unbox(Decoder(CONFIG).init(jax.random.key(0), *inputs)["params"])
+    variant = dataclasses.replace(CONFIG, **change)
+    assert jax.tree.structure(nn.unbox(Decoder(variant).init(jax.random.key(0), *inputs)["params"])) == jax.tree.structure(params)
+    (l0, g0), (l1, g1) = _loss_and_grads(CONFIG, params, inputs), _loss_and_grads(variant, params, inputs)
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_unknown_remat_policy_is_an_error():
+    with pytest.raises(ValueError, match="remat"):
+        Decoder(dataclasses.replace(CONFIG, remat="everything")).init(jax.random.key(0), *_inputs())
+
+
+def test_demo_preset_runs_float32_unrolled():
+    demo = PRESETS["demo"]
+    assert (demo.dtype, demo.scan_layers) == ("float32", False)
+    assert PRESETS["llama3.2-1b"].remat == "dots_with_no_batch_dims" and PRESETS["llama3.2-1b"].scan_layers
