@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import os
 import statistics
 import time
@@ -62,17 +61,10 @@ def batch(b: int, t: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def make_trainer(config, cfg: TrainConfig, total_steps: int) -> Trainer:
-    """Trainer(model, cfg, total_steps) before the LR schedule became a runtime input, Trainer(model, cfg) after."""
-    if "total_steps" in inspect.signature(Trainer).parameters:
-        return Trainer(config, cfg, total_steps)
-    return Trainer(config, cfg)
-
-
 def mixjax_runner(config, b: int, t: int, steps: int) -> Callable[[], float]:
     """Compiles and warms up; returns run() -> tokens/s over ``steps`` steps."""
-    trainer = make_trainer(config, TrainConfig(batch_size=b, seq_len=t, optimizer=OptimizerConfig()), 10_000)
-    state, data = trainer.init(jax.random.key(0)), batch(b, t, config.vocab_size)
+    trainer = Trainer(config, TrainConfig(batch_size=b, seq_len=t, optimizer=OptimizerConfig()))
+    state, data = trainer.init(jax.random.key(0), total_steps=10_000), batch(b, t, config.vocab_size)
     holder = [state]
 
     def run(n: int) -> float:

@@ -89,7 +89,9 @@ class Inputs:
         from mixjax.model.hf import config_from_hf
 
         hf = json.loads((Path(self.config.checkpoint) / "config.json").read_text())
-        return config_from_hf(hf, dtype=model.dtype, remat=model.remat, attention_impl=model.attention_impl)
+        return config_from_hf(
+            hf, dtype=model.dtype, remat=model.remat, attention_impl=model.attention_impl, scan_layers=model.scan_layers
+        )
 
     @functools.cached_property
     def domains(self) -> dict[str, Domain]:
