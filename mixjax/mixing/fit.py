@@ -373,7 +373,7 @@ def _fit_one(u, d, mask, loss, fit_alpha, cfg: FitConfig, warm=None):
         return jnp.clip(jnp.stack([log_beta, jnp.log(c), frac, phi[2], jnp.log(e)]), lo_q, hi_q)
 
     # beta fixed leaves c, e nearly linear: a quarter of the starts; the joint fit half.
-    half, joint_n = max(4, num_starts // 4), max(4, num_starts // 2)
+    half, joint_n = max(1, num_starts // 4), max(2, num_starts // 2)
     log_beta1 = jnp.log(beta1)
     random_log_beta = np.log(1e-2) + (np.log(2.0) - np.log(1e-2)) * u[:joint_n, 4]
     log_betas = jnp.concatenate([jnp.full(half, log_beta1), random_log_beta.at[0].set(log_beta1)])
@@ -434,7 +434,7 @@ def _warm_start(out) -> dict[str, Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _fit_batch(draws, packed, fit_alpha, masks, losses, warm, use_warm, *, cfg):
+def _fit_batch(draws, packed, fit_alpha, masks, losses, warm, *, cfg):
     """``_fit_one`` vmapped over a flat batch of instances (domain x variant x fold/sample).
 
     One compile serves the full fits, the out-of-fold refits and the bootstrap refits:
@@ -443,10 +443,15 @@ def _fit_batch(draws, packed, fit_alpha, masks, losses, warm, use_warm, *, cfg):
     """
 
     def one(u, d, alpha_flag, mask, loss, w):
-        w = jax.tree.map(lambda a: jnp.where(use_warm, a, jnp.nan), w)
-        return _fit_one(u, d, mask, loss, alpha_flag, cfg, warm=w)
+        return _fit_one(u, d, mask, loss, alpha_flag, cfg, warm=w)  # NaN warm: random start
 
     return jax.vmap(one)(draws, packed, fit_alpha, masks, losses, warm)
+
+
+@functools.lru_cache(maxsize=16)
+def _batch_for(cfg: FitConfig):
+    """One jitted ``_fit_batch`` per numerics config (a new wrapper per call would retrace)."""
+    return jax.jit(functools.partial(_fit_batch, cfg=cfg))
 
 
 # --------------------------------------------------------------------------- public API
@@ -493,52 +498,66 @@ def fit_law(domains: Sequence[DomainData], key: Array, cfg: FitConfig = FitConfi
 
 
 def _fit_instances(packed, variants, num_folds, cfg, key_fit, key_boot) -> dict[str, dict[str, np.ndarray]]:
-    """Full fits, out-of-fold refits and bootstrap refits, as numpy arrays [domain, variant, ...]."""
+    """Full fits, out-of-fold refits and bootstrap refits, as numpy arrays [domain, variant, ...].
+
+    Two calls: the full fits (``num_starts`` random starts), then every fold and bootstrap
+    refit warm-started from its full fit with ``bootstrap_starts`` starts.
+    """
     num_d, p = packed["x"].shape
     num_v, num_b = len(variants), cfg.bootstrap_samples
-    num_i = 1 + num_folds + num_b
     valid, series = packed["valid"], packed["series"]
     prior = np.where((series.sum(axis=1) >= 3)[:, None], series, valid)
     base_mask = np.stack([valid if v else prior for v in variants], axis=1)  # (D, V, P)
-    fold_masks = base_mask[:, :, None] & (packed["fold"][:, None, None] != np.arange(num_folds)[None, None, :, None])
-    masks = np.concatenate([base_mask[:, :, None], fold_masks, np.repeat(base_mask[:, :, None], num_b, 2)], axis=2)
-    losses = np.broadcast_to(packed["loss"][:, None, None], (num_d, num_v, num_i, p)).copy()
-    shape = (num_d, num_v, num_i)
-    flat = lambda a: jnp.asarray(np.reshape(a, (-1, *a.shape[3:])))
-    unflat = lambda a: np.asarray(a).reshape(*shape, *a.shape[1:])
-    expand = lambda a: np.broadcast_to(a[:, None, None], (*shape, *a.shape[1:]))
     numerics = cfg.numerics()
-    batch = jax.jit(functools.partial(_fit_batch, cfg=numerics))
-    packed_flat = {k: flat(expand(v)) for k, v in packed.items()}
-    alpha_flat = flat(np.broadcast_to(np.asarray(variants)[None, :, None], shape))
-
-    def fit(draws, masks, losses, warm, use_warm):
-        args = (draws, packed_flat, alpha_flat, masks, losses, warm, jnp.asarray(use_warm))
-        return cached_call("fit", batch, args, static=repr(numerics))
-
+    batch = _batch_for(numerics)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key_fit)).ravel()[-1])
-    draws = flat(rng.uniform(size=(*shape, cfg.num_starts, 7)))
-    nan_warm = {"theta1": jnp.full((num_d * num_v * num_i, 2), jnp.nan), "q3": jnp.full((num_d * num_v * num_i, 5), jnp.nan)}
-    out = jax.tree.map(unflat, fit(draws, masks=flat(masks), losses=flat(losses), warm=nan_warm, use_warm=False))
+
+    def run(masks, losses, warm, num_starts):
+        """``masks``/``losses`` (D, V, I, P); ``warm``: dict of (D, V, ...) or None."""
+        shape = masks.shape[:3]
+        flat = lambda a: jnp.asarray(np.reshape(a, (-1, *a.shape[3:])))
+        expand = lambda a: np.broadcast_to(a[:, None, None], (*shape, *a.shape[1:]))
+        if warm is None:
+            warm = {"theta1": np.full((*shape, 2), np.nan), "q3": np.full((*shape, 5), np.nan)}
+        else:
+            warm = {k: np.broadcast_to(a[:, :, None], (*shape, *a.shape[2:])) for k, a in warm.items()}
+        args = (
+            flat(rng.uniform(size=(*shape, num_starts, 7))),
+            {k: flat(expand(v)) for k, v in packed.items()},
+            flat(np.broadcast_to(np.asarray(variants)[None, :, None], shape)),
+            flat(masks),
+            flat(losses),
+            {k: flat(v) for k, v in warm.items()},
+        )
+        out = cached_call("fit", batch, args, static=repr(numerics))
+        return jax.tree.map(lambda a: np.asarray(a).reshape(*shape, *a.shape[1:]), out)
+
+    losses = np.broadcast_to(packed["loss"][:, None, None], (num_d, num_v, 1, p))
+    full = jax.tree.map(lambda a: a[:, :, 0], run(base_mask[:, :, None], losses, None, cfg.num_starts))
+    result = {"full": full}
+    if not (num_folds or num_b):
+        return result
+    fold_masks = base_mask[:, :, None] & (packed["fold"][:, None, None] != np.arange(num_folds)[None, None, :, None])
+    masks = [fold_masks]
+    refit_losses = [np.broadcast_to(packed["loss"][:, None, None], (num_d, num_v, num_folds, p))]
     if num_b:
-        # Residual bootstrap around the full fit; the same compiled function, warm-started.
-        full = jax.tree.map(lambda a: a[:, :, 0], out)
-        pred = _predict_np(_law(jax.tree.map(lambda a: a[..., None], full)), packed["x"][:, None], packed["m"][:, None])  # (D, V, P)
-        resid = packed["loss"][:, None] - pred
-        rng = np.random.default_rng(np.asarray(jax.random.key_data(key_boot)).ravel()[-1])
+        # Residual bootstrap around the full fit.
+        pred = _predict_np(_law(jax.tree.map(lambda a: a[..., None], full)), packed["x"][:, None], packed["m"][:, None])
+        resid = packed["loss"][:, None] - pred  # (D, V, P)
+        boot_rng = np.random.default_rng(np.asarray(jax.random.key_data(key_boot)).ravel()[-1])
+        boot = np.empty((num_d, num_v, num_b, p))
         for d in range(num_d):
             for v in range(num_v):
-                idx = np.flatnonzero(base_mask[d, v])
-                picks = rng.choice(idx, (num_b, p))
-                losses[d, v, 1 + num_folds:] = pred[d, v][None] + resid[d, v][picks]
-        warm = {k: flat(np.broadcast_to(a[:, :, None], (*shape, *a.shape[2:]))) for k, a in _warm_start(full).items()}
-        again = jax.tree.map(unflat, fit(draws, masks=flat(masks), losses=flat(losses), warm=warm, use_warm=True))
-        out = jax.tree.map(lambda a, b: np.concatenate([a[:, :, : 1 + num_folds], b[:, :, 1 + num_folds:]], axis=2), out, again)
-    result = {"full": jax.tree.map(lambda a: a[:, :, 0], out)}
+                picks = boot_rng.choice(np.flatnonzero(base_mask[d, v]), (num_b, p))
+                boot[d, v] = pred[d, v][None] + resid[d, v][picks]
+        masks.append(np.repeat(base_mask[:, :, None], num_b, 2))
+        refit_losses.append(boot)
+    out = run(np.concatenate(masks, axis=2), np.concatenate(refit_losses, axis=2), _warm_start(full),
+              max(2, min(cfg.bootstrap_starts, cfg.num_starts)))  # >= 2: the warm start and one more
     if num_folds:
-        result["folds"] = jax.tree.map(lambda a: a[:, :, 1 : 1 + num_folds], out)
+        result["folds"] = jax.tree.map(lambda a: a[:, :, :num_folds], out)
     if num_b:
-        result["boot"] = jax.tree.map(lambda a: a[:, :, 1 + num_folds:], out)
+        result["boot"] = jax.tree.map(lambda a: a[:, :, num_folds:], out)
     return result
 
 
