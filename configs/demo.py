@@ -20,12 +20,12 @@ config = ExperimentConfig(
     target_budgets=(48_000, 96_000),
     model="demo",
     pretrain=PretrainConfig(
-        num_documents=20_000, val_documents=256, vocab_size=512,  # ~500k BPE tokens, ~240 steps
+        num_documents=6_000, val_documents=256, vocab_size=512,  # ~450k BPE tokens, ~220 steps
         train=TrainConfig(seq_len=128, batch_size=16, epochs=1.0, optimizer=OptimizerConfig(learning_rate=3e-3, warmup_ratio=0.02)),
     ),
     train=TrainConfig(
-        seq_len=128, batch_size=16, epochs=3,
-        optimizer=OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.05),
+        seq_len=128, batch_size=8, epochs=3,
+        optimizer=OptimizerConfig(learning_rate=3e-3, warmup_ratio=0.05),
     ),
     evals_per_run=6,
     validate=ValidateConfig(budget=48_000, baselines=("uniform", "proportional")),
