@@ -16,17 +16,17 @@ from mixjax.train.optimizer import OptimizerConfig
 config = ExperimentConfig(
     name="demo",
     domains=tuple(DomainSpec(n, (f"synthetic:{n}:6000",), val_examples=128) for n in ("instruct", "math", "code")),
-    base_tokens=8_000,
-    target_budgets=(48_000, 96_000),
+    base_tokens=6_000,
+    target_budgets=(36_000, 72_000),
     model="demo",
     pretrain=PretrainConfig(
-        num_documents=6_000, val_documents=256, vocab_size=512,  # ~450k BPE tokens, ~220 steps
+        num_documents=5_000, val_documents=256, vocab_size=512,  # ~380k BPE tokens, ~180 steps
         train=TrainConfig(seq_len=128, batch_size=16, epochs=1.0, optimizer=OptimizerConfig(learning_rate=3e-3, warmup_ratio=0.02)),
     ),
     train=TrainConfig(
         seq_len=128, batch_size=8, epochs=3,
         optimizer=OptimizerConfig(learning_rate=3e-3, warmup_ratio=0.05),
     ),
-    evals_per_run=6,
-    validate=ValidateConfig(budget=48_000, baselines=("uniform", "proportional")),
+    evals_per_run=4,
+    validate=ValidateConfig(budget=36_000, baselines=("uniform", "proportional")),
 )

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import sys
 
+from mixjax.cache import enable_compilation_cache
 from mixjax.data.budget import BudgetError
 from mixjax.data.formats import DataError
 from mixjax.pipeline.config import ConfigError, apply_overrides, load_config
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None, train_fn=None) -> int:
         import jax
 
         jax.distributed.initialize()
+    enable_compilation_cache()  # a rerun loads the compiled steps and fit instead of compiling them
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     try:
         unknown = set(stages) - set(STAGES)
