@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mixjax.data.domain import Example, encode_documents
-from mixjax.data.synthetic import WORDS, _arithmetic, _pick, _string_task, _value, _word
+from mixjax.data.synthetic import WORDS, _arithmetic, _pick, _value, _word, code_snippet
 
 KINDS = ("prose", "arithmetic", "code", "strings")
 _STREAM = 7919  # keeps corpus draws apart from the SFT domains' streams
@@ -58,13 +58,7 @@ def _arithmetic_fact(rng: np.random.Generator) -> str:
 
 
 def _code_fact(rng: np.random.Generator) -> str:
-    if rng.random() < 0.5:
-        _, expression, answer = _string_task(rng)
-        snippet = f"s = {expression}\nprint(s)"
-    else:
-        a, op, b = _arithmetic(rng)
-        snippet = f"x = {a}\ny = {b}\nprint(x {op} y)"
-        answer = str(_value(a, op, b))
+    snippet, answer = code_snippet(rng)
     return f"```python\n{snippet}\n```\nThis prints {answer}."
 
 

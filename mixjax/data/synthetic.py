@@ -87,14 +87,17 @@ def math_example(rng: np.random.Generator) -> Conversation:
     return [("user", question), ("assistant", f"{a} {symbol} {b} = {_value(a, op, b)}")]
 
 
-def code_example(rng: np.random.Generator) -> Conversation:
+def code_snippet(rng: np.random.Generator) -> tuple[str, str]:
+    """A short Python snippet (a string operation or arithmetic) and what it prints."""
     if rng.random() < 0.5:
         _, expression, answer = _string_task(rng)
-        snippet = f"s = {expression}\nprint(s)"
-    else:
-        a, op, b = _arithmetic(rng)
-        snippet = f"x = {a}\ny = {b}\nprint(x {op} y)"
-        answer = str(_value(a, op, b))
+        return f"s = {expression}\nprint(s)", answer
+    a, op, b = _arithmetic(rng)
+    return f"x = {a}\ny = {b}\nprint(x {op} y)", str(_value(a, op, b))
+
+
+def code_example(rng: np.random.Generator) -> Conversation:
+    snippet, answer = code_snippet(rng)
     return [("user", f"What does this Python code print?\n```python\n{snippet}\n```"), ("assistant", answer)]
 
 

@@ -44,8 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixjax.cache import cached_call
-from mixjax.mixing.law import LawParams, domain_loss, rescale_units
-from mixjax.mixing.optim import huber_objective, multistart
+from mixjax.mixing.law import LawParams, rescale_units
+from mixjax.mixing.optim import multistart
 
 Array = jax.Array
 PROCEDURES = ("mixjax", "paper")

@@ -183,19 +183,11 @@ def _solve_separable_jvp(primals, tangents):
     return w, jnp.where(free, (d_mu - dg) * inv, d_fixed)
 
 
-def solve_weights(
-    params: LawParams,
-    budget,
-    constraints: Constraints,
-    *,
-    tol: float = 1e-12,
-    maxiter: int = 20000,
-) -> Array:
+def solve_weights(params: LawParams, budget, constraints: Constraints) -> Array:
     """Optimal weights at one budget, by bisection on the KKT multiplier (module docstring).
 
     Pure, jittable, vmappable, and differentiable (implicit) in params, budget and the
-    constraints. ``tol``/``maxiter`` are accepted for compatibility and unused (the
-    bisection runs a fixed number of steps to float64 precision).
+    constraints; the bisection runs a fixed number of steps to float64 precision.
     """
     lo, hi = weight_bounds(constraints, budget)
     dtype = jnp.result_type(params.beta, lo, float)
