@@ -48,7 +48,6 @@ def main() -> None:
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import optax
     from flax import linen as nn
 

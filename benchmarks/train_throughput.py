@@ -30,17 +30,16 @@ import numpy as np
 
 from mixjax.model.llama import PRESETS
 from mixjax.train.loop import TrainConfig, Trainer
+from mixjax.train.metrics import peak_flops
 from mixjax.train.optimizer import OptimizerConfig
 
-GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-
-
-def peak_flops() -> tuple[float, str]:
+def peak_for_mfu() -> tuple[float, str]:
+    """The datasheet peak of the accelerator (the trainer's table), or on CPU the measured
+    FLOP/s of a large float32 matmul."""
     device = jax.devices()[0]
-    if device.platform == "gpu":
-        for name, peak in GPU_PEAK_BF16.items():
-            if name in device.device_kind:
-                return peak, f"{device.device_kind} datasheet bf16 dense"
+    peak = peak_flops(device.device_kind) if device.platform != "cpu" else None
+    if peak:
+        return peak, f"{device.device_kind} datasheet bf16 dense"
     n = 2048
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)
@@ -129,7 +128,7 @@ def main() -> None:
     config = dataclasses.replace(PRESETS[args.preset], dtype="bfloat16" if on_gpu else "float32", attention_impl=args.attention)
     if args.remat:
         config = dataclasses.replace(config, remat=args.remat)
-    peak, how = peak_flops()
+    peak, how = peak_for_mfu()
     flops = config.flops_per_token(args.seq)
     load = f"; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores" if not on_gpu else ""
     print(f"{args.preset}: {config.num_params() / 1e6:.2f}M params, batch {args.batch} x {args.seq}, {config.dtype}, "

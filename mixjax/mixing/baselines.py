@@ -57,6 +57,14 @@ def grid_search(params: LawParams, budget: float, grid: np.ndarray, importance=N
     return grid[int(np.argmin(values))], values
 
 
+def _violations(w: np.ndarray, budget: float, constraints, tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(below lower, above upper, beyond availability ``w_i N > D_i``), each shaped like ``w``."""
+    lower = np.asarray(constraints.lower, np.float64)
+    upper = np.asarray(constraints.upper, np.float64)
+    available = np.asarray(constraints.available, np.float64)
+    return w < lower - tol, w > upper + tol, w * budget > available * (1 + tol) + tol
+
+
 def feasible_mask(weights, budget: float, constraints, tol: float = 1e-9) -> np.ndarray:
     """Which mixtures satisfy the constraints at ``budget``: bool (m,) for weights (m, k).
 
@@ -64,24 +72,20 @@ def feasible_mask(weights, budget: float, constraints, tol: float = 1e-9) -> np.
     The pipeline skips infeasible grid points and baselines with it.
     """
     w = np.atleast_2d(np.asarray(weights, np.float64))
-    lower = np.asarray(constraints.lower, np.float64)
-    upper = np.asarray(constraints.upper, np.float64)
-    available = np.asarray(constraints.available, np.float64)
-    ok = np.all(w >= lower - tol, axis=1) & np.all(w <= upper + tol, axis=1)
-    ok &= np.all(w * budget <= available * (1 + tol) + tol, axis=1)
-    ok &= np.abs(w.sum(axis=1) - 1.0) <= 1e-6
-    return ok
+    below, above, beyond = _violations(w, budget, constraints, tol)
+    return ~np.any(below | above | beyond, axis=1) & (np.abs(w.sum(axis=1) - 1.0) <= 1e-6)
 
 
 def infeasibility(weights, budget: float, constraints, domains, tol: float = 1e-9) -> str:
     """Why one mixture is infeasible (empty string if it is feasible)."""
     w = np.asarray(weights, np.float64)
+    below, above, beyond = _violations(w, budget, constraints, tol)
     why = []
     for i, name in enumerate(domains):
-        if w[i] < constraints.lower[i] - tol:
+        if below[i]:
             why.append(f"{name} {w[i]:.3g} < lower {float(constraints.lower[i]):.3g}")
-        if w[i] > constraints.upper[i] + tol:
+        if above[i]:
             why.append(f"{name} {w[i]:.3g} > upper {float(constraints.upper[i]):.3g}")
-        if w[i] * budget > constraints.available[i] * (1 + tol) + tol:
+        if beyond[i]:
             why.append(f"{name} needs {w[i] * budget:.4g} tokens, {float(constraints.available[i]):.4g} available")
     return "; ".join(why)

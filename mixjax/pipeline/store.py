@@ -68,12 +68,6 @@ class RunStore:
         if self.primary:
             write_json_atomic(self.dir / name, payload)
 
-    def write_text(self, name: str, text: str) -> None:
-        if self.primary:
-            tmp = self.dir / (name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, self.dir / name)
-
     # ------------------------------------------------------------------ plan
 
     def write_plan(self, specs: Sequence[RunSpec]) -> None:
@@ -97,10 +91,6 @@ class RunStore:
     def result(self, name: str) -> dict | None:
         path = self.run_dir(name) / "result.json"
         return json.loads(path.read_text()) if path.exists() else None
-
-    def failure(self, name: str) -> str | None:
-        path = self.run_dir(name) / "failed.json"
-        return json.loads(path.read_text())["error"] if path.exists() else None
 
     def start(self, spec: RunSpec, fingerprint: dict, selected_tokens: dict[str, int]) -> None:
         if not self.primary:
