@@ -22,14 +22,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _tokenizer(spec: str):
-    from mixjax.data import tokenizer as tok
-
-    if hasattr(tok, "load_tokenizer"):
-        return tok.load_tokenizer(spec)
-    return tok.ByteTokenizer() if spec == "byte" else tok.HFTokenizer(spec)
-
-
 def _parse_weights(items: list[str], names: tuple[str, ...]) -> np.ndarray:
     given = {}
     for item in items:
@@ -83,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from mixjax.data.budget import BudgetError
     from mixjax.data.domain import load_domains
-    from mixjax.mixing.solve import Constraints
+    from mixjax.data.tokenizer import load_tokenizer
     from mixjax.pipeline.config import ConfigError, load_config
 
     try:
@@ -91,16 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         names = config.domain_names
         if args.budget <= 0:
             raise ValueError(f"--budget must be positive, got {args.budget}")
-        tokenizer = _tokenizer(config.tokenizer)
+        tokenizer = load_tokenizer(config.tokenizer)
         domains = load_domains(config.domains, tokenizer, config.train.seq_len + 1)
         if args.weights:
             weights = _parse_weights(args.weights, names)
         else:
-            pick = lambda d, default: [d.get(n, default) for n in names]
-            constraints = Constraints.create(
-                len(names), lower=pick(config.lower, 0.0), upper=pick(config.upper, 1.0),
-                available=[domains[n].train_tokens for n in names], importance=pick(config.importance, 1.0),
-            )
+            constraints = config.constraints([domains[n].train_tokens for n in names])
             fit_path = Path(args.fit) if args.fit else config.experiment_dir / "fit.json"
             weights = optimal_weights(fit_path, args.budget, names, constraints)
         rows = mixture_rows(domains, names, weights, args.budget, args.seed)

@@ -22,6 +22,7 @@ import pydantic
 from mixjax.data.domain import DomainSpec
 from mixjax.mixing.design import PAPER_SCALES
 from mixjax.mixing.fit import FitConfig
+from mixjax.mixing.solve import Constraints
 from mixjax.model.llama import PRESETS, ModelConfig
 from mixjax.train.loop import TrainConfig
 
@@ -83,6 +84,16 @@ class ExperimentConfig:
     @property
     def domain_names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.domains)
+
+    def constraints(self, available) -> Constraints:
+        """The solver's constraints: this config's bounds and importance, and ``available``
+        training tokens per domain (in domain order)."""
+        names = self.domain_names
+        pick = lambda d, default: [d.get(n, default) for n in names]
+        return Constraints.create(
+            len(names), lower=pick(self.lower, 0.0), upper=pick(self.upper, 1.0), available=available,
+            importance=pick(self.importance, 1.0),
+        )
 
     def model_config(self) -> ModelConfig:
         if isinstance(self.model, ModelConfig):

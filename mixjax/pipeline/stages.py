@@ -120,16 +120,7 @@ class Inputs:
         return np.array([self.domains[n].train_tokens for n in self.config.domain_names], np.float64)
 
     def constraints(self) -> Constraints:
-        return constraints_for(self.config, self.available)
-
-
-def constraints_for(config: ExperimentConfig, available: np.ndarray) -> Constraints:
-    names = config.domain_names
-    pick = lambda d, default: [d.get(n, default) for n in names]
-    return Constraints.create(
-        len(names), lower=pick(config.lower, 0.0), upper=pick(config.upper, 1.0), available=available,
-        importance=pick(config.importance, 1.0),
-    )
+        return self.config.constraints(self.available)
 
 
 # ---------------------------------------------------------------------- plan
