@@ -53,7 +53,7 @@ def _synthetic_table(noise: float, seed: int = 0) -> RunTable:
 
 
 def test_synthetic_recovery_with_cross_runs():
-    fit = fit_law(domain_data(_synthetic_table(1e-4)), jax.random.key(0), FitConfig(use_cross_runs=True))
+    fit = fit_law(domain_data(_synthetic_table(1e-4)), jax.random.key(0), FitConfig(alpha_mode="fitted"))
     mixtures = np.random.default_rng(1).dirichlet(np.ones(3), 50)
     for budget in (3.0, 10.0):  # 3 = the base total (interpolation), 10 = extrapolation
         tokens = mixtures * budget
