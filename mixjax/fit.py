@@ -4,17 +4,22 @@
 
 The table has one row per training run with ``tokens.<domain>`` and ``loss.<domain>``
 columns (see mixjax/mixing/runs.py): the paper's 4k+1 design, a random swarm of
-mixtures, or both. Budgets are in the table's token units. Compiled code is cached
-across calls (``MIXJAX_CACHE_DIR`` moves the cache, an empty value turns it off).
-Exit code 2 on bad input, with a one-line error.
+mixtures, or both. Budgets are in the table's token units. The fit's configuration is
+:class:`mixjax.mixing.fit.FitConfig`'s defaults (the pipeline's too), or a recorded one
+(``--fit-config <experiment>/fit.json`` reproduces the pipeline's weights), with the
+flags below overriding single fields. Compiled code is cached across calls
+(``MIXJAX_CACHE_DIR`` moves the cache, an empty value turns it off). Exit code 2 on bad
+input, with a one-line error.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import warnings
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -22,9 +27,10 @@ import numpy as np
 from mixjax.cache import enable_compilation_cache
 from mixjax.mixing.export import FORMATS, export_weights
 from mixjax.mixing.fit import ALPHA_MODES, PROCEDURES, FitConfig
-from mixjax.mixing.mixture import MixtureReport, optimise_mixture
-from mixjax.mixing.runs import RunTableError, domain_data, read_run_table
-from mixjax.mixing.solve import Constraints
+from mixjax.mixing.fit.table import fit_run_table, predict_table
+from mixjax.mixing.mixture import MixtureReport, report_for_params
+from mixjax.mixing.runs import RunTableError, read_run_table
+from mixjax.mixing.solve import Constraints, check_feasible
 
 
 def _per_domain(values: list[str] | None, domains: tuple[str, ...], flag: str) -> list[float] | None:
@@ -57,14 +63,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lower", nargs="*", metavar="D=W", help="lower bound on a weight")
     p.add_argument("--upper", nargs="*", metavar="D=W", help="upper bound on a weight")
     p.add_argument("--grid-step", type=float, default=0.05, help="step of the grid baseline (0: off)")
-    p.add_argument("--starts", type=int, default=32, help="random starts per fit")
-    p.add_argument("--bootstrap", type=int, default=32, help="bootstrap refits for weight intervals (0: off)")
-    p.add_argument("--procedure", choices=PROCEDURES, default="mixjax",
-                   help="stage-1 statistic: mixjax (log of the ratio of differences) or paper (the reference code's ratio of logs)")
-    p.add_argument("--alpha-mode", choices=ALPHA_MODES, default="auto",
-                   help="alpha at the prior (own series), fitted (every run), or auto: by leave-one-run-out error")
+    p.add_argument("--fit-config", metavar="JSON", help="the fit's config: a pipeline's fit.json or a JSON of FitConfig fields")
+    p.add_argument("--starts", type=int, help=f"random starts per fit (default {FitConfig.num_starts})")
+    p.add_argument("--bootstrap", type=int, help=f"bootstrap refits for weight intervals, 0: off (default {FitConfig.bootstrap_samples})")
+    p.add_argument("--procedure", choices=PROCEDURES,
+                   help=f"stage-1 statistic: mixjax (log of the ratio of differences) or paper (the reference code's ratio of logs); default {FitConfig.procedure}")
+    p.add_argument("--alpha-mode", choices=ALPHA_MODES,
+                   help=f"alpha at the prior (own series), fitted (every run), or auto: by leave-one-run-out error; default {FitConfig.alpha_mode}")
     p.add_argument("--alpha-prior", type=float, default=None, help="hold alpha at this value (implies --alpha-mode prior)")
-    p.add_argument("--cross-runs", action="store_true", help="fit alpha on every run (same as --alpha-mode fitted)")
+    p.add_argument("--predict", metavar="TABLE", help="also predict every run of this table (tokens.<domain> columns; losses optional)")
     p.add_argument("--export", choices=FORMATS, help="print the weights in this tool's format instead of the tables")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -81,6 +88,9 @@ def format_report(report: MixtureReport) -> str:
     )
     for i, (name, diag) in enumerate(zip(names, fit.diagnostics)):
         p = fit.params
+        if not diag.measured:
+            lines.append(f"  {name:<{width}} (trained, never measured: no law of its own)")
+            continue
         lines.append(
             f"  {name:<{width}} {p.beta[i]:9.4g} {p.c[i]:9.4g} {p.gamma[i]:9.4g} {p.alpha[i]:7.3f}"
             f" {p.e[i]:9.4g} {diag.num_runs:4d} {diag.rmse:9.2e} {diag.oof_rmse:9.2e} {diag.loo_max_rel_error:8.2%}"
@@ -100,8 +110,8 @@ def format_report(report: MixtureReport) -> str:
             lines.append(f"  {label:<12} " + " ".join(f"{x:>{max(7, len(n))}.4f}" for x, n in zip(w, names)) + f" {obj:9.5f}")
         for name, why in b.infeasible_baselines.items():
             lines.append(f"  {name:<12} infeasible at this budget ({why}); not compared")
-        if b.grid_skipped:
-            lines.append(f"  grid: {b.grid_skipped} infeasible grid points skipped")
+        if b.grid_kind:
+            lines.append(f"  grid: {b.grid_kind}" + (f", {b.grid_skipped} infeasible points skipped" if b.grid_skipped else ""))
         if b.interval is not None:
             lo, hi = b.interval
             lines.append("  90% bootstrap interval: " + ", ".join(f"{n} [{l:.3f}, {h:.3f}]" for n, l, h in zip(names, lo, hi)))
@@ -122,33 +132,59 @@ def format_report(report: MixtureReport) -> str:
     return "\n".join(lines)
 
 
+def fit_config(args: argparse.Namespace) -> FitConfig:
+    """FitConfig from ``--fit-config`` (or the defaults) with the flags that were given on top.
+
+    Raises:
+      ValueError: an unreadable config file or an unknown field.
+    """
+    cfg = FitConfig()
+    if args.fit_config:
+        try:
+            recorded = json.loads(Path(args.fit_config).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"--fit-config {args.fit_config}: {err}") from None
+        cfg = FitConfig.from_dict(recorded.get("config", recorded) if "params" in recorded else recorded)
+    changes = {
+        "num_starts": args.starts, "bootstrap_samples": args.bootstrap, "procedure": args.procedure,
+        "alpha_mode": "prior" if args.alpha_prior is not None else args.alpha_mode, "alpha_prior": args.alpha_prior,
+    }
+    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+
+
+def predictions(fit, path: str) -> dict:
+    """``{"domains", "losses"}``: the fit's loss for every run of the table at ``path``, in its
+    row order, None where a domain has no law."""
+    other = read_run_table(path, require_losses=False)
+    losses = predict_table(fit, other.domains, other.tokens)
+    return {"domains": list(fit.domains), "losses": [[None if np.isnan(v) else float(v) for v in row] for row in losses]}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         table = read_run_table(args.runs)
-        domains = domain_data(table)
         names = table.domains
+        importance = _per_domain(args.importance, names, "--importance") or table.measured.astype(float).tolist()
         constraints = Constraints.create(
             len(names),
             lower=_per_domain(args.lower, names, "--lower"),
             upper=_per_domain(args.upper, names, "--upper"),
             available=_per_domain(args.available, names, "--available"),
-            importance=_per_domain(args.importance, names, "--importance"),
+            importance=importance,
         )
         if any(b <= 0 for b in args.budget):
             raise ValueError(f"--budget must be positive, got {args.budget}")
-        alpha_mode = "fitted" if args.cross_runs else ("prior" if args.alpha_prior is not None else args.alpha_mode)
-        cfg = FitConfig(
-            num_starts=args.starts,
-            bootstrap_samples=args.bootstrap,
-            alpha_prior=0.5 if args.alpha_prior is None else args.alpha_prior,
-            alpha_mode=alpha_mode,
-            procedure=args.procedure,
-        )
+        for budget in args.budget:  # fail before the (slow) fit
+            check_feasible(constraints, float(budget), names)
+        cfg = fit_config(args)
         enable_compilation_cache()
+        key = jax.random.key(args.seed)  # the pipeline's keys: fit.json + --fit-config give its weights
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            report = optimise_mixture(domains, args.budget, constraints, cfg, jax.random.key(args.seed), args.grid_step or None)
+            fit = fit_run_table(table, key, cfg)
+            report = report_for_params(fit, args.budget, constraints, key, args.grid_step or None)
+            predicted = predictions(fit, args.predict) if args.predict else None
     except (RunTableError, ValueError) as err:
         print(f"mixjax.fit: error: {err}", file=sys.stderr)
         return 2
@@ -156,8 +192,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mixjax.fit: warning: {w.message}", file=sys.stderr)
     if args.export:
         print(export_weights(args.export, names, {b.budget: b.weights for b in report.budgets}, seed=args.seed))
+    elif args.json:
+        out = report.to_dict()
+        out["config"] = cfg.to_dict()
+        if predicted is not None:
+            out["predictions"] = predicted
+        print(json.dumps(out))
     else:
-        print(json.dumps(report.to_dict()) if args.json else format_report(report))
+        print(format_report(report))
+        if predicted is not None:
+            print(f"\nPredicted losses for {args.predict} (one row per run):")
+            print("  " + " ".join(f"{n:>10}" for n in predicted["domains"]))
+            for row in predicted["losses"]:
+                print("  " + " ".join(f"{'-':>10}" if v is None else f"{v:10.4f}" for v in row))
     return 0
 
 

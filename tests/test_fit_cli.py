@@ -46,8 +46,9 @@ BASE = "tokens.a,tokens.b,loss.a,loss.b\n1,1,2.0,2.0\n0.5,1,2.1,\n2,1,1.9,\n1,0.
 @pytest.mark.parametrize(
     "text, message",
     [
-        (BASE.replace("loss.b", "lossb"), "column loss.b is missing"),
-        (BASE.replace("0.5,1,2.1", "-0.5,1,2.1"), "runs.csv:3: tokens.a must be positive"),
+        (BASE.replace("loss.b", "loss.c"), "column loss.c has no tokens.c column"),
+        (BASE.replace("0.5,1,2.1", "-0.5,1,2.1"), "runs.csv:3: tokens.a must be a finite number >= 0"),
+        (BASE.replace("0.5,1,2.1", "0,0,2.1"), "runs.csv:3: the run trains no tokens"),
         (BASE.replace("2,1,1.9", "2,1,nan"), "runs.csv:4: loss.a is NaN"),
         (BASE.replace("2,1,1.9,\n", ""), "domain a has 2 distinct token counts"),
         ("tokens.a,tokens.b,loss.a,loss.b\n1,0.5,,2.1\n1,2,,1.9\n0.5,1,2.1,\n2,1,1.9,\n", "no base run"),

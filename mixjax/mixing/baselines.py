@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -23,14 +24,37 @@ def proportional_weights(available_tokens) -> np.ndarray:
     return available / available.sum()
 
 
-def simplex_grid(num_domains: int, step: float, lower=None, upper=None) -> np.ndarray:
-    """Every mixture whose weights are multiples of ``step`` (a simplex lattice), in bounds.
+MAX_LATTICE_POINTS = 20_000  # above this, grid_candidates samples the simplex instead
 
-    Shape (G, k) with G = C(1/step + k - 1, k - 1) before bounds, e.g. 231 for k=3, step 0.05.
+
+def lattice_size(num_domains: int, step: float) -> int:
+    """Points of the simplex lattice at ``step``: C(1/step + k - 1, k - 1).
+
+    Raises:
+      ValueError: if ``step`` does not divide 1.
     """
     units = round(1.0 / step)
     if units < 1 or not np.isclose(units * step, 1.0):
         raise ValueError(f"grid step must divide 1, got {step}")
+    return math.comb(units + num_domains - 1, num_domains - 1)
+
+
+def simplex_grid(num_domains: int, step: float, lower=None, upper=None, max_points: int = 10 * MAX_LATTICE_POINTS) -> np.ndarray:
+    """Every mixture whose weights are multiples of ``step`` (a simplex lattice), in bounds.
+
+    Shape (G, k) with G = C(1/step + k - 1, k - 1) before bounds, e.g. 231 for k=3, step 0.05.
+
+    Raises:
+      ValueError: if ``step`` does not divide 1, or the lattice has more than ``max_points``
+        points (3.1M at k = 9, step 0.05: use :func:`grid_candidates` or a coarser step).
+    """
+    size = lattice_size(num_domains, step)
+    if size > max_points:
+        raise ValueError(
+            f"the simplex lattice at step {step:g} over {num_domains} domains has {size:,} points"
+            f" (more than {max_points:,}); use a coarser step"
+        )
+    units = round(1.0 / step)
     # Stars and bars: choose k-1 cut points among units + k - 1 slots.
     rows = []
     for cuts in itertools.combinations(range(units + num_domains - 1), num_domains - 1):
@@ -43,6 +67,31 @@ def simplex_grid(num_domains: int, step: float, lower=None, upper=None) -> np.nd
     if upper is not None:
         keep &= np.all(grid <= np.asarray(upper) + 1e-12, axis=1)
     return grid[keep]
+
+
+def grid_candidates(
+    num_domains: int, step: float, lower=None, upper=None, *, seed: int = 0, max_points: int = MAX_LATTICE_POINTS,
+) -> tuple[np.ndarray, str]:
+    """The grid baseline's candidate mixtures, bounded in time and memory at any k.
+
+    The simplex lattice at ``step`` while it has at most ``max_points`` points; above
+    that, ``max_points`` mixtures drawn from a flat Dirichlet(1) (seeded) plus the k
+    vertices, filtered by the bounds. Returns (points (G, k), a one-line description).
+    """
+    size = lattice_size(num_domains, step)
+    if size <= max_points:
+        return simplex_grid(num_domains, step, lower, upper), f"simplex lattice at step {step:g} ({size:,} points)"
+    rng = np.random.default_rng(seed)
+    points = np.concatenate([np.eye(num_domains), rng.dirichlet(np.ones(num_domains), max_points)])
+    keep = np.ones(len(points), bool)
+    if lower is not None:
+        keep &= np.all(points >= np.asarray(lower) - 1e-12, axis=1)
+    if upper is not None:
+        keep &= np.all(points <= np.asarray(upper) + 1e-12, axis=1)
+    return points[keep], (
+        f"{max_points:,} random Dirichlet(1) mixtures and the {num_domains} vertices (the lattice at step"
+        f" {step:g} would have {size:,} points)"
+    )
 
 
 _grid_values = jax.jit(jax.vmap(total_loss, in_axes=(0, None, None, None)))

@@ -18,7 +18,7 @@ from mixjax.mixing.baselines import (
     grid_search,
     infeasibility,
     proportional_weights,
-    simplex_grid,
+    grid_candidates,
     uniform_weights,
 )
 from mixjax.mixing.fit import DomainData, FitConfig, FitResult, fit_law
@@ -42,6 +42,7 @@ class BudgetReport:
     # Baselines that violate the constraints at this budget: name -> why (not in baselines).
     infeasible_baselines: dict[str, str] = dataclasses.field(default_factory=dict)
     grid_skipped: int = 0  # grid points skipped as infeasible at this budget
+    grid_kind: str = ""  # what the grid baseline searched (lattice, or random mixtures at large k)
     uniform_gap: float = float("nan")  # predicted objective(uniform) - objective(optimum)
     warnings: tuple[str, ...] = ()  # why the optimum is poorly determined here
 
@@ -72,6 +73,7 @@ class MixtureReport:
             },
             "infeasible_baselines": {key(b): b.infeasible_baselines for b in rows},
             "grid_skipped": {key(b): b.grid_skipped for b in rows},
+            "grid_kind": {key(b): b.grid_kind for b in rows},
             "poorly_determined": {key(b): list(b.warnings) for b in rows},
             "uniform_gap": {key(b): b.uniform_gap for b in rows},
             "validation": self.fit.validation,
@@ -115,7 +117,9 @@ def report_for_params(
     """
     k = len(fit.domains)
     weights = solve_sweep(fit.params, budgets, constraints, fit.domains)  # checks feasibility
-    full_grid = simplex_grid(k, grid_step, constraints.lower, constraints.upper) if grid_step else np.zeros((0, k))
+    full_grid, grid_kind = (
+        grid_candidates(k, grid_step, constraints.lower, constraints.upper) if grid_step else (np.zeros((0, k)), "")
+    )
     rows = []
     for budget, w, subkey in zip(budgets, weights, jax.random.split(key, len(budgets))):
         budget = float(budget)
@@ -158,6 +162,7 @@ def report_for_params(
                 interval=interval,
                 infeasible_baselines=infeasible,
                 grid_skipped=grid_skipped,
+                grid_kind=grid_kind,
                 uniform_gap=_objective(fit.params, uniform_weights(k), budget, constraints.importance) - objective,
             )
         )

@@ -1,11 +1,16 @@
 """The run table: one row per training run, tokens and validation loss per domain.
 
-Columns ``tokens.<domain>`` (positive numbers, any unit; budgets use the same unit) and
-``loss.<domain>``. An empty loss cell means "not measured"; a literal NaN is an error.
+Columns ``tokens.<domain>`` (numbers >= 0, any unit; budgets use the same unit) and
+``loss.<domain>``. An empty loss cell means "not measured"; a literal NaN is an error. A
+domain with a ``tokens.`` column but no ``loss.`` column (or only empty cells) was trained
+but never measured: its tokens count in the other domains' transfer and it gets no law of
+its own (RegMix's tables train 17 Pile domains and measure 13). A token count of 0 is a
+run without that domain: the law there is the transfer-only loss.
 CSV or JSONL (one object per line, same keys). The base run is the row where every
-domain has its most common token count; domain i's series is the base run plus every
-run that changes only domain i. Runs that keep domain i at base while changing others
-are its "cross" points (they vary the other-domain tokens M).
+domain has its most common token count, all positive; domain i's series is the base run
+plus every run that changes only domain i (repeats averaged over the runs where loss.i
+was measured). Every other run with a measured loss.i is a "cross" point (it varies the
+other-domain tokens M).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixjax.mixing.fit import DomainData
+from mixjax.mixing.fit.types import DomainData
 
 
 class RunTableError(ValueError):
@@ -37,6 +42,11 @@ class RunTable:
     @property
     def base_tokens(self) -> np.ndarray:
         return np.array([Counter(col.tolist()).most_common(1)[0][0] for col in self.tokens.T])
+
+    @property
+    def measured(self) -> np.ndarray:
+        """(k,) bool: domains with at least one measured loss (the others get no law)."""
+        return ~np.all(np.isnan(self.losses), axis=0)
 
 
 def _parse_number(text, where: str, what: str, allow_empty: bool) -> float:
@@ -70,53 +80,69 @@ def _read_rows(path: Path) -> list[tuple[int, dict]]:
     return [(number, row) for number, row in enumerate(reader, start=2)]
 
 
-def parse_run_table(rows: list[tuple[int, dict]], source: str = "<table>") -> RunTable:
+def parse_run_table(rows: list[tuple[int, dict]], source: str = "<table>", require_losses: bool = True) -> RunTable:
+    """The run table of parsed rows ``(line number, {column: value})``.
+
+    ``require_losses=False`` reads a table of mixtures to predict (loss columns optional).
+
+    Raises:
+      RunTableError: naming the file, line and column.
+    """
     if not rows:
         raise RunTableError(f"{source}: the table has no runs")
     columns = list(rows[0][1].keys())
     domains = tuple(c.removeprefix("tokens.") for c in columns if c.startswith("tokens."))
     if not domains:
         raise RunTableError(f"{source}: no tokens.<domain> columns (have: {', '.join(columns)})")
-    for d in domains:
-        if f"loss.{d}" not in columns:
-            raise RunTableError(f"{source}: column loss.{d} is missing (every tokens.<domain> needs loss.<domain>)")
+    if require_losses and not any(f"loss.{d}" in columns for d in domains):
+        raise RunTableError(f"{source}: no loss.<domain> column (have: {', '.join(columns)})")
+    stray = [c for c in columns if c.startswith("loss.") and c.removeprefix("loss.") not in domains]
+    if stray:
+        raise RunTableError(f"{source}: column {stray[0]} has no tokens.{stray[0].removeprefix('loss.')} column")
     tokens, losses, lines = [], [], []
     for number, row in rows:
         where = f"{source}:{number}"
         t = [_parse_number(row.get(f"tokens.{d}"), where, f"tokens.{d}", allow_empty=False) for d in domains]
         for d, v in zip(domains, t):
-            if v <= 0:
-                raise RunTableError(f"{where}: tokens.{d} must be positive, got {v:g}")
+            if not (math.isfinite(v) and v >= 0):
+                raise RunTableError(f"{where}: tokens.{d} must be a finite number >= 0, got {v:g}")
+        if not sum(t) > 0:
+            raise RunTableError(f"{where}: the run trains no tokens (every tokens.<domain> is 0)")
         tokens.append(t)
         losses.append([_parse_number(row.get(f"loss.{d}"), where, f"loss.{d}", allow_empty=True) for d in domains])
         lines.append(number)
     return RunTable(domains, np.asarray(tokens), np.asarray(losses), tuple(lines), source)
 
 
-def read_run_table(path: str | Path) -> RunTable:
+def read_run_table(path: str | Path, require_losses: bool = True) -> RunTable:
+    """Read a CSV or JSONL run table (see the module docstring). Raises RunTableError."""
     path = Path(path)
-    return parse_run_table(_read_rows(path), str(path))
+    return parse_run_table(_read_rows(path), str(path), require_losses)
 
 
 def domain_data(table: RunTable) -> list[DomainData]:
-    """Split the table into per-domain fit inputs: every run where the domain's loss was measured.
+    """Split the table into per-domain fit inputs, one per measured domain (table order).
 
-    With a base run (every domain at its most common token count), domain i's own series
-    is the base run plus the runs that change only domain i (repeats averaged); every
-    other run with a measured loss.i is a cross point. Without one (e.g. a random swarm
-    of mixtures), every run with a measured loss.i is a cross point.
+    With a base run (every domain at its most common token count, all positive), domain
+    i's own series is the base run plus the runs that change only domain i, repeats
+    averaged over the runs where loss.i was measured; every other run with a measured
+    loss.i is a cross point. Without one (e.g. a random swarm of mixtures), every run with
+    a measured loss.i is a cross point. Domains never measured (:attr:`RunTable.measured`)
+    get no entry; their tokens still count in the others' ``M``.
+
+    Raises:
+      RunTableError: a measured domain with fewer than 3 usable runs.
     """
     base = table.base_tokens
     at_base = np.isclose(table.tokens, base[None], rtol=1e-9)
-    has_base = bool(np.any(np.all(at_base, axis=1)))
+    has_base = bool(np.all(base > 0) and np.any(np.all(at_base, axis=1)))
     result = []
     for i, name in enumerate(table.domains):
         measured = ~np.isnan(table.losses[:, i])
+        if not measured.any():
+            continue
         others_at_base = np.all(np.delete(at_base, i, axis=1), axis=1) if has_base else np.zeros(len(at_base), bool)
-        series = np.flatnonzero(others_at_base)
-        missing = [table.lines[r] for r in series if np.isnan(table.losses[r, i])]
-        if missing:
-            raise RunTableError(f"{table.source}:{missing[0]}: loss.{name} is empty in a run that perturbs {name}")
+        series = np.flatnonzero(others_at_base & measured)
         x, loss = _average_repeats(table.tokens[series, i], table.losses[series, i])
         if len(x) < 3:
             if measured.sum() < 3 and not has_base:
@@ -128,7 +154,7 @@ def domain_data(table: RunTable) -> list[DomainData]:
             if measured.sum() < 3:
                 raise RunTableError(
                     f"{table.source}: domain {name} has {len(x)} distinct token counts in its series"
-                    f" (runs that change only {name}); the fit needs >= 3"
+                    f" (runs that change only {name}, with loss.{name} measured); the fit needs >= 3"
                 )
             x, loss, series = np.zeros(0), np.zeros(0), np.zeros(0, int)
         cross = np.flatnonzero(measured & ~np.isin(np.arange(len(measured)), series))

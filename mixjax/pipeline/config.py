@@ -64,11 +64,7 @@ class ExperimentConfig:
     train: TrainConfig = TrainConfig()
     evals_per_run: int = 6
     scales: tuple[float, ...] = PAPER_SCALES
-    # The pipeline's runs are 4k+1 SFT runs: on the demo's validation grid (two seeds,
-    # benchmarks/fit_defaults.py) the reference's stage-1 statistic with alpha held at the
-    # prior ranked the measured mixtures best (Spearman 0.94 / 0.93 vs <= 0.70 for every
-    # other variant); see README "Choosing the fit's defaults".
-    fit: FitConfig = FitConfig(procedure="paper", alpha_mode="prior")
+    fit: FitConfig = FitConfig()  # the library's and mixjax.fit's defaults; fit.json records it
     importance: dict[str, float] = dataclasses.field(default_factory=dict)
     lower: dict[str, float] = dataclasses.field(default_factory=dict)
     upper: dict[str, float] = dataclasses.field(default_factory=dict)

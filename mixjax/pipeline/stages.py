@@ -32,9 +32,10 @@ from mixjax.data.tokenizer import check_vocab, load_tokenizer
 from mixjax.data.pipeline import select_mixture
 from mixjax.mixing.baselines import feasible_mask, proportional_weights, simplex_grid, uniform_weights
 from mixjax.mixing.design import perturbation_runs
-from mixjax.mixing.fit import FitConfig, FitResult, fit_law
+from mixjax.mixing.fit import FitConfig, FitResult
+from mixjax.mixing.fit.table import fit_run_table
 from mixjax.mixing.mixture import report_for_params
-from mixjax.mixing.runs import domain_data, read_run_table
+from mixjax.mixing.runs import read_run_table
 from mixjax.mixing.solve import Constraints
 from mixjax.model.llama import ModelConfig
 from mixjax.pipeline.training import DEFAULT_TRAIN, RUN_ERRORS, TrainFn, run_train_config, steps_for_run
@@ -214,7 +215,7 @@ def train_runs(
 def fit_runs(runs_csv: Path, seed: int, fit_config: FitConfig) -> FitResult:
     if not runs_csv.exists():
         raise ConfigError("fit: no finished perturbation runs (runs.csv); run the perturb stage first")
-    return fit_law(domain_data(read_run_table(runs_csv)), jax.random.key(seed), fit_config)
+    return fit_run_table(read_run_table(runs_csv), jax.random.key(seed), fit_config)
 
 
 def solve_mixture(fit: FitResult, budgets: Sequence[int], constraints: Constraints, seed: int) -> dict:

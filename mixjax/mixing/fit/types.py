@@ -156,6 +156,7 @@ class DomainDiagnostics:
     oof_rmse: float = float("nan")  # out-of-fold RMSE / Spearman of the chosen variant
     oof_spearman: float = float("nan")
     num_runs: int = 0
+    measured: bool = True  # False: trained but never measured, no law of its own
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,0 +1,145 @@
+"""#14 item 1-2, 5: real tables load as published; one fit configuration; predictions."""
+
+import json
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from mixjax.fit import main
+from mixjax.mixing.baselines import grid_candidates, simplex_grid
+from mixjax.mixing.design import law_losses, perturbation_runs
+from mixjax.mixing.fit import FitConfig, FitResult
+from mixjax.mixing.fit.table import UNMEASURED_NOTE, fit_run_table, predict_table
+from mixjax.mixing.law import LawParams
+from mixjax.mixing.runs import RunTable, domain_data, read_run_table, write_run_table
+from mixjax.mixing.solve import Constraints
+from mixjax.pipeline.stages import fit_runs, solve_mixture
+
+TRUTH = LawParams(
+    beta=np.array([0.3, 0.25, 0.35]), c=np.array([1.0, 0.8, 1.2]), gamma=np.array([0.3, 0.2, 0.4]),
+    alpha=np.array([0.5, 0.5, 0.5]), e=np.array([1.2, 1.0, 0.9]),
+)
+FAST = FitConfig(num_starts=8, bootstrap_samples=0)
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_cache(monkeypatch):
+    monkeypatch.setenv("MIXJAX_CACHE_DIR", "")
+
+
+def _4k1(base=6000.0, noise=1e-5, seed=0):
+    tokens = perturbation_runs([base] * 3)
+    losses = law_losses(TRUTH, tokens) + np.random.default_rng(seed).normal(0, noise, tokens.shape)
+    return tokens, losses
+
+
+def test_zero_token_run_is_data_not_an_error(tmp_path):
+    tokens, losses = _4k1()
+    zero = np.array([[0.0, 6000.0, 6000.0]])  # a run without domain a: a's transfer-only loss
+    tokens = np.concatenate([tokens, zero])
+    losses = np.concatenate([losses, law_losses(TRUTH, zero)])
+    write_run_table(tmp_path / "runs.csv", "abc", tokens, losses)
+    table = read_run_table(tmp_path / "runs.csv")
+    assert table.tokens[-1, 0] == 0.0
+    a = domain_data(table)[0]
+    assert 0.0 in a.in_domain  # in a's own series (others at base)
+    fit = fit_run_table(table, jax.random.key(0), FitConfig(num_starts=8, bootstrap_samples=0, alpha_mode="prior"))
+    # The transfer-only point is fitted like any other: residual at the noise level (1e-5).
+    assert abs(fit.diagnostics[0].residuals[0]) < 3e-5
+    assert fit.diagnostics[0].num_runs == 14  # 6 own-series points (0 included) + 8 cross runs
+
+
+def _unmeasured_table(tmp_path):
+    tokens, losses = _4k1()
+    extra = np.full((len(tokens), 1), 3000.0)  # trained in every run, never measured
+    path = tmp_path / "runs.csv"
+    write_run_table(path, ["a", "b", "c", "web"], np.concatenate([tokens, extra], 1), np.concatenate([losses, np.full_like(extra, np.nan)], 1))
+    text = path.read_text().replace(",loss.web", "").replace(",\n", "\n")  # no loss.web column at all
+    path.write_text(text)
+    return path
+
+
+def test_trained_but_unmeasured_domain_gets_no_law_and_counts_in_transfer(tmp_path, capsys):
+    path = _unmeasured_table(tmp_path)
+    table = read_run_table(path)
+    assert table.domains == ("a", "b", "c", "web") and list(table.measured) == [True, True, True, False]
+    # web's 3000 tokens are part of every other domain's M.
+    assert domain_data(table)[0].other == 6000.0 * 2 + 3000.0
+    assert main(["--runs", str(path), "--budget", "30000", "--json", "--bootstrap", "0", "--starts", "8", "--predict", str(path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["diagnostics"]["domains"]["web"]["measured"] is False
+    assert UNMEASURED_NOTE in out["diagnostics"]["domains"]["web"]["notes"]
+    w = out["weights"]["30000"]
+    assert sum(w) == pytest.approx(1.0) and w[3] == pytest.approx(0.0, abs=1e-6)  # importance 0: no tokens for it
+    assert all(row[3] is None for row in out["predictions"]["losses"])
+    assert main(["--runs", str(path), "--budget", "30000", "--bootstrap", "0", "--starts", "8"]) == 0
+    assert "web" in capsys.readouterr().out
+
+
+def test_repeated_base_with_partial_losses(tmp_path):
+    tokens, losses = _4k1()
+    repeat = losses[:1].copy()
+    repeat[0, 1:] = np.nan  # a second base run, only domain a measured
+    repeat[0, 0] += 0.002
+    write_run_table(tmp_path / "runs.csv", "abc", np.concatenate([tokens, tokens[:1]]), np.concatenate([losses, repeat]))
+    data = domain_data(read_run_table(tmp_path / "runs.csv"))
+    base_a = data[0].loss[list(data[0].in_domain).index(6000.0)]
+    assert base_a == pytest.approx(losses[0, 0] + 0.001)  # averaged over the two measured repeats
+    base_b = data[1].loss[list(data[1].in_domain).index(6000.0)]
+    assert base_b == pytest.approx(losses[0, 1])  # the unmeasured repeat is not a point of b
+
+
+def test_grid_baseline_is_bounded_at_many_domains():
+    start = time.perf_counter()
+    points, kind = grid_candidates(13, 0.05)
+    assert time.perf_counter() - start < 2.0
+    assert points.shape == (20_013, 13) and "Dirichlet" in kind and "225,792,840" in kind
+    np.testing.assert_allclose(points.sum(axis=1), 1.0)
+    assert grid_candidates(3, 0.05)[0].shape == (231, 3)
+    with pytest.raises(ValueError, match="3,108,105 points"):
+        simplex_grid(9, 0.05, max_points=1_000_000)
+
+
+def test_cli_reproduces_the_pipeline_weights_from_fit_json(tmp_path, capsys):
+    tokens, losses = _4k1(noise=3e-4)
+    runs = tmp_path / "runs.csv"
+    write_run_table(runs, ("instruct", "math", "code"), tokens, losses)
+    cfg = FitConfig(num_starts=8, bootstrap_samples=4, alpha_mode="prior", max_folds=7)  # not the defaults
+    fit = fit_runs(runs, 3, cfg)
+    (tmp_path / "fit.json").write_text(json.dumps(fit.to_dict()))
+    assert FitResult.from_dict(json.loads((tmp_path / "fit.json").read_text())).config == cfg
+    available = [20000.0, 30000.0, 40000.0]
+    constraints = Constraints.create(3, available=available)
+    solution = solve_mixture(fit, [18000, 36000], constraints, 3)
+    args = ["--runs", str(runs), "--budget", "18000", "36000", "--fit-config", str(tmp_path / "fit.json"), "--seed", "3",
+            "--available", "instruct=20000", "math=30000", "code=40000", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert FitConfig.from_dict(out["config"]) == cfg
+    for budget in ("18000", "36000"):
+        np.testing.assert_allclose(out["weights"][budget], solution["weights"][budget], atol=1e-6)
+
+
+def test_one_fit_config_default_everywhere():
+    from mixjax.fit import fit_config, parse_args
+    from mixjax.pipeline.config import ExperimentConfig
+
+    assert ExperimentConfig.__dataclass_fields__["fit"].default == FitConfig()
+    assert fit_config(parse_args(["--runs", "x", "--budget", "1"])) == FitConfig()
+
+
+def test_predictions_follow_the_other_tables_row_order(tmp_path, capsys):
+    tokens, losses = _4k1()
+    write_run_table(tmp_path / "train.csv", "abc", tokens, losses)
+    other = np.array([[9000.0, 3000.0, 6000.0], [1000.0, 1000.0, 16000.0]])
+    (tmp_path / "other.csv").write_text("tokens.a,tokens.b,tokens.c\n" + "\n".join(",".join(map(str, r)) for r in other) + "\n")
+    assert main(["--runs", str(tmp_path / "train.csv"), "--budget", "18000", "--predict", str(tmp_path / "other.csv"),
+                 "--json", "--bootstrap", "0", "--starts", "8"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["predictions"]["domains"] == ["a", "b", "c"]
+    np.testing.assert_allclose(out["predictions"]["losses"], law_losses(TRUTH, other), atol=2e-3)
+    fit = FitResult.from_dict({**out, "params": {f: [out["params"][d][f] for d in "abc"] for f in LawParams._fields},
+                               "diagnostics": list(out["diagnostics"]["domains"].values()), "bootstrap_params": None})
+    np.testing.assert_allclose(out["predictions"]["losses"], predict_table(fit, ("a", "b", "c"), other), rtol=1e-9)
