@@ -1,7 +1,11 @@
 """Run fingerprints: everything that decides a run's result, as a JSON-able nested dict.
 
 A finished run is reused only when its recorded fingerprint equals the one the current
-config gives; :func:`differences` names the fields that changed (dotted paths).
+config gives; :func:`differences` names the fields that changed (dotted paths). Config
+sections enter through :func:`config_dict`, which leaves out the fields their dataclass
+declares neutral (speed, memory, logging, I/O: ``mixjax.config_fields.neutral``, e.g.
+``train.prefetch``, ``train.async_checkpoints``, ``train.mesh_shape``). Records written
+before a field was declared neutral still hold it; :func:`differences` ignores it there.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from mixjax.config_fields import neutral_fields, result_dict
 from mixjax.data.domain import DomainSpec, Example
+from mixjax.model.llama import ModelConfig
+from mixjax.train.loop import TrainConfig
 
-# Keys that do not change what a run computes (left out of the fingerprint).
-NEUTRAL_TRAIN_KEYS = ("profile",)
+# The fingerprint's config sections (as the pipeline writes them) and their dataclasses.
+SECTIONS: dict[str, type] = {"train": TrainConfig, "model": ModelConfig}
 
 
 def file_stamp(path: str | Path) -> dict:
@@ -59,8 +66,14 @@ def examples_hash(examples: Sequence[Example]) -> str:
 
 
 def config_dict(obj: Any, drop: Sequence[str] = ()) -> dict:
-    d = dataclasses.asdict(obj)
-    return {k: v for k, v in d.items() if k not in drop}
+    """A config dataclass as a dict of the fields that can change a result (neutral fields
+    left out, at every level), without the top-level keys in ``drop``."""
+    return {k: v for k, v in result_dict(obj).items() if k not in drop}
+
+
+def neutral_paths() -> frozenset[str]:
+    """Dotted fingerprint keys of neutral fields (``train.prefetch``, ...)."""
+    return frozenset(f"{section}.{name}" for section, cls in SECTIONS.items() for name in neutral_fields(cls))
 
 
 def normalise(fingerprint: Mapping) -> dict:
@@ -92,7 +105,8 @@ def flatten(fingerprint: Mapping) -> dict[str, Any]:
 def differences(old: Mapping, new: Mapping) -> list[tuple[str, Any, Any]]:
     """(dotted key, old value, new value) for every field that differs. The examples hash
     follows from the other fields, so it is named only when nothing else explains a change."""
-    a, b = flatten(old), flatten(new)
+    ignored = neutral_paths()
+    a, b = ({k: v for k, v in flatten(f).items() if k not in ignored} for f in (old, new))
     missing = object()
     diffs = [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
     diffs = [(k, None if x is missing else x, None if y is missing else y) for k, x, y in diffs]

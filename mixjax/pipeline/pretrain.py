@@ -23,7 +23,7 @@ from mixjax.model.llama import ModelConfig
 from mixjax.train.loop import Trainer
 from mixjax.pipeline.training import DEFAULT_TRAIN, TrainFn, best_params, run_train_config, steps_for_run
 from mixjax.pipeline.config import PretrainConfig
-from mixjax.pipeline.fingerprint import NEUTRAL_TRAIN_KEYS, config_dict, digest, normalise
+from mixjax.pipeline.fingerprint import config_dict, digest, normalise
 
 
 # The corpus generator's version: part of the base model's fingerprint (bump it when
@@ -36,7 +36,7 @@ def base_fingerprint(pretrain: PretrainConfig, model: ModelConfig, seq_len: int)
         "corpus": {"version": CORPUS_VERSION, "num_documents": pretrain.num_documents, "val_documents": pretrain.val_documents, "seed": pretrain.seed},
         "tokenizer": {"kind": "bpe", "vocab_size": pretrain.vocab_size},
         "model": config_dict(model, drop=("vocab_size",)),
-        "train": config_dict(pretrain.train, drop=NEUTRAL_TRAIN_KEYS),
+        "train": config_dict(pretrain.train),
         "seq_len": seq_len,
     })
 

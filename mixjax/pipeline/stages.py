@@ -39,7 +39,7 @@ from mixjax.mixing.solve import Constraints
 from mixjax.model.llama import ModelConfig
 from mixjax.pipeline.training import DEFAULT_TRAIN, RUN_ERRORS, TrainFn, run_train_config, steps_for_run
 from mixjax.pipeline.config import ConfigError, ExperimentConfig, validate
-from mixjax.pipeline.fingerprint import NEUTRAL_TRAIN_KEYS, config_dict, data_stamp, directory_stamp, examples_hash, normalise
+from mixjax.pipeline.fingerprint import config_dict, data_stamp, directory_stamp, examples_hash, normalise
 from mixjax.pipeline.store import RunSpec, RunStore
 from mixjax.train.loop import Trainer, TrainConfig
 
@@ -174,7 +174,7 @@ def prepare_run(spec: RunSpec, inputs: Inputs, profile: bool = False) -> Prepare
         "tokens": spec.tokens,
         "examples": examples_hash(examples),
         "model": config_dict(inputs.model),
-        "train": config_dict(run_cfg, drop=NEUTRAL_TRAIN_KEYS),
+        "train": config_dict(run_cfg),
         "init_checkpoint": inputs.checkpoint_stamp,
         "tokenizer": inputs.tokenizer_fingerprint,
         "data": data_stamp(cfg.domains),
