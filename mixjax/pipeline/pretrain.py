@@ -22,7 +22,7 @@ from mixjax.io import barrier, is_primary_process, write_json_atomic
 from mixjax.model.llama import ModelConfig
 from mixjax.train.loop import Trainer
 from mixjax.pipeline.training import DEFAULT_TRAIN, TrainFn, best_params, run_train_config, steps_for_run
-from mixjax.pipeline.config import PretrainConfig
+from mixjax.pipeline.config import ConfigError, ExperimentConfig, PretrainConfig
 from mixjax.pipeline.fingerprint import config_dict, digest, normalise
 
 
@@ -85,3 +85,30 @@ def ensure_base_model(
     barrier("mixjax-pretrain-done")
     log(f"pretrain: base model saved to {out}")
     return out
+
+
+def fine_tuning_config(
+    config: ExperimentConfig, *, build: bool = True, log: Callable[[str], None] = print, progress: bool = True,
+    train_fn: TrainFn = DEFAULT_TRAIN, profile: bool = False,
+) -> ExperimentConfig:
+    """The config the SFT runs use: for a config with ``pretrain=``, ``checkpoint`` and
+    ``tokenizer`` point at its base model directory (its BPE tokenizer, not the config's
+    ``tokenizer``); other configs unchanged. The one place the pipeline and ``mixjax.mix``
+    resolve the model and tokenizer.
+
+    Args:
+      build: pretrain the base model when it is missing; with False that is a ConfigError.
+    Raises:
+      ConfigError: ``build`` is False and the base model has not been trained.
+    """
+    if config.pretrain is None:
+        return config
+    if build:
+        base = ensure_base_model(
+            config.pretrain, config.model_config(), config.workdir, log=log, progress=progress, train_fn=train_fn, profile=profile,
+        )
+    else:
+        base = base_model_dir(config.workdir, base_fingerprint(config.pretrain, config.model_config(), config.pretrain.train.seq_len))
+        if not (base / "fingerprint.json").exists():
+            raise ConfigError(f"pretrain: no base model at {base}; run `python -m mixjax.run --config ... --stages pretrain` first")
+    return dataclasses.replace(config, checkpoint=str(base), tokenizer=str(base))
