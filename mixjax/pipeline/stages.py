@@ -86,12 +86,10 @@ class Inputs:
         model = self.config.model_config()
         if self.config.checkpoint is None:
             return model
-        from mixjax.model.hf import config_from_hf
+        from mixjax.model.hf import check_hf_checkpoint
 
-        hf = json.loads((Path(self.config.checkpoint) / "config.json").read_text())
-        return config_from_hf(
-            hf, dtype=model.dtype, remat=model.remat, attention_impl=model.attention_impl, scan_layers=model.scan_layers
-        )
+        hf = check_hf_checkpoint(self.config.checkpoint)  # every config field and weight implemented (headers only)
+        return dataclasses.replace(hf, dtype=model.dtype, remat=model.remat, attention_impl=model.attention_impl, scan_layers=model.scan_layers)
 
     @functools.cached_property
     def domains(self) -> dict[str, Domain]:
