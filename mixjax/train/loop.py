@@ -69,11 +69,13 @@ class TrainConfig:
 
     ``mesh_shape`` is neutral, deliberately: the mesh decides how the same global batch and
     parameters are laid out over devices, not what is computed. Another mesh changes only
-    the order of floating-point reductions (partial sums across devices), i.e. rounding, at
-    ~1e-8 relative in the losses, far below the seed-to-seed spread of a run (~1e-3) that the
-    fit sees; and ``None`` means "derived from the devices present", so the field's value
-    would not even identify the mesh. Moving an experiment to a machine with more devices,
-    or resuming a run on another mesh, therefore keeps its finished runs.
+    the order of floating-point reductions (partial sums across devices), i.e. rounding:
+    measured on 8 CPU devices (benchmarks/mesh_rounding.py, 40 steps, default AdamW eps),
+    the validation losses on 2x2x2 and 4x1x2 meshes equal the 1-device ones within 4.5e-8
+    relative at every evaluation, while another init seed moves them by 4e-3 to 3.6e-2.
+    And ``None`` means "derived from the devices present", so the field's value would not
+    even identify the mesh. Moving an experiment to a machine with more devices, or
+    resuming a run on another mesh, therefore keeps its finished runs.
     """
 
     seq_len: int = result(256)
