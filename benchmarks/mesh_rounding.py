@@ -11,7 +11,6 @@ import jax, numpy as np
 from mixjax.model.llama import ModelConfig
 from mixjax.train.loop import TrainConfig, Trainer
 from mixjax.train.optimizer import OptimizerConfig
-from mixjax.data.synthetic import generate
 from mixjax.data.domain import DomainSpec, load_domains
 from mixjax.data.tokenizer import ByteTokenizer
 from mixjax.data.pipeline import select_mixture, optimizer_step_batches, multi_domain_eval_batches
