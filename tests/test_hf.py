@@ -144,3 +144,18 @@ def test_head_dim_and_legacy_rope_fields_match_transformers(tmp_path):
         expected = model(torch.tensor(tokens)).logits.numpy()
     ours = Decoder(config).apply({"params": params}, jnp.asarray(tokens), jnp.asarray(np.arange(24)[None]), jnp.ones((1, 24), jnp.int32))
     np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_pipeline_stops_at_plan_on_an_unimplemented_checkpoint(tmp_path, capsys):
+    from pathlib import Path
+
+    from mixjax.run import main
+
+    _hf_checkpoint(tmp_path / "ckpt", "llama", mlp_bias=True)
+    capsys.readouterr()  # transformers' own progress output
+    tiny = Path(__file__).parent / "fixtures" / "tiny_config.py"
+    args = ["--config", str(tiny), "--no-progress", "--stages", "plan,perturb", "--set", f"workdir='{tmp_path}'", f"checkpoint='{tmp_path / 'ckpt'}'"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "config.json: mlp_bias=true is not implemented by mixjax's llama converter" in err and "\n" not in err
+    assert not (tmp_path / "tiny" / "runs").exists()  # nothing trained
