@@ -91,3 +91,28 @@ def test_a_record_written_before_fields_were_neutral_is_reused(tmp_path):
         spec.write_text(json.dumps(record))
     assert _main(["--stages", "plan,perturb"], tmp_path, fake) == 0
     assert len(fake.calls) == 9
+
+
+def test_a_base_model_written_before_fields_were_neutral_is_reused(tmp_path):
+    from mixjax.pipeline.config import PretrainConfig, load_config
+    from mixjax.pipeline.pretrain import base_fingerprint, ensure_base_model
+    from test_pipeline import TINY
+
+    pre = PretrainConfig(num_documents=240, val_documents=24, vocab_size=300)
+    model = load_config(TINY).model_config()
+    old = base_fingerprint(pre, model, pre.train.seq_len)
+    old["train"] |= {"prefetch": 2, "async_checkpoints": True, "mesh_shape": None, "loss_chunk": None, "checkpoint_every": 50}
+    old["model"] |= {"remat": "none", "attention_impl": None, "scan_layers": True}
+    legacy = tmp_path / "base-models" / "0123456789abcdef"  # the digest of the old fingerprint
+    legacy.mkdir(parents=True)
+    (legacy / "fingerprint.json").write_text(json.dumps({"fingerprint": old}))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("retrained the base model")
+
+    assert ensure_base_model(pre, model, tmp_path, log=lambda m: None, train_fn=no_training) == legacy
+    old["train"]["seq_len"] = 32  # a result field: not that base model
+    (legacy / "fingerprint.json").write_text(json.dumps({"fingerprint": old}))
+    from mixjax.pipeline.pretrain import existing_base_model
+
+    assert existing_base_model(tmp_path, base_fingerprint(pre, model, pre.train.seq_len)) is None

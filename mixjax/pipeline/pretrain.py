@@ -23,7 +23,7 @@ from mixjax.model.llama import ModelConfig
 from mixjax.train.loop import Trainer
 from mixjax.pipeline.training import DEFAULT_TRAIN, TrainFn, best_params, run_train_config, steps_for_run
 from mixjax.pipeline.config import ConfigError, ExperimentConfig, PretrainConfig
-from mixjax.pipeline.fingerprint import config_dict, digest, normalise
+from mixjax.pipeline.fingerprint import config_dict, differences, digest, normalise
 
 
 # The corpus generator's version: part of the base model's fingerprint (bump it when
@@ -45,6 +45,19 @@ def base_model_dir(workdir: str | Path, fingerprint: dict) -> Path:
     return Path(workdir) / "base-models" / digest(fingerprint)[:16]
 
 
+def existing_base_model(workdir: str | Path, fingerprint: dict) -> Path | None:
+    """The complete base model directory for ``fingerprint``: its own digest's, else one
+    whose recorded fingerprint differs only in fields declared neutral since it was
+    written (e.g. ``train.prefetch``), so such a declaration retrains nothing."""
+    exact = base_model_dir(workdir, fingerprint)
+    if (exact / "fingerprint.json").exists():
+        return exact
+    for record in sorted((Path(workdir) / "base-models").glob("*/fingerprint.json")):
+        if not differences(json.loads(record.read_text()).get("fingerprint", {}), fingerprint):
+            return record.parent
+    return None
+
+
 def ensure_base_model(
     pretrain: PretrainConfig, model: ModelConfig, workdir: str | Path, *, log: Callable[[str], None] = print,
     progress: bool = True, train_fn: TrainFn = DEFAULT_TRAIN, profile: bool = False,
@@ -52,10 +65,11 @@ def ensure_base_model(
     """The base model directory for this config: reused when complete, else trained now."""
     tc = pretrain.train
     fingerprint = base_fingerprint(pretrain, model, tc.seq_len)
-    out = base_model_dir(workdir, fingerprint)
-    if (out / "fingerprint.json").exists():
+    out = existing_base_model(workdir, fingerprint)
+    if out is not None:
         log(f"pretrain: reusing the base model {out}")
         return out
+    out = base_model_dir(workdir, fingerprint)
     primary = is_primary_process()
     tok_dir = out / "tokenizer"
     if primary:
@@ -108,7 +122,11 @@ def fine_tuning_config(
             config.pretrain, config.model_config(), config.workdir, log=log, progress=progress, train_fn=train_fn, profile=profile,
         )
     else:
-        base = base_model_dir(config.workdir, base_fingerprint(config.pretrain, config.model_config(), config.pretrain.train.seq_len))
-        if not (base / "fingerprint.json").exists():
-            raise ConfigError(f"pretrain: no base model at {base}; run `python -m mixjax.run --config ... --stages pretrain` first")
+        fingerprint = base_fingerprint(config.pretrain, config.model_config(), config.pretrain.train.seq_len)
+        base = existing_base_model(config.workdir, fingerprint)
+        if base is None:
+            raise ConfigError(
+                f"pretrain: no base model at {base_model_dir(config.workdir, fingerprint)};"
+                " run `python -m mixjax.run --config ... --stages pretrain` first"
+            )
     return dataclasses.replace(config, checkpoint=str(base), tokenizer=str(base))
