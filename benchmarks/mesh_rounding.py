@@ -7,7 +7,7 @@ mesh, on 2x2x2 and 4x1x2 meshes, and with another init seed; prints the per-doma
 validation losses every 10 steps and their relative difference from the 1-device run.
 Measured (2-core CPU): meshes within 4.5e-8 relative, another seed 4e-3 to 3.6e-2.
 """
-import jax, numpy as np
+import jax
 from mixjax.model.llama import ModelConfig
 from mixjax.train.loop import TrainConfig, Trainer
 from mixjax.train.optimizer import OptimizerConfig

@@ -116,3 +116,16 @@ def test_a_base_model_written_before_fields_were_neutral_is_reused(tmp_path):
     from mixjax.pipeline.pretrain import existing_base_model
 
     assert existing_base_model(tmp_path, base_fingerprint(pre, model, pre.train.seq_len)) is None
+
+
+def test_max_bad_fraction_is_neutral_and_data_fields_still_count():
+    from mixjax.data.domain import DomainSpec
+    from mixjax.pipeline.fingerprint import data_stamp
+
+    a = data_stamp([DomainSpec("x", ("synthetic:math:10",), max_bad_fraction=0.01)])
+    b = data_stamp([DomainSpec("x", ("synthetic:math:10",), max_bad_fraction=0.05)])
+    assert a == b and "max_bad_fraction" not in a["x"]
+    old = {"data": {"x": {**a["x"], "max_bad_fraction": 0.01}}}  # recorded before it was neutral
+    assert differences(old, {"data": b}) == []
+    c = data_stamp([DomainSpec("x", ("synthetic:math:10",), val_examples=64)])
+    assert differences({"data": a}, {"data": c}) == [("data.x.val_examples", 128, 64)]

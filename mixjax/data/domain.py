@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from mixjax.config_fields import neutral
 from mixjax.data import synthetic
 from mixjax.data.chat_template import ConversationTemplateError
 from mixjax.data.formats import Conversation, DataError, Record, RecordError, check_bad_fraction, parse_record, read_records
@@ -37,7 +38,7 @@ class DomainSpec:
     # Records that cannot be used (bad JSON, unknown format, no assistant turn, refused by the
     # chat template) are skipped and reported as file:line: reason, up to this fraction of
     # the domain's records; beyond it loading the domain is a DataError listing the first few.
-    max_bad_fraction: float = 0.01
+    max_bad_fraction: float = neutral(0.01, "decides only whether loading stops; the examples kept are the same")
     tfds_data_dir: str | None = None
 
 

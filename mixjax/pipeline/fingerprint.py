@@ -10,7 +10,6 @@ before a field was declared neutral still hold it; :func:`differences` ignores i
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -24,8 +23,10 @@ from mixjax.data.domain import DomainSpec, Example
 from mixjax.model.llama import ModelConfig
 from mixjax.train.loop import TrainConfig
 
-# The fingerprint's config sections (as the pipeline writes them) and their dataclasses.
+# The fingerprint's config sections (as the pipeline writes them) and their dataclasses;
+# "data" holds one DomainSpec per domain name.
 SECTIONS: dict[str, type] = {"train": TrainConfig, "model": ModelConfig}
+PER_DOMAIN: dict[str, type] = {"data": DomainSpec}
 
 
 def file_stamp(path: str | Path) -> dict:
@@ -51,7 +52,7 @@ def source_stamp(source: str) -> str | dict:
 
 def data_stamp(domains: Sequence[DomainSpec]) -> dict:
     return {
-        d.name: {**{k: v for k, v in dataclasses.asdict(d).items() if k not in ("name", "sources")}, "sources": [source_stamp(s) for s in d.sources]}
+        d.name: {**{k: v for k, v in result_dict(d).items() if k not in ("name", "sources")}, "sources": [source_stamp(s) for s in d.sources]}
         for d in domains
     }
 
@@ -71,9 +72,13 @@ def config_dict(obj: Any, drop: Sequence[str] = ()) -> dict:
     return {k: v for k, v in result_dict(obj).items() if k not in drop}
 
 
-def neutral_paths() -> frozenset[str]:
-    """Dotted fingerprint keys of neutral fields (``train.prefetch``, ...)."""
-    return frozenset(f"{section}.{name}" for section, cls in SECTIONS.items() for name in neutral_fields(cls))
+def is_neutral(key: str) -> bool:
+    """Whether a dotted fingerprint key is a neutral field (``train.prefetch``,
+    ``data.<domain>.max_bad_fraction``, ...)."""
+    parts = key.split(".")
+    if len(parts) == 2 and parts[0] in SECTIONS:
+        return parts[1] in neutral_fields(SECTIONS[parts[0]])
+    return len(parts) == 3 and parts[0] in PER_DOMAIN and parts[2] in neutral_fields(PER_DOMAIN[parts[0]])
 
 
 def normalise(fingerprint: Mapping) -> dict:
@@ -105,8 +110,7 @@ def flatten(fingerprint: Mapping) -> dict[str, Any]:
 def differences(old: Mapping, new: Mapping) -> list[tuple[str, Any, Any]]:
     """(dotted key, old value, new value) for every field that differs. The examples hash
     follows from the other fields, so it is named only when nothing else explains a change."""
-    ignored = neutral_paths()
-    a, b = ({k: v for k, v in flatten(f).items() if k not in ignored} for f in (old, new))
+    a, b = ({k: v for k, v in flatten(f).items() if not is_neutral(k)} for f in (old, new))
     missing = object()
     diffs = [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
     diffs = [(k, None if x is missing else x, None if y is missing else y) for k, x, y in diffs]
