@@ -58,6 +58,8 @@ def test_domain_without_trained_tokens_stops_at_plan(tmp_path, capsys):
 
 
 def test_evaluation_over_no_trained_token_is_nan_and_fails_the_run(tmp_path):
+    import jax
+
     from mixjax.train.loop import NonFiniteLossError, TrainConfig, Trainer, train
     from mixjax.train.optimizer import OptimizerConfig
 
@@ -69,7 +71,7 @@ def test_evaluation_over_no_trained_token_is_nan_and_fails_the_run(tmp_path):
     lost = [Example(t, np.zeros(20, np.int32)) for t in (tokens() for _ in range(4))]  # every answer cut off
     val = {"ok": trained[:4], "lost": lost}
     trainer = Trainer(model, cfg)
-    params = trainer.init(__import__("jax").random.key(0)).params
+    params = trainer.init(jax.random.key(0)).params
     losses = trainer.evaluate(params, multi_domain_eval_batches(val, seq_len=32, batch_size=4), list(val))
     assert np.isnan(losses["lost"]) and 4.0 < losses["ok"] < 7.0  # ~ln(263) = 5.57 at init
     with pytest.raises(NonFiniteLossError, match="non-finite eval loss"):
