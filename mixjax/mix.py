@@ -1,15 +1,20 @@
 """Write the optimised mixture itself: a seeded JSONL of training examples for any trainer.
 
     python -m mixjax.mix --config configs/demo.py --budget 200000 --out mixed.jsonl
-        [--weights instruct=0.6 math=0.4 | --fit experiments/demo/fit.json] [--seed 0]
+        [--weights instruct=0.6 math=0.4 | --fit experiments/demo/fit.json] [--seed SEED]
 
-Weights: ``--weights`` as given, else the optimum at ``--budget`` of the experiment's
-fitted law (``--fit``, default ``<workdir>/<name>/fit.json``) under the config's
-constraints. Each domain gets ``round(w_i N)`` tokens (largest-remainder rounding) of
-its training split, drawn by a seeded permutation, exact within one example; the rows
-are shuffled together (seeded). One JSON object per line: ``domain``, ``input_ids``,
-``loss_mask``, ``text`` (the decoded tokens, template included). Deterministic: the same
-config, weights, budget and seed give the same file. Exit code 2 on bad input.
+Weights: ``--weights`` as given; else the weights the solve stage wrote for ``--budget``
+(``<workdir>/<name>/solution.json``: the mixture the validation run trained); else the
+optimum at ``--budget`` of the fitted law (``--fit``, default ``<workdir>/<name>/fit.json``)
+under the config's constraints. The examples are exactly the ones a pipeline run with these
+weights at this budget trains: the same tokenizer (for a config with ``pretrain=``, the base
+model's BPE tokenizer, so ``--budget`` counts the model's tokens), the same domains and the
+same selection (``mixjax.data.pipeline.mixture_selection``, seed default: the config's):
+each domain gets ``w_i N`` tokens (largest-remainder rounding), exact within one example.
+The rows are shuffled together (seeded). One JSON object per line: ``domain``,
+``input_ids``, ``loss_mask``, ``text`` (the decoded tokens, template included).
+Deterministic: the same config, weights, budget and seed give the same file. Exit code 2
+on bad input.
 """
 
 from __future__ import annotations
@@ -50,16 +55,21 @@ def optimal_weights(fit_path: Path, budget: float, names, constraints) -> np.nda
     return solve_sweep(fit.params, [budget], constraints, names)[0]
 
 
-def mixture_rows(domains: dict, names, weights, budget: int, seed: int) -> list[dict]:
-    """The rows of the mixed file (see the module docstring); pure given its inputs."""
-    from mixjax.data.budget import sample_to_budget, token_budgets
+def solved_weights(solution: dict | None, budget: int, names) -> np.ndarray | None:
+    """The solve stage's weights at ``budget`` (what the validation run trained), if it solved for it."""
+    if solution is None or tuple(solution.get("domains", names)) != tuple(names):
+        return None
+    weights = solution.get("weights", {}).get(f"{float(budget):g}")
+    return None if weights is None else np.asarray(weights, np.float64)
 
-    budgets = token_budgets(weights, int(budget), names)
-    rows = []
-    for i, name in enumerate(names):
-        examples = domains[name].train
-        picked = sample_to_budget([e.num_tokens for e in examples], budgets[name], seed + i, name)
-        rows += [(name, examples[j]) for j in picked]
+
+def mixture_rows(domains: dict, names, weights, budget: int, seed: int) -> list[tuple[str, object]]:
+    """(domain, Example) rows of the mixed file: the pipeline's selection for these weights at
+    ``budget`` (``mixture_selection``), shuffled together by ``seed``; pure given its inputs."""
+    from mixjax.data.budget import token_budgets
+    from mixjax.data.pipeline import mixture_selection
+
+    rows = mixture_selection(domains, token_budgets(weights, int(budget), names), seed)
     order = np.random.default_rng(seed).permutation(len(rows))
     return [rows[j] for j in order]
 
@@ -71,28 +81,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--weights", nargs="*", metavar="D=W", help="weights to use instead of the fitted optimum")
     p.add_argument("--fit", help="fit.json to solve (default: the experiment's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="selection seed (default: the config's, as the pipeline's runs)")
     args = p.parse_args(argv)
     from mixjax.data.budget import BudgetError
-    from mixjax.data.domain import load_domains
-    from mixjax.data.tokenizer import load_tokenizer
+    from mixjax.data.formats import DataError
     from mixjax.pipeline.config import ConfigError, load_config
+    from mixjax.pipeline.pretrain import fine_tuning_config
+    from mixjax.pipeline.stages import Inputs
 
     try:
         config = load_config(args.config)
         names = config.domain_names
         if args.budget <= 0:
             raise ValueError(f"--budget must be positive, got {args.budget}")
-        tokenizer = load_tokenizer(config.tokenizer)
-        domains = load_domains(config.domains, tokenizer, config.train.seq_len + 1)
+        inputs = Inputs(fine_tuning_config(config, build=False))  # the pipeline's tokenizer and domains
+        tokenizer, domains = inputs.tokenizer, inputs.domains
+        solution = json.loads((config.experiment_dir / "solution.json").read_text()) if (config.experiment_dir / "solution.json").exists() else None
         if args.weights:
             weights = _parse_weights(args.weights, names)
+        elif args.fit is None and (solved := solved_weights(solution, args.budget, names)) is not None:
+            weights = solved
         else:
-            constraints = config.constraints([domains[n].train_tokens for n in names])
             fit_path = Path(args.fit) if args.fit else config.experiment_dir / "fit.json"
-            weights = optimal_weights(fit_path, args.budget, names, constraints)
-        rows = mixture_rows(domains, names, weights, args.budget, args.seed)
-    except (ConfigError, BudgetError, ValueError) as err:
+            weights = optimal_weights(fit_path, args.budget, names, inputs.constraints())
+        rows = mixture_rows(domains, names, weights, args.budget, config.seed if args.seed is None else args.seed)
+    except (ConfigError, BudgetError, DataError, ValueError) as err:
         print(f"mixjax.mix: error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)

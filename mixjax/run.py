@@ -18,6 +18,7 @@ import sys
 from mixjax.cache import enable_compilation_cache
 from mixjax.data.budget import BudgetError
 from mixjax.data.formats import DataError
+from mixjax.model.hf import UnsupportedCheckpoint
 from mixjax.pipeline.config import ConfigError, apply_overrides, load_config
 from mixjax.pipeline.stages import STAGES, Options, Pipeline, RunsFailed
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None, train_fn=None) -> int:
             pipeline.run_one(args.run)
         else:
             pipeline.run(stages)
-    except (ConfigError, BudgetError, DataError, FileNotFoundError) as err:
+    except (ConfigError, BudgetError, DataError, FileNotFoundError, UnsupportedCheckpoint) as err:
         print(f"mixjax.run: error: {err}", file=sys.stderr)
         return 2
     except RunsFailed as err:

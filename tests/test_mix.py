@@ -49,3 +49,67 @@ def test_mix_from_fit_json_solves_at_the_budget(tmp_path, capsys):
 def test_mix_bad_weights_exit_2(tmp_path, capsys):
     assert main(["--config", CONFIG, "--budget", "100", "--out", str(tmp_path / "x.jsonl"), "--weights", "nope=1"]) == 2
     assert "unknown domain" in capsys.readouterr().err
+
+
+def test_mix_writes_the_examples_the_validation_run_trained(tmp_path, capsys):
+    """Issue 16 item 5: for a config with a pretrain stage (demo-shaped), mixjax.mix at the
+    validation budget writes exactly the optimal validation run's examples: the base model's
+    BPE tokenizer (not config.tokenizer "byte") and the pipeline's selection and seed."""
+    import dataclasses
+    import hashlib
+
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+
+    from mixjax.data.corpus import pretraining_corpus
+    from mixjax.data.tokenizer import load_tokenizer, train_bpe_tokenizer
+    from mixjax.io import write_json_atomic
+    from mixjax.model.hf import save_hf_checkpoint
+    from mixjax.model.llama import Decoder
+    from mixjax.pipeline.config import PretrainConfig, load_config
+    from mixjax.pipeline.pretrain import base_fingerprint, base_model_dir
+    from mixjax.pipeline.stages import Options, Pipeline
+    from mixjax.train.loop import TrainConfig
+
+    pre = PretrainConfig(num_documents=240, val_documents=24, vocab_size=300, train=TrainConfig(seq_len=64, batch_size=4, epochs=1.0))
+    config = dataclasses.replace(load_config(CONFIG), workdir=str(tmp_path), pretrain=pre)
+    # The base model where the pretrain stage puts it (random weights: no training needed here).
+    fingerprint = base_fingerprint(pre, config.model_config(), pre.train.seq_len)
+    base = base_model_dir(tmp_path, fingerprint)
+    train_bpe_tokenizer(pretraining_corpus(pre.num_documents, pre.seed), pre.vocab_size, base)
+    model = dataclasses.replace(config.model_config(), vocab_size=load_tokenizer(base).vocab_size)
+    shapes = jax.eval_shape(Decoder(model).init, jax.random.key(0), *(jnp.ones((1, 8), jnp.int32),) * 3)
+    params = jax.tree.map(lambda s: np.full(s.shape, 0.01, np.float32), nn.unbox(shapes)["params"])
+    save_hf_checkpoint(base, model, params)
+    write_json_atomic(base / "fingerprint.json", {"fingerprint": fingerprint})
+
+    trained = {}
+
+    def fake_train(model, cfg, examples, val_sets, workdir, **kwargs):
+        trained[Path(workdir).name] = examples
+        losses = {n: 3.0 for n in val_sets}
+        write_json_atomic(Path(workdir) / "result.json", {"best_step": 1, "best_losses": losses, "final_step": 1, "history": []})
+
+    config_file = tmp_path / "config.py"
+    config_file.write_text(
+        "import dataclasses, importlib.util\n"
+        "from mixjax.pipeline.config import PretrainConfig\nfrom mixjax.train.loop import TrainConfig\nfrom mixjax.train.optimizer import OptimizerConfig\n"
+        f"_s = importlib.util.spec_from_file_location('tiny', {CONFIG!r})\n"
+        "_m = importlib.util.module_from_spec(_s); _s.loader.exec_module(_m)\n"
+        f"config = dataclasses.replace(_m.config, workdir={str(tmp_path)!r}, pretrain={pre!r})\n"
+    )
+    pipeline = Pipeline(load_config(config_file), Options(train_fn=fake_train, progress=False), log=lambda m: None)
+    pipeline.run(("pretrain", "plan", "perturb"))
+    # The solve stage's output (its weights at the validation budget; solving is tested elsewhere).
+    write_json_atomic(tmp_path / "tiny" / "solution.json", {"domains": ["instruct", "math"], "weights": {"4000": [0.3125, 0.6875]}})
+    pipeline.run(("validate",))
+    [optimal] = [name for name in trained if name.startswith("validate-optimal-")]
+
+    out = tmp_path / "mixed.jsonl"
+    assert main(["--config", str(config_file), "--budget", "4000", "--out", str(out)]) == 0
+    digest = lambda ids, mask: hashlib.sha256(np.asarray(ids, np.int32).tobytes() + b"|" + np.asarray(mask, np.int32).tobytes()).hexdigest()
+    written = sorted(digest(r["input_ids"], r["loss_mask"]) for r in _read(out))
+    validated = sorted(digest(e.tokens, e.loss_mask) for e in trained[optimal])
+    assert len(written) == len(validated) > 10 and written == validated
+    assert max(max(r["input_ids"]) for r in _read(out)) < model.vocab_size  # BPE ids (a byte id would reach 262)

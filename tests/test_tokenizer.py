@@ -321,15 +321,24 @@ def _pieces(ids, n):
 
 
 def test_examples_truncated_before_any_answer_are_reported(family):
+    """Issue 16 item 1: a domain whose every example loses its answer to truncation is an
+    error naming the domain, source, counts and the seq_len that keeps them; at that
+    seq_len every example keeps a trained token, one below it some do not."""
     name, directory = family
+    import re
+
     from mixjax.data.domain import DomainSpec, load_domains
 
     tok = load_tokenizer(directory)
     specs = [DomainSpec("math", ("synthetic:math:20",), val_examples=4)]
-    with pytest.warns(UserWarning, match=r"domain math: 20 of 20 examples have no trained token within 8 tokens"):
+    with pytest.raises(DataError, match=r"domain math \(synthetic:math:20\): 16 of 16 training examples, 4 of 4 validation examples lost their answer") as err:
         load_domains(specs, tok, 8)
-    domains = load_domains(specs, tok, 256)
-    assert all(e.loss_mask.sum() > 0 for e in domains["math"].train)
+    need = int(re.search(r"train.seq_len >= (\d+) keeps", str(err.value)).group(1))
+    assert need == {"llama3": 123, "qwen25": 120}[name]
+    domains = load_domains(specs, tok, need + 1)  # rows of seq_len + 1 tokens
+    assert all(e.loss_mask.sum() > 0 for e in domains["math"].train + domains["math"].val)
+    with pytest.warns(UserWarning, match=r"domain math \(synthetic:math:20\): \d+ of 16 training examples, \d+ of 4 validation"):
+        load_domains(specs, tok, need)
 
 
 def test_trained_tokenizer_dir_loads_in_transformers_identically(tmp_path):

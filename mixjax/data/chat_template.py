@@ -13,7 +13,12 @@ assistant turn with ``add_generation_prompt=True`` must be a prefix of the full 
 and the assistant's content (verbatim, or stripped for templates that ``trim`` it) follows
 there, or, for templates that add scaffolding first (an empty ``<think></think>``), it is
 the last occurrence within the rendering of the turns up to and including that one (which
-must then also be a prefix). Templates for which neither holds raise ``ChatTemplateError``.
+must then also be a prefix). An assistant turn with no turn before it (a conversation that
+opens with the assistant) is located the second way: its prefix would be the empty list,
+which templates are not written for (``messages[0]`` fails), while the conversation itself
+renders. A conversation for which neither holds, or that the template refuses
+(``raise_exception``), raises ``ConversationTemplateError``; a template that does not
+parse raises ``ChatTemplateError``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ CHATML_TEMPLATE = (
 
 class ChatTemplateError(DataError):
     """A chat template that cannot be rendered, or whose assistant turns cannot be located."""
+
+
+class ConversationTemplateError(ChatTemplateError):
+    """One conversation that the template refuses, or whose assistant turns cannot be located
+    in its rendering (the conversation is unusable; the template itself is fine)."""
 
 
 @functools.lru_cache(maxsize=16)
@@ -92,7 +102,7 @@ def render(
             messages=list(messages), tools=None, documents=None, add_generation_prompt=add_generation_prompt, **special_tokens
         )
     except jinja2.TemplateError as err:
-        raise ChatTemplateError(f"chat_template failed on roles {[m['role'] for m in messages]}: {err}") from None
+        raise ConversationTemplateError(f"chat template failed on roles {[m['role'] for m in messages]}: {err}") from None
 
 
 def assistant_spans(
@@ -100,29 +110,35 @@ def assistant_spans(
 ) -> tuple[str, list[tuple[int, int]]]:
     """The full rendering and the character span of every assistant turn's content in it.
     ``end_markers`` (the tokenizer's special tokens) must follow content found by search."""
+    compile_template(template)  # a template that does not parse is not this conversation's fault
     messages = messages_of(conversation)
     full = render(template, messages, special_tokens)
     spans = []
     for k, (role, content) in enumerate(conversation):
         if role != "assistant":
             continue
-        prefix = render(template, messages[:k], special_tokens, add_generation_prompt=True)
-        if not full.startswith(prefix):
-            raise ChatTemplateError(
-                f"chat template: the rendering of the turns before assistant turn {k} with add_generation_prompt=True"
-                " is not a prefix of the whole conversation's rendering, so the assistant content cannot be located"
-            )
-        start = len(prefix)
-        shown = next((c for c in (content, content.strip()) if full.startswith(c, start)), None)
-        if shown is not None:
-            spans.append((start, start + len(shown)))
-            continue
+        start = 0
+        if k > 0:  # messages[:0] is no conversation: templates index messages[0]
+            prefix = render(template, messages[:k], special_tokens, add_generation_prompt=True)
+            if not full.startswith(prefix):
+                raise ConversationTemplateError(
+                    f"chat template: the rendering of the turns before assistant turn {k} with add_generation_prompt=True"
+                    " is not a prefix of the whole conversation's rendering, so the assistant content cannot be located"
+                )
+            start = len(prefix)
+            shown = next((c for c in (content, content.strip()) if full.startswith(c, start)), None)
+            if shown is not None:
+                spans.append((start, start + len(shown)))
+                continue
+        elif not content.strip():
+            continue  # an empty opening assistant turn: nothing to train, nothing to locate
         # The template puts scaffolding after the generation prompt (e.g. an empty <think></think>
-        # block): find the content as the last occurrence within this turn's own rendering.
+        # block), or the turn opens the conversation: find the content as the last occurrence
+        # within this turn's own rendering.
         turn = render(template, messages[: k + 1], special_tokens)
         found = _last_before_marker(turn, (content, content.strip()), start, end_markers) if full.startswith(turn) else None
         if found is None:
-            raise ChatTemplateError(
+            raise ConversationTemplateError(
                 f"chat template: cannot locate assistant turn {k}'s content after the generation prompt"
                 f" (found {full[start:start + 40]!r})"
             )

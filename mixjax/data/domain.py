@@ -6,8 +6,12 @@ embedded domains) or ``tfds:<name>[/<config>]:<split>`` (tensorflow-datasets fro
 validation set is the ``val_examples`` examples with the smallest content hash, and any
 training example with the same content as a validation example of ANY domain is dropped
 (``load_domains``), so training and validation are disjoint across domains, whatever the
-order of the sources. ``encode_documents`` turns plain-text documents (pretraining) into
-examples whose loss mask is all ones.
+order of the sources. Unusable records are skipped and reported (``Domain.skipped``,
+``DomainSpec.max_bad_fraction``); a domain whose training or validation examples all lose
+their answer to truncation is a DataError (nothing could be measured). Every data error
+names the domain, and the file and line where one record is at fault.
+``encode_documents`` turns plain-text documents (pretraining) into examples whose loss
+mask is all ones.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from mixjax.config_fields import neutral
 from mixjax.data import synthetic
-from mixjax.data.formats import Conversation, DataError, read_conversations
+from mixjax.data.chat_template import ConversationTemplateError
+from mixjax.data.formats import Conversation, DataError, Record, RecordError, check_bad_fraction, parse_record, read_records
 from mixjax.data.tokenizer import Tokenizer
 
 
@@ -29,7 +35,10 @@ class DomainSpec:
     name: str
     sources: tuple[str, ...]
     val_examples: int = 128
-    max_bad_fraction: float = 0.01
+    # Records that cannot be used (bad JSON, unknown format, no assistant turn, refused by the
+    # chat template) are skipped and reported as file:line: reason, up to this fraction of
+    # the domain's records; beyond it loading the domain is a DataError listing the first few.
+    max_bad_fraction: float = neutral(0.01, "decides only whether loading stops; the examples kept are the same")
     tfds_data_dir: str | None = None
 
 
@@ -48,78 +57,157 @@ class Domain:
     name: str
     train: tuple[Example, ...]
     val: tuple[Example, ...]
+    skipped: tuple[str, ...] = ()  # records that could not be used, as "file:line: reason"
 
     @property
     def train_tokens(self) -> int:
         return sum(e.num_tokens for e in self.train)
 
 
-def _conversations(source: str, spec: DomainSpec) -> list[Conversation]:
+def _records(source: str, spec: DomainSpec) -> tuple[list[Record], list[str], int]:
+    """(records, malformed ``where: reason``, total records) of one source."""
     if source.startswith("synthetic:"):
         _, name, *count = source.split(":")
-        return synthetic.generate(name, int(count[0]) if count else 4096)
+        conversations = synthetic.generate(name, int(count[0]) if count else 4096)
+        return [Record(c, source, f"{source}#{i}") for i, c in enumerate(conversations, start=1)], [], len(conversations)
     if source.startswith("tfds:"):
-        return _tfds_conversations(source.removeprefix("tfds:"), spec.tfds_data_dir)
-    return read_conversations(source, spec.max_bad_fraction)[0]
+        return _tfds_records(source.removeprefix("tfds:"), spec.tfds_data_dir)
+    records, report = read_records(source)
+    return records, list(report.bad), report.total
 
 
-def _tfds_conversations(source: str, data_dir: str | None) -> list[Conversation]:
+def _tfds_records(source: str, data_dir: str | None) -> tuple[list[Record], list[str], int]:
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
         raise DataError("tfds sources need tensorflow-datasets (pip install mixjax[tfds])") from err
-    from mixjax.data.formats import parse_record
 
     name, _, split = source.partition(":")
     builder = tfds.builder(name, data_dir=data_dir)
     ds = builder.as_dataset(split=split or "train")
     decode = lambda v: v.decode("utf-8") if isinstance(v, bytes) else v
-    return [parse_record({k: decode(v) for k, v in ex.items()}) for ex in tfds.as_numpy(ds)]
+    records, bad, total = [], [], 0
+    for row, ex in enumerate(tfds.as_numpy(ds), start=1):
+        total += 1
+        try:
+            records.append(Record(parse_record({k: decode(v) for k, v in ex.items()}), f"tfds:{source}", f"tfds:{source}#{row}"))
+        except RecordError as err:
+            bad.append(f"tfds:{source}#{row}: {err}")
+    return records, bad, total
 
 
 def content_hash(conversation: Conversation) -> str:
     return hashlib.sha256(repr(conversation).encode("utf-8")).hexdigest()
 
 
+def _encode(tokenizer: Tokenizer, conversations: Sequence[Conversation]) -> list[tuple[np.ndarray, np.ndarray] | str]:
+    """Untruncated (ids, mask) of each conversation, or the reason it cannot be encoded (the
+    template refuses it, or cannot place its assistant turns). One batch when all encode."""
+    try:
+        return list(tokenizer.encode_conversations(conversations, None))
+    except ConversationTemplateError:
+        pass
+    out: list[tuple[np.ndarray, np.ndarray] | str] = []
+    for c in conversations:
+        try:
+            out.append(tokenizer.encode_conversation(c, None))
+        except ConversationTemplateError as err:
+            out.append(str(err))
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class _Split:
-    """A domain's conversations, their content hashes and its validation indices."""
+    """A domain's usable records, their untruncated encodings and content hashes, its
+    validation indices and the records it skipped (``where: reason``)."""
 
-    conversations: list[Conversation]
+    records: list[Record]
+    encoded: list[tuple[np.ndarray, np.ndarray]]
     hashes: list[str]
     val_ids: np.ndarray
+    skipped: tuple[str, ...]
 
 
-def _split(spec: DomainSpec) -> _Split:
-    conversations = [c for source in spec.sources for c in _conversations(source, spec)]
-    if not conversations:
+def _split(spec: DomainSpec, tokenizer: Tokenizer) -> _Split:
+    """Read, parse and encode every record of the domain's sources; a record that cannot be
+    used (bad JSON, unknown format, no assistant turn, refused by the chat template, nothing
+    to train once rendered) is skipped and reported as ``where: reason``; beyond
+    ``spec.max_bad_fraction`` of the domain's records the domain is a DataError."""
+    records, bad, total = [], [], 0
+    for source in spec.sources:
+        try:
+            got, malformed, count = _records(source, spec)
+        except DataError as err:
+            raise DataError(f"domain {spec.name}: {err}") from None
+        records += got
+        bad += malformed
+        total += count
+    if not total:
         raise DataError(f"domain {spec.name}: its sources {list(spec.sources)} hold no examples")
-    hashes = [content_hash(c) for c in conversations]
+    try:
+        encodings = _encode(tokenizer, [r.conversation for r in records])
+    except DataError as err:  # the tokenizer itself (no chat template, one that does not parse)
+        raise DataError(f"domain {spec.name}: {err}") from None
+    usable, encoded = [], []
+    for record, enc in zip(records, encodings):
+        if isinstance(enc, str):
+            bad.append(f"{record.where}: {enc}")
+        elif not enc[1].any():
+            bad.append(f"{record.where}: nothing to train: the chat template renders no assistant content")
+        else:
+            usable.append(record)
+            encoded.append(enc)
+    check_bad_fraction(bad, total, spec.max_bad_fraction, f"domain {spec.name}")
+    if not usable:
+        raise DataError(f"domain {spec.name}: no usable records in {list(spec.sources)}")
+    hashes = [content_hash(r.conversation) for r in usable]
     order = np.argsort(hashes, kind="stable")
-    return _Split(conversations, hashes, order[: spec.val_examples])
+    return _Split(usable, encoded, hashes, order[: spec.val_examples], tuple(bad))
 
 
-def _build(spec: DomainSpec, split: _Split, held_out: set[str], tokenizer: Tokenizer, max_len: int) -> Domain:
+def _first_trained(mask: np.ndarray) -> int:
+    """Index of the first trained token (the row must hold it: train.seq_len >= this)."""
+    return int(np.argmax(mask != 0))
+
+
+def _check_answers(spec: DomainSpec, split: _Split, train_ids: Sequence[int], val_ids: Sequence[int], max_len: int) -> None:
+    """DataError when the training or the validation examples of the domain have no trained
+    token left once cut to ``max_len`` tokens (nothing could be measured: a loss over zero
+    tokens); a warning when only some do. Both name the files, the count and the
+    ``train.seq_len`` (= max_len - 1) that keeps a trained token in every example."""
+    lost = {part: [i for i in ids if _first_trained(split.encoded[i][1]) >= max_len] for part, ids in (("training", train_ids), ("validation", val_ids))}
+    every = [i for ids in lost.values() for i in ids]
+    if not every:
+        return
+    files = sorted({split.records[i].source for i in every})
+    need = max(_first_trained(split.encoded[i][1]) for i in every)
+    counts = ", ".join(f"{len(lost[part])} of {len(ids)} {part} examples" for part, ids in (("training", train_ids), ("validation", val_ids)))
+    message = (
+        f"domain {spec.name} ({', '.join(files)}): {counts} lost their answer: the chat template and prompt fill"
+        f" the {max_len} tokens of a row (train.seq_len={max_len - 1}), first at {split.records[every[0]].where};"
+        f" train.seq_len >= {need} keeps a trained token in every example"
+    )
+    if any(len(lost[part]) == len(ids) for part, ids in (("training", train_ids), ("validation", val_ids))):
+        raise DataError(message + " (a loss over no trained token is undefined)")
+    warnings.warn(message, stacklevel=4)
+
+
+def _build(spec: DomainSpec, split: _Split, held_out: set[str], max_len: int) -> Domain:
     """The domain with every conversation whose content is in ``held_out`` dropped from training."""
     train_ids = [i for i, h in enumerate(split.hashes) if h not in held_out]
     if not train_ids:
         raise DataError(f"domain {spec.name}: no training examples left after holding out {spec.val_examples} for validation")
-    encode = lambda ids: tuple(Example(*e) for e in tokenizer.encode_conversations([split.conversations[i] for i in ids], max_len))
-    domain = Domain(spec.name, encode(train_ids), encode(sorted(split.val_ids)))
-    untrained = sum(not e.loss_mask.any() for e in domain.train + domain.val)
-    if untrained:
-        warnings.warn(
-            f"domain {spec.name}: {untrained} of {len(domain.train) + len(domain.val)} examples have no trained token"
-            f" within {max_len} tokens (the chat template's header and the prompt fill them); raise seq_len",
-            stacklevel=3,
-        )
-    return domain
+    val_ids = sorted(split.val_ids.tolist())
+    _check_answers(spec, split, train_ids, val_ids, max_len)
+    cut = lambda a: a[:max_len].copy() if len(a) > max_len else a  # a copy: the full encoding is let go
+    example = lambda i: Example(cut(split.encoded[i][0]), cut(split.encoded[i][1]))
+    return Domain(spec.name, tuple(map(example, train_ids)), tuple(map(example, val_ids)), split.skipped)
 
 
 def load_domain(spec: DomainSpec, tokenizer: Tokenizer, max_len: int) -> Domain:
     """One domain on its own (validation deduplicated against its own training data only)."""
-    split = _split(spec)
-    return _build(spec, split, {split.hashes[i] for i in split.val_ids}, tokenizer, max_len)
+    split = _split(spec, tokenizer)
+    return _build(spec, split, {split.hashes[i] for i in split.val_ids}, max_len)
 
 
 def load_domains(specs: Sequence[DomainSpec], tokenizer: Tokenizer, max_len: int) -> dict[str, Domain]:
@@ -128,9 +216,9 @@ def load_domains(specs: Sequence[DomainSpec], tokenizer: Tokenizer, max_len: int
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise DataError(f"duplicate domain names: {names}")
-    splits = [_split(s) for s in specs]
+    splits = [_split(s, tokenizer) for s in specs]
     held_out = {split.hashes[i] for split in splits for i in split.val_ids}
-    return {s.name: _build(s, split, held_out, tokenizer, max_len) for s, split in zip(specs, splits)}
+    return {s.name: _build(s, split, held_out, max_len) for s, split in zip(specs, splits)}
 
 
 def encode_documents(tokenizer: Tokenizer, texts: Iterable[str], max_len: int) -> list[Example]:

@@ -85,8 +85,18 @@ def _text(value: object, key: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class ReadReport:
     path: str
-    total: int
+    total: int  # records in the file, malformed ones included
     bad: tuple[str, ...]  # "file:line: reason"
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One parsed record and where it came from: its ``source`` (a file, or a generated
+    source's name) and ``where`` (``file:line``, or ``source#index``)."""
+
+    conversation: Conversation
+    source: str
+    where: str
 
 
 def _raw_records(path: Path):
@@ -118,24 +128,43 @@ def _raw_records(path: Path):
                     yield number, RecordError(f"invalid JSON ({err.msg})")
 
 
-def read_conversations(path: str | Path, max_bad_fraction: float = 0.01) -> tuple[list[Conversation], ReadReport]:
+def read_records(path: str | Path) -> tuple[list[Record], ReadReport]:
+    """Every well-formed record of a file with its ``file:line``, and the malformed ones as
+    ``file:line: reason`` (bad JSON, unknown format or role, no assistant turn). Raises
+    DataError only for the file as a whole (missing, no records, a .json that is no list)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    conversations, bad, total = [], [], 0
+    records, bad, total = [], [], 0
     for line, record in _raw_records(path):
         total += 1
         try:
             if isinstance(record, Exception):
                 raise record
-            conversations.append(parse_record(record))
+            records.append(Record(parse_record(record), str(path), f"{path}:{line}"))
         except RecordError as err:
             bad.append(f"{path}:{line}: {err}")
     if total == 0:
         raise DataError(f"{path}: no records")
+    return records, ReadReport(str(path), total, tuple(bad))
+
+
+def check_bad_fraction(bad: list[str] | tuple[str, ...], total: int, max_bad_fraction: float, what: str, shown: int = 3) -> None:
+    """Raise DataError naming the first ``shown`` offenders when more than ``max_bad_fraction``
+    of ``total`` records are unusable; warn (with the same ``file:line: reason`` list) when
+    some are."""
     if len(bad) > max_bad_fraction * total:
-        shown = "; ".join(bad[:3])
-        raise DataError(f"{len(bad)} of {total} records malformed (limit {max_bad_fraction:.1%}): {shown}")
+        raise DataError(
+            f"{what}: {len(bad)} of {total} records malformed or unusable (max_bad_fraction {max_bad_fraction:.1%}): "
+            + "; ".join(bad[:shown]) + (f" (and {len(bad) - shown} more)" if len(bad) > shown else "")
+        )
     if bad:
-        warnings.warn(f"skipped {len(bad)} malformed records of {total}: {'; '.join(bad[:3])}", stacklevel=2)
-    return conversations, ReadReport(str(path), total, tuple(bad))
+        warnings.warn(f"{what}: skipped {len(bad)} malformed or unusable records of {total}: {'; '.join(bad[:shown])}", stacklevel=3)
+
+
+def read_conversations(path: str | Path, max_bad_fraction: float = 0.01) -> tuple[list[Conversation], ReadReport]:
+    """The conversations of one file; malformed records are skipped and reported (warning)
+    up to ``max_bad_fraction`` of the file, a DataError beyond it."""
+    records, report = read_records(path)
+    check_bad_fraction(report.bad, report.total, max_bad_fraction, str(path))
+    return [r.conversation for r in records], report

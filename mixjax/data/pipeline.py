@@ -32,18 +32,33 @@ def next_token_features(example: Example) -> dict[str, np.ndarray]:
     }
 
 
-def select_mixture(domains: Mapping[str, Domain], budgets: Mapping[str, int], seed: int) -> list[Example]:
-    """The training examples of a mixture: each domain gives exactly its token budget
-    (within one example), chosen by a seeded draw that does not depend on the others."""
+def mixture_selection(domains: Mapping[str, Domain], budgets: Mapping[str, int], seed: int) -> list[tuple[str, Example]]:
+    """The training examples of a mixture, each with its domain: THE selection, used by the
+    pipeline's runs and by ``mixjax.mix`` alike. Each domain with a positive budget gives
+    exactly its token budget (within one example), chosen by a seeded draw that does not
+    depend on the other domains' examples: ``sample_to_budget`` with seed
+    ``seed + 7919 * index``, ``index`` the domain's position among the sorted names of the
+    domains with a positive budget. Domains in sorted-name order.
+
+    Raises:
+      ValueError: ``budgets`` names a domain not in ``domains``.
+      BudgetError: a budget exceeds its domain's training tokens.
+    """
     unknown = set(budgets) - set(domains)
     if unknown:
         raise ValueError(f"budgets name unknown domains {sorted(unknown)} (have: {sorted(domains)})")
     selected = []
-    for index, (name, budget) in enumerate(sorted(budgets.items())):
+    positive = sorted((n, int(b)) for n, b in budgets.items() if b > 0)
+    for index, (name, budget) in enumerate(positive):
         train = domains[name].train
-        picks = sample_to_budget([e.num_tokens for e in train], int(budget), seed + 7919 * index, name)
-        selected += [train[i] for i in picks]
+        picks = sample_to_budget([e.num_tokens for e in train], budget, seed + 7919 * index, name)
+        selected += [(name, train[i]) for i in picks]
     return selected
+
+
+def select_mixture(domains: Mapping[str, Domain], budgets: Mapping[str, int], seed: int) -> list[Example]:
+    """The examples of :func:`mixture_selection`, without their domain names."""
+    return [e for _, e in mixture_selection(domains, budgets, seed)]
 
 
 def _pack_and_batch(ds: grain.IterDataset, seq_len: int, batch_size: int, seed: int, shuffle: bool) -> grain.IterDataset:

@@ -111,7 +111,15 @@ def parse_run_table(rows: list[tuple[int, dict]], source: str = "<table>", requi
         tokens.append(t)
         losses.append([_parse_number(row.get(f"loss.{d}"), where, f"loss.{d}", allow_empty=True) for d in domains])
         lines.append(number)
-    return RunTable(domains, np.asarray(tokens), np.asarray(losses), tuple(lines), source)
+    losses = np.asarray(losses)
+    for d, column in zip(domains, losses.T):
+        measured = column[~np.isnan(column)]
+        if measured.size and np.all(measured == 0):  # cross-entropy over real tokens is > 0
+            raise RunTableError(
+                f"{source}: loss.{d} is 0 in every run: no loss was measured (a mean over zero trained tokens,"
+                f" e.g. every {d} example longer than seq_len); refusing to fit it"
+            )
+    return RunTable(domains, np.asarray(tokens), losses, tuple(lines), source)
 
 
 def read_run_table(path: str | Path, require_losses: bool = True) -> RunTable:

@@ -2,11 +2,22 @@
 
 Reads ``config.json`` and ``*.safetensors`` from a local directory (never downloads) and
 writes them back, so a fine-tuned model can be used by any HF-compatible tool.
+
+The converter knows every ``config.json`` field of the supported ``model_type``s
+(transformers' ``LlamaConfig`` / ``Qwen2Config`` and their modeling code, 4.x and 5.x
+spellings), in three kinds: fields it maps onto :class:`ModelConfig`; fields that do not
+change the computation (ids, dtype, cache, generation defaults, ...); and fields whose
+value changes the computation in a way mixjax does not implement, accepted only at the
+value mixjax computes (``hidden_act`` silu, no ``attention_bias`` / ``mlp_bias``, no
+dropout, no sliding window, RoPE ``default`` or ``llama3``). Anything else, and any
+tensor of the safetensors files that it does not consume, is an :class:`UnsupportedCheckpoint`
+error naming the field or tensor, raised when the checkpoint is read (before training).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,28 +27,136 @@ from mixjax.model.llama import ModelConfig, RopeScaling
 
 Params = dict[str, Any]
 
+SUPPORTED = ("llama", "qwen2")
+
+# Fields that do not change the forward computation (identity, ids, dtype, cache, and the
+# generic / generation attributes that older transformers versions write into config.json).
+NEUTRAL_FIELDS = frozenset({
+    "model_type", "architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype", "use_cache",
+    "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
+    "max_position_embeddings", "pretraining_tp", "output_attentions", "output_hidden_states", "return_dict",
+    "is_encoder_decoder", "is_decoder", "add_cross_attention", "cross_attention_hidden_size", "tie_encoder_decoder",
+    "id2label", "label2id", "problem_type", "finetuning_task", "tokenizer_class", "prefix", "task_specific_params",
+    "torchscript", "use_bfloat16", "tf_legacy_loss", "pruned_heads", "return_dict_in_generate", "output_scores",
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups", "diversity_penalty",
+    "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "forced_bos_token_id",
+    "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens",
+    "begin_suppress_tokens", "chunk_size_feed_forward",
+})
+# Fields mapped onto ModelConfig.
+IMPLEMENTED_FIELDS = frozenset({
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+    "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters", "tie_word_embeddings",
+})
+
+
+def _is(value) -> Callable[[Any], bool]:
+    return lambda v: v == value
+
+
+def _no_sliding_layers(hf: dict) -> bool:
+    """Qwen2: no layer uses sliding-window attention (transformers' layer_types rule)."""
+    if not hf.get("use_sliding_window", False) or hf.get("sliding_window") is None:
+        return True  # transformers then sets sliding_window to None: every layer attends fully
+    if hf.get("layer_types") is not None:
+        return all(t == "full_attention" for t in hf["layer_types"])
+    return hf.get("max_window_layers", 28) >= hf["num_hidden_layers"]
+
+
+# Fields that change the computation, accepted only where mixjax computes the same thing:
+# model_type -> {field: (accepts(value, config), what mixjax implements)}.
+RESTRICTED_FIELDS: dict[str, dict[str, tuple[Callable[[Any, dict], bool], str]]] = {
+    "llama": {
+        "hidden_act": (lambda v, hf: v == "silu", "silu"),
+        "attention_bias": (lambda v, hf: not v, "false (mixjax has no o_proj bias; Llama's attention_bias adds one)"),
+        "mlp_bias": (lambda v, hf: not v, "false"),
+        "attention_dropout": (lambda v, hf: not v, "0.0 (mixjax trains without dropout)"),
+        "partial_rotary_factor": (lambda v, hf: v == 1.0, "1.0"),
+    },
+    "qwen2": {
+        "hidden_act": (lambda v, hf: v == "silu", "silu"),
+        "attention_dropout": (lambda v, hf: not v, "0.0 (mixjax trains without dropout)"),
+        "use_sliding_window": (lambda v, hf: _no_sliding_layers(hf), "full attention in every layer"),
+        "sliding_window": (lambda v, hf: True, "checked with use_sliding_window"),
+        "max_window_layers": (lambda v, hf: True, "checked with use_sliding_window"),
+        "layer_types": (lambda v, hf: True, "checked with use_sliding_window"),
+        "partial_rotary_factor": (lambda v, hf: v == 1.0, "1.0"),
+    },
+}
+# RoPE: the rope_type mixjax implements -> the keys its parameters may have.
+ROPE_KEYS = {
+    "default": frozenset({"rope_type", "type", "rope_theta"}),
+    "llama3": frozenset({"rope_type", "type", "rope_theta", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}),
+}
+
+
+class UnsupportedCheckpoint(ValueError):
+    """A checkpoint whose config field or tensor the converter does not implement."""
+
+
+def check_hf_config(hf: dict) -> None:
+    """Raise UnsupportedCheckpoint naming the first config.json field whose value mixjax
+    would not compute (see the module docstring); unknown fields are errors too."""
+    kind = hf.get("model_type")
+    if kind not in SUPPORTED:
+        raise UnsupportedCheckpoint(f"unsupported model_type {kind!r} (supported: {', '.join(SUPPORTED)})")
+    restricted = RESTRICTED_FIELDS[kind]
+    if kind == "qwen2" and not _no_sliding_layers(hf):
+        raise UnsupportedCheckpoint(
+            f"config.json: use_sliding_window=true with sliding_window={hf.get('sliding_window')} (layer_types /"
+            " max_window_layers give some layers sliding-window attention) is not implemented by mixjax's qwen2 converter"
+            " (it implements full attention in every layer)"
+        )
+    for field, value in hf.items():
+        if field in restricted:
+            accepts, implemented = restricted[field]
+            if not accepts(value, hf):
+                raise UnsupportedCheckpoint(
+                    f"config.json: {field}={json.dumps(value)} is not implemented by mixjax's {kind} converter"
+                    f" (it implements {implemented}); its logits would differ from transformers'"
+                )
+        elif field in ("quantization_config", "auto_map"):
+            what = "quantized weights" if field == "quantization_config" else "custom modeling code (trust_remote_code)"
+            raise UnsupportedCheckpoint(f"config.json: {field}: {what} are not implemented by mixjax's converter")
+        elif field not in IMPLEMENTED_FIELDS and field not in NEUTRAL_FIELDS:
+            raise UnsupportedCheckpoint(
+                f"config.json: unknown field {field!r} for model_type {kind}: mixjax's converter does not know whether it"
+                " changes the computation, so it does not load this checkpoint"
+            )
+
+
+def _rope(hf: dict) -> tuple[float, RopeScaling | None]:
+    """(rope_theta, Llama-3 scaling or None) from ``rope_parameters`` (transformers >= 5) or
+    ``rope_theta`` + ``rope_scaling`` (older)."""
+    scaling = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ROPE_KEYS:
+        raise UnsupportedCheckpoint(
+            f"config.json: rope_type {kind!r} is not implemented by mixjax's converter (it implements {', '.join(ROPE_KEYS)})"
+        )
+    extra = sorted(set(scaling) - ROPE_KEYS[kind])
+    if extra:
+        raise UnsupportedCheckpoint(f"config.json: rope parameter {extra[0]!r} of rope_type {kind} is not implemented by mixjax's converter")
+    theta = scaling.get("rope_theta") or hf.get("rope_theta", 10_000.0)
+    if kind == "default":
+        return theta, None
+    return theta, RopeScaling(
+        factor=scaling["factor"], low_freq_factor=scaling["low_freq_factor"], high_freq_factor=scaling["high_freq_factor"],
+        original_max_position=scaling["original_max_position_embeddings"],
+    )
+
 
 def config_from_hf(hf: dict, **overrides) -> ModelConfig:
-    kind = hf.get("model_type")
-    if kind not in ("llama", "qwen2"):
-        raise ValueError(f"unsupported model_type {kind!r} (supported: llama, qwen2)")
-    # transformers >= 5 writes "rope_parameters"; older checkpoints "rope_theta" + "rope_scaling".
-    scaling = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-    theta = scaling.pop("rope_theta", None) or hf.get("rope_theta", 10_000.0)
-    kind_of_rope = scaling.get("rope_type", scaling.get("type", "default"))
-    rope = None
-    if kind_of_rope == "llama3":
-        rope = RopeScaling(
-            factor=scaling["factor"], low_freq_factor=scaling["low_freq_factor"], high_freq_factor=scaling["high_freq_factor"],
-            original_max_position=scaling["original_max_position_embeddings"],
-        )
-    elif kind_of_rope != "default":
-        raise ValueError(f"unsupported rope scaling {scaling}")
+    """The ModelConfig of a config.json; UnsupportedCheckpoint for anything not implemented."""
+    check_hf_config(hf)
+    kind = hf["model_type"]
+    theta, rope = _rope(hf)
     config = ModelConfig(
         vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
-        n_heads=hf["num_attention_heads"], n_kv_heads=hf.get("num_key_value_heads", hf["num_attention_heads"]),
-        hidden_dim=hf["intermediate_size"], head_dim=hf.get("head_dim"), norm_eps=hf.get("rms_norm_eps", 1e-5),
-        rope_theta=theta, rope_scaling=rope, qkv_bias=kind == "qwen2" or hf.get("attention_bias", False),
+        n_heads=hf["num_attention_heads"], n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        hidden_dim=hf["intermediate_size"], head_dim=hf.get("head_dim"), norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=theta, rope_scaling=rope, qkv_bias=kind == "qwen2",
         tie_embeddings=hf.get("tie_word_embeddings", False),
     )
     return ModelConfig(**{**config.__dict__, **overrides})
@@ -62,20 +181,84 @@ def config_to_hf(config: ModelConfig) -> dict:
     return hf
 
 
-def _read_tensors(directory: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
+def _safetensors_files(directory: Path) -> list[Path]:
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{directory}: no *.safetensors files")
+    return files
+
+
+def _read_tensors(directory: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
     tensors: dict[str, np.ndarray] = {}
-    for f in files:
+    for f in _safetensors_files(directory):
         tensors.update(load_file(str(f)))
     return tensors
 
 
+# Buffers that older transformers versions saved and that are derived from the config.
+DERIVED_TENSORS = ("rotary_emb.inv_freq",)
+
+
+def hf_tensor_names(config: ModelConfig) -> set[str]:
+    """The tensors a checkpoint of ``config`` has, as transformers names them."""
+    names = {"model.embed_tokens.weight", "model.norm.weight"} | (set() if config.tie_embeddings else {"lm_head.weight"})
+    per_layer = [f"self_attn.{p}_proj.weight" for p in "qkvo"] + [f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
+    per_layer += ["input_layernorm.weight", "post_attention_layernorm.weight"]
+    per_layer += [f"self_attn.{p}_proj.bias" for p in "qkv"] if config.qkv_bias else []
+    return names | {f"model.layers.{i}.{n}" for i in range(config.n_layers) for n in per_layer}
+
+
+def check_tensor_names(names, config: ModelConfig) -> None:
+    """UnsupportedCheckpoint naming a tensor the converter would not consume, or one it needs
+    that is missing. With tied embeddings a stored ``lm_head.weight`` is let through here
+    (:func:`check_tensors` compares it with the embedding)."""
+    expected = hf_tensor_names(config)
+    unused = sorted(n for n in set(names) - expected if not n.endswith(DERIVED_TENSORS))
+    if config.tie_embeddings and "lm_head.weight" in unused:
+        unused.remove("lm_head.weight")
+    if unused:
+        more = f" (and {len(unused) - 3} more)" if len(unused) > 3 else ""
+        raise UnsupportedCheckpoint(
+            f"the safetensors hold weights that mixjax's converter does not use: {', '.join(unused[:3])}{more};"
+            " the model they belong to is not the one mixjax would compute"
+        )
+    missing = sorted(expected - set(names))
+    if missing:
+        raise UnsupportedCheckpoint(f"the safetensors lack {len(missing)} weight(s) the model needs, e.g. {', '.join(missing[:3])}")
+
+
+def check_tensors(tensors: dict[str, np.ndarray], config: ModelConfig) -> None:
+    """:func:`check_tensor_names`, and a stored ``lm_head.weight`` of a tied model must equal
+    the embedding (transformers would use the embedding)."""
+    check_tensor_names(tensors, config)
+    if config.tie_embeddings and "lm_head.weight" in tensors:
+        if not np.array_equal(tensors["lm_head.weight"], tensors["model.embed_tokens.weight"]):
+            raise UnsupportedCheckpoint("lm_head.weight differs from model.embed_tokens.weight but tie_word_embeddings is true")
+
+
+def check_hf_checkpoint(path: str | Path) -> ModelConfig:
+    """Check a local HF model directory without reading its weights (config.json and the
+    safetensors headers): the ModelConfig, or UnsupportedCheckpoint / FileNotFoundError."""
+    from safetensors import safe_open
+
+    directory = Path(path)
+    if not (directory / "config.json").exists():
+        raise FileNotFoundError(f"{directory}: no config.json (expected a local Hugging Face model directory)")
+    config = config_from_hf(json.loads((directory / "config.json").read_text()))
+    names = set()
+    for f in _safetensors_files(directory):
+        with safe_open(str(f), "np") as handle:
+            names |= set(handle.keys())
+    check_tensor_names(names, config)
+    return config
+
+
 def params_from_hf(tensors: dict[str, np.ndarray], config: ModelConfig) -> Params:
-    """Map HF tensor names (Linear weights are (out, in)) onto the Flax tree (kernels (in, out))."""
+    """Map HF tensor names (Linear weights are (out, in)) onto the Flax tree (kernels (in, out)).
+    Every tensor must be consumed (:func:`check_tensors`)."""
+    check_tensors(tensors, config)
     d, h, n, kv = config.dim, config.head_size, config.n_heads, config.n_kv_heads
     get = lambda name: tensors[name].astype(np.float32)
     layer = lambda i, name: get(f"model.layers.{i}.{name}")

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mixjax.config_fields import neutral
+
 Array = jax.Array
 RematPolicy = Literal["none", "full", "dots", "dots_with_no_batch_dims", "offload_dots_with_no_batch_dims"]
 
@@ -58,9 +60,10 @@ class ModelConfig:
     tie_embeddings: bool = False
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
-    remat: RematPolicy = "none"
-    attention_impl: Literal["xla", "flash"] | None = None
-    scan_layers: bool = True
+    # Speed / memory only (left out of run fingerprints; see mixjax.config_fields).
+    remat: RematPolicy = neutral("none", "memory: recomputes the same activations in the backward pass")
+    attention_impl: Literal["xla", "flash"] | None = neutral(None, "the same attention, another kernel (float rounding only)")
+    scan_layers: bool = neutral(True, "the same layers, looped or unrolled (float rounding only)")
     init_std: float = 0.02
 
     @property

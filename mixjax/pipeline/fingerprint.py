@@ -1,12 +1,15 @@
 """Run fingerprints: everything that decides a run's result, as a JSON-able nested dict.
 
 A finished run is reused only when its recorded fingerprint equals the one the current
-config gives; :func:`differences` names the fields that changed (dotted paths).
+config gives; :func:`differences` names the fields that changed (dotted paths). Config
+sections enter through :func:`config_dict`, which leaves out the fields their dataclass
+declares neutral (speed, memory, logging, I/O: ``mixjax.config_fields.neutral``, e.g.
+``train.prefetch``, ``train.async_checkpoints``, ``train.mesh_shape``). Records written
+before a field was declared neutral still hold it; :func:`differences` ignores it there.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -15,10 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from mixjax.config_fields import neutral_fields, result_dict
 from mixjax.data.domain import DomainSpec, Example
+from mixjax.model.llama import ModelConfig
+from mixjax.train.loop import TrainConfig
 
-# Keys that do not change what a run computes (left out of the fingerprint).
-NEUTRAL_TRAIN_KEYS = ("profile",)
+# The fingerprint's config sections (as the pipeline writes them) and their dataclasses;
+# "data" holds one DomainSpec per domain name.
+SECTIONS: dict[str, type] = {"train": TrainConfig, "model": ModelConfig}
+PER_DOMAIN: dict[str, type] = {"data": DomainSpec}
 
 
 def file_stamp(path: str | Path) -> dict:
@@ -44,7 +52,7 @@ def source_stamp(source: str) -> str | dict:
 
 def data_stamp(domains: Sequence[DomainSpec]) -> dict:
     return {
-        d.name: {**{k: v for k, v in dataclasses.asdict(d).items() if k not in ("name", "sources")}, "sources": [source_stamp(s) for s in d.sources]}
+        d.name: {**{k: v for k, v in result_dict(d).items() if k not in ("name", "sources")}, "sources": [source_stamp(s) for s in d.sources]}
         for d in domains
     }
 
@@ -59,8 +67,18 @@ def examples_hash(examples: Sequence[Example]) -> str:
 
 
 def config_dict(obj: Any, drop: Sequence[str] = ()) -> dict:
-    d = dataclasses.asdict(obj)
-    return {k: v for k, v in d.items() if k not in drop}
+    """A config dataclass as a dict of the fields that can change a result (neutral fields
+    left out, at every level), without the top-level keys in ``drop``."""
+    return {k: v for k, v in result_dict(obj).items() if k not in drop}
+
+
+def is_neutral(key: str) -> bool:
+    """Whether a dotted fingerprint key is a neutral field (``train.prefetch``,
+    ``data.<domain>.max_bad_fraction``, ...)."""
+    parts = key.split(".")
+    if len(parts) == 2 and parts[0] in SECTIONS:
+        return parts[1] in neutral_fields(SECTIONS[parts[0]])
+    return len(parts) == 3 and parts[0] in PER_DOMAIN and parts[2] in neutral_fields(PER_DOMAIN[parts[0]])
 
 
 def normalise(fingerprint: Mapping) -> dict:
@@ -92,7 +110,7 @@ def flatten(fingerprint: Mapping) -> dict[str, Any]:
 def differences(old: Mapping, new: Mapping) -> list[tuple[str, Any, Any]]:
     """(dotted key, old value, new value) for every field that differs. The examples hash
     follows from the other fields, so it is named only when nothing else explains a change."""
-    a, b = flatten(old), flatten(new)
+    a, b = ({k: v for k, v in flatten(f).items() if not is_neutral(k)} for f in (old, new))
     missing = object()
     diffs = [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
     diffs = [(k, None if x is missing else x, None if y is missing else y) for k, x, y in diffs]

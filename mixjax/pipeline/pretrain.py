@@ -22,8 +22,8 @@ from mixjax.io import barrier, is_primary_process, write_json_atomic
 from mixjax.model.llama import ModelConfig
 from mixjax.train.loop import Trainer
 from mixjax.pipeline.training import DEFAULT_TRAIN, TrainFn, best_params, run_train_config, steps_for_run
-from mixjax.pipeline.config import PretrainConfig
-from mixjax.pipeline.fingerprint import NEUTRAL_TRAIN_KEYS, config_dict, digest, normalise
+from mixjax.pipeline.config import ConfigError, ExperimentConfig, PretrainConfig
+from mixjax.pipeline.fingerprint import config_dict, differences, digest, normalise
 
 
 # The corpus generator's version: part of the base model's fingerprint (bump it when
@@ -36,13 +36,26 @@ def base_fingerprint(pretrain: PretrainConfig, model: ModelConfig, seq_len: int)
         "corpus": {"version": CORPUS_VERSION, "num_documents": pretrain.num_documents, "val_documents": pretrain.val_documents, "seed": pretrain.seed},
         "tokenizer": {"kind": "bpe", "vocab_size": pretrain.vocab_size},
         "model": config_dict(model, drop=("vocab_size",)),
-        "train": config_dict(pretrain.train, drop=NEUTRAL_TRAIN_KEYS),
+        "train": config_dict(pretrain.train),
         "seq_len": seq_len,
     })
 
 
 def base_model_dir(workdir: str | Path, fingerprint: dict) -> Path:
     return Path(workdir) / "base-models" / digest(fingerprint)[:16]
+
+
+def existing_base_model(workdir: str | Path, fingerprint: dict) -> Path | None:
+    """The complete base model directory for ``fingerprint``: its own digest's, else one
+    whose recorded fingerprint differs only in fields declared neutral since it was
+    written (e.g. ``train.prefetch``), so such a declaration retrains nothing."""
+    exact = base_model_dir(workdir, fingerprint)
+    if (exact / "fingerprint.json").exists():
+        return exact
+    for record in sorted((Path(workdir) / "base-models").glob("*/fingerprint.json")):
+        if not differences(json.loads(record.read_text()).get("fingerprint", {}), fingerprint):
+            return record.parent
+    return None
 
 
 def ensure_base_model(
@@ -52,10 +65,11 @@ def ensure_base_model(
     """The base model directory for this config: reused when complete, else trained now."""
     tc = pretrain.train
     fingerprint = base_fingerprint(pretrain, model, tc.seq_len)
-    out = base_model_dir(workdir, fingerprint)
-    if (out / "fingerprint.json").exists():
+    out = existing_base_model(workdir, fingerprint)
+    if out is not None:
         log(f"pretrain: reusing the base model {out}")
         return out
+    out = base_model_dir(workdir, fingerprint)
     primary = is_primary_process()
     tok_dir = out / "tokenizer"
     if primary:
@@ -85,3 +99,34 @@ def ensure_base_model(
     barrier("mixjax-pretrain-done")
     log(f"pretrain: base model saved to {out}")
     return out
+
+
+def fine_tuning_config(
+    config: ExperimentConfig, *, build: bool = True, log: Callable[[str], None] = print, progress: bool = True,
+    train_fn: TrainFn = DEFAULT_TRAIN, profile: bool = False,
+) -> ExperimentConfig:
+    """The config the SFT runs use: for a config with ``pretrain=``, ``checkpoint`` and
+    ``tokenizer`` point at its base model directory (its BPE tokenizer, not the config's
+    ``tokenizer``); other configs unchanged. The one place the pipeline and ``mixjax.mix``
+    resolve the model and tokenizer.
+
+    Args:
+      build: pretrain the base model when it is missing; with False that is a ConfigError.
+    Raises:
+      ConfigError: ``build`` is False and the base model has not been trained.
+    """
+    if config.pretrain is None:
+        return config
+    if build:
+        base = ensure_base_model(
+            config.pretrain, config.model_config(), config.workdir, log=log, progress=progress, train_fn=train_fn, profile=profile,
+        )
+    else:
+        fingerprint = base_fingerprint(config.pretrain, config.model_config(), config.pretrain.train.seq_len)
+        base = existing_base_model(config.workdir, fingerprint)
+        if base is None:
+            raise ConfigError(
+                f"pretrain: no base model at {base_model_dir(config.workdir, fingerprint)};"
+                " run `python -m mixjax.run --config ... --stages pretrain` first"
+            )
+    return dataclasses.replace(config, checkpoint=str(base), tokenizer=str(base))

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from mixjax.data.budget import token_budgets
 from mixjax.data.domain import Domain, Example, load_domains
 from mixjax.data.tokenizer import check_vocab, load_tokenizer
-from mixjax.data.pipeline import select_mixture
+from mixjax.data.pipeline import mixture_selection
 from mixjax.mixing.baselines import feasible_mask, proportional_weights, simplex_grid, uniform_weights
 from mixjax.mixing.design import perturbation_runs
 from mixjax.mixing.fit import FitConfig, FitResult
@@ -40,7 +40,7 @@ from mixjax.mixing.solve import Constraints
 from mixjax.model.llama import ModelConfig
 from mixjax.pipeline.training import DEFAULT_TRAIN, RUN_ERRORS, TrainFn, run_train_config, steps_for_run
 from mixjax.pipeline.config import ConfigError, ExperimentConfig, validate
-from mixjax.pipeline.fingerprint import NEUTRAL_TRAIN_KEYS, config_dict, data_stamp, directory_stamp, examples_hash, normalise
+from mixjax.pipeline.fingerprint import config_dict, data_stamp, directory_stamp, examples_hash, normalise
 from mixjax.pipeline.store import RunSpec, RunStore
 from mixjax.train.loop import Trainer, TrainConfig
 
@@ -87,12 +87,10 @@ class Inputs:
         model = self.config.model_config()
         if self.config.checkpoint is None:
             return model
-        from mixjax.model.hf import config_from_hf
+        from mixjax.model.hf import check_hf_checkpoint
 
-        hf = json.loads((Path(self.config.checkpoint) / "config.json").read_text())
-        return config_from_hf(
-            hf, dtype=model.dtype, remat=model.remat, attention_impl=model.attention_impl, scan_layers=model.scan_layers
-        )
+        hf = check_hf_checkpoint(self.config.checkpoint)  # every config field and weight implemented (headers only)
+        return dataclasses.replace(hf, dtype=model.dtype, remat=model.remat, attention_impl=model.attention_impl, scan_layers=model.scan_layers)
 
     @functools.cached_property
     def domains(self) -> dict[str, Domain]:
@@ -162,12 +160,11 @@ class PreparedRun:
 def prepare_run(spec: RunSpec, inputs: Inputs, profile: bool = False) -> PreparedRun:
     """Select the run's examples and compute its step budget and fingerprint (no training)."""
     cfg = inputs.config
-    budgets = {n: t for n, t in spec.tokens.items() if t > 0}
-    examples = select_mixture(inputs.domains, budgets, cfg.seed)
-    owner = {id(e): n for n in budgets for e in inputs.domains[n].train}
+    selection = mixture_selection(inputs.domains, spec.tokens, cfg.seed)
+    examples = [e for _, e in selection]
     selected = {n: 0 for n in spec.tokens}
-    for e in examples:
-        selected[owner[id(e)]] += e.num_tokens
+    for name, e in selection:
+        selected[name] += e.num_tokens
     steps = steps_for_run(examples, cfg.train)
     run_cfg = run_train_config(cfg.train, max_steps=steps, eval_every=max(1, steps // cfg.evals_per_run), seed=cfg.seed, profile=profile)
     fingerprint = normalise({
@@ -175,7 +172,7 @@ def prepare_run(spec: RunSpec, inputs: Inputs, profile: bool = False) -> Prepare
         "tokens": spec.tokens,
         "examples": examples_hash(examples),
         "model": config_dict(inputs.model),
-        "train": config_dict(run_cfg, drop=NEUTRAL_TRAIN_KEYS),
+        "train": config_dict(run_cfg),
         "init_checkpoint": inputs.checkpoint_stamp,
         "tokenizer": inputs.tokenizer_fingerprint,
         "data": data_stamp(cfg.domains),
@@ -283,18 +280,14 @@ class Pipeline:
     def inputs(self) -> Inputs:
         """The inputs of the config, pretraining the base model first when asked to."""
         if self._inputs is None:
-            config = self.config
-            if config.pretrain is not None:
-                from mixjax.pipeline.pretrain import ensure_base_model
+            from mixjax.pipeline.pretrain import fine_tuning_config
 
-                try:
-                    base = ensure_base_model(
-                        config.pretrain, config.model_config(), config.workdir, log=self.store.log, progress=self.options.progress,
-                        train_fn=self.options.train_fn, profile=self.options.profile,
-                    )
-                except RUN_ERRORS as err:
-                    raise RunsFailed({"pretrain": f"{type(err).__name__}: {err}"}) from err
-                config = dataclasses.replace(config, checkpoint=str(base), tokenizer=str(base))
+            try:
+                config = fine_tuning_config(
+                    self.config, log=self.store.log, progress=self.options.progress, train_fn=self.options.train_fn, profile=self.options.profile,
+                )
+            except RUN_ERRORS as err:
+                raise RunsFailed({"pretrain": f"{type(err).__name__}: {err}"}) from err
             self._inputs = Inputs(config)
         return self._inputs
 
@@ -340,6 +333,9 @@ class Pipeline:
     def stage_plan(self) -> None:
         cfg = self.config
         specs = plan_runs(cfg.domain_names, cfg.base_tokens, cfg.scales, self.inputs().available, cfg.target_budgets)
+        for domain in self.inputs().domains.values():
+            if domain.skipped:
+                self.store.log(f"plan: domain {domain.name}: skipped {len(domain.skipped)} unusable records: " + "; ".join(domain.skipped[:5]))
         self.store.write_plan(specs)
         self.store.log(f"plan: {len(specs)} perturbation runs (4k+1 with k={len(cfg.domain_names)}), base {cfg.base_tokens:,} tokens per domain")
 

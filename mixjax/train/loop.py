@@ -28,6 +28,7 @@ from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
+from mixjax.config_fields import neutral, result
 from mixjax.data.domain import Example
 from mixjax.data.pipeline import multi_domain_eval_batches, optimizer_step_batches, trained_positions
 from mixjax.io import is_primary_process, write_json_atomic
@@ -62,19 +63,35 @@ class DataExhaustedError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    seq_len: int = 256
-    batch_size: int = 16  # GLOBAL, in sequences, per micro-step
-    epochs: float = 3.0
-    max_steps: int | None = None  # optimizer steps; default: steps_for_budget (floor)
-    eval_every: int = 50
-    checkpoint_every: int = 50
-    seed: int = 0
-    mesh_shape: tuple[int, int, int] | None = None
-    optimizer: OptimizerConfig = OptimizerConfig()
-    profile: bool = False  # jax.profiler trace of a few steps into workdir/profile
-    loss_chunk: int | None = None  # positions per cross-entropy chunk; 0 = full logits; None = auto
-    prefetch: int = 2  # optimizer steps packed ahead by a background thread
-    async_checkpoints: bool = True
+    """One SFT run's training setup. Every field says whether it can change the run's result
+    (``result``: in the run's fingerprint) or only its speed, memory, logging or I/O
+    (``neutral``: a finished run is reused when only these change); see mixjax.config_fields.
+
+    ``mesh_shape`` is neutral, deliberately: the mesh decides how the same global batch and
+    parameters are laid out over devices, not what is computed. Another mesh changes only
+    the order of floating-point reductions (partial sums across devices), i.e. rounding:
+    measured on 8 CPU devices (benchmarks/mesh_rounding.py, 40 steps, default AdamW eps),
+    the validation losses on 2x2x2 and 4x1x2 meshes equal the 1-device ones within 4.5e-8
+    relative at every evaluation, while another init seed moves them by 4e-3 to 3.6e-2.
+    And ``None`` means "derived from the devices present", so the field's value would not
+    even identify the mesh. Moving an experiment to a machine with more devices, or
+    resuming a run on another mesh, therefore keeps its finished runs.
+    """
+
+    seq_len: int = result(256)
+    batch_size: int = result(16)  # GLOBAL, in sequences, per micro-step
+    epochs: float = result(3.0)
+    max_steps: int | None = result(None)  # optimizer steps; default: steps_for_budget (floor)
+    eval_every: int = result(50)  # which checkpoint is the best one depends on it
+    checkpoint_every: int = neutral(50, "full checkpoints only serve resuming, which is bit-exact")
+    seed: int = result(0)
+    mesh_shape: tuple[int, int, int] | None = neutral(None, "device layout: float reduction order only (see the class docstring)")
+    optimizer: OptimizerConfig = result(OptimizerConfig())
+    profile: bool = neutral(False, "a jax.profiler trace of a few steps into workdir/profile")
+    # positions per cross-entropy chunk; 0 = full logits; None = auto
+    loss_chunk: int | None = neutral(None, "memory: the same loss summed in chunks (float reduction order only)")
+    prefetch: int = neutral(2, "optimizer steps packed ahead by a background thread; the same batches")
+    async_checkpoints: bool = neutral(True, "checkpoints written in the background; the same files")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,15 +210,18 @@ class Trainer:
             return self._train(state, _to_global(batch, self.step_sharding))
 
     def evaluate(self, params, batches: Sequence[Mapping[str, np.ndarray]], names: Sequence[str]) -> dict[str, float]:
-        """Per-domain token-weighted mean loss over ``multi_domain_eval_batches`` batches:
-        one compiled call per batch for all domains; rows summed per domain on the host."""
+        """Per-domain token-weighted mean loss (nats per trained token) over
+        ``multi_domain_eval_batches`` batches: one compiled call per batch for all domains;
+        rows summed per domain on the host. A domain with no trained token in its batches
+        (every validation example lost its answer to truncation) has no loss: NaN, never
+        0.0, so the run fails as on a non-finite loss instead of reporting a perfect score."""
         with self.mesh, nn.logical_axis_rules(LOGICAL_RULES):
             outs = [self._eval(params, _to_global({k: b[k] for k in BATCH_KEYS}, self.eval_sharding)) for b in batches]
         totals, weights = np.zeros(len(names)), np.zeros(len(names))
         for batch, (t, w) in zip(batches, jax.device_get(outs)):
             np.add.at(totals, batch["domain"], np.asarray(t, np.float64))
             np.add.at(weights, batch["domain"], np.asarray(w, np.float64))
-        return {n: float(totals[i] / max(weights[i], 1.0)) for i, n in enumerate(names)}
+        return {n: float(totals[i] / weights[i]) if weights[i] > 0 else math.nan for i, n in enumerate(names)}
 
 
 def train(
