@@ -13,9 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from mixjax.data.domain import DomainSpec, Example
+from mixjax.data.domain import DomainSpec
 
 # Keys that do not change what a run computes (left out of the fingerprint).
 NEUTRAL_TRAIN_KEYS = ("profile",)
@@ -47,15 +45,6 @@ def data_stamp(domains: Sequence[DomainSpec]) -> dict:
         d.name: {**{k: v for k, v in dataclasses.asdict(d).items() if k not in ("name", "sources")}, "sources": [source_stamp(s) for s in d.sources]}
         for d in domains
     }
-
-
-def examples_hash(examples: Sequence[Example]) -> str:
-    """Content hash of the selected training examples (tokens and loss masks, in order)."""
-    digest = hashlib.sha256()
-    for e in examples:
-        tokens, mask = np.asarray(e.tokens, np.int32), np.asarray(e.loss_mask, np.int32)
-        digest.update(np.int64(tokens.size).tobytes() + tokens.tobytes() + mask.tobytes())
-    return digest.hexdigest()
 
 
 def config_dict(obj: Any, drop: Sequence[str] = ()) -> dict:
