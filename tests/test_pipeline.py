@@ -211,6 +211,14 @@ def test_runs_csv_records_selected_not_planned_tokens(tmp_path):
     assert len(base_row) == 1
 
 
+def test_progress_off_a_terminal_is_one_line_per_finished_run(tmp_path, capsys):
+    """stderr is not a terminal under capsys (as in CI logs, SLURM, 2> log): no bars."""
+    assert _main(["--stages", "plan,perturb"], tmp_path, FakeTrain(), progress=True) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert [line for line in err.splitlines() if "perturbation runs" in line] == [f"perturbation runs: {i}/9 done" for i in range(1, 10)]
+
+
 def test_only_primary_process_writes(tmp_path):
     store = RunStore(tmp_path / "exp", log=lambda m: None, primary=False)
     spec = RunSpec("base", "perturb", {"a": 1})

@@ -358,3 +358,41 @@ def test_presets_have_published_sizes():
     assert PRESETS["llama3.1-8b"].num_params() == 8_030_261_248
     assert PRESETS["llama3.2-1b"].num_params() == 1_235_814_400
     assert PRESETS["qwen2.5-0.5b"].num_params() == 494_032_768
+
+
+EXIT_SCRIPT = """
+import sys
+from mixjax.data.domain import DomainSpec, load_domains
+from mixjax.data.pipeline import select_mixture
+from mixjax.data.tokenizer import ByteTokenizer
+from mixjax.model.llama import ModelConfig
+from mixjax.train.hooks import Hook
+from mixjax.train.loop import TrainConfig, Trainer, train
+
+def fail(info):
+    raise RuntimeError(f"a hook failed at step {info.step}")
+
+model = ModelConfig(vocab_size=263, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=32, dtype="float32", rope_theta=10_000.0, tie_embeddings=True)
+domains = load_domains([DomainSpec(n, (f"synthetic:{n}:40",), 4) for n in ("instruct", "math")], ByteTokenizer(), 65)
+examples = select_mixture(domains, {"instruct": 1000, "math": 1000}, seed=0)
+cfg = TrainConfig(seq_len=64, batch_size=4, epochs=1, max_steps=6, eval_every=3, checkpoint_every=6)
+trainer, val = Trainer(model, cfg), {n: d.val for n, d in domains.items()}
+print(train(trainer, cfg, examples, val, sys.argv[1] + "/ok", progress=True).final_step)
+try:
+    train(trainer, cfg, examples, val, sys.argv[1] + "/failed", progress=True, hooks=[Hook(fail, every=2)])
+except RuntimeError as err:
+    KEPT = err  # a caller keeping the error keeps the failed run's frame alive until exit
+    print(err)
+"""
+
+
+def test_a_run_leaves_no_tracebacks_or_bars_on_a_non_terminal(tmp_path):
+    """A finished and a failed run in a child process whose stderr is a pipe (as in CI,
+    SLURM, 2> log): no grain "Exception ignored in DatasetIterator.__del__" tracebacks
+    at exit (the failed run's frame lives on in KEPT), no tqdm carriage returns."""
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", EXIT_SCRIPT, str(tmp_path)], env=subprocess_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines()[-2:] == ["6", "a hook failed at step 2"]
+    assert "Exception ignored" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "\r" not in out.stderr and len(out.stderr.splitlines()) <= 2, out.stderr[-3000:]

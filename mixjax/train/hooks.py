@@ -215,8 +215,11 @@ class Progress:
     """Hook (every step): the run's progress (a bar on a terminal, periodic lines
     elsewhere; mixjax.progress.StepProgress)."""
 
-    def __init__(self, run: str, total_steps: int, initial: int, stream: IO[str] | None = None, interval_s: float = 30.0) -> None:
-        self.display = StepProgress(run, total_steps, initial=initial, stream=stream, interval_s=interval_s)
+    def __init__(
+        self, run: str, total_steps: int, initial: int, stream: IO[str] | None = None, interval_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.display = StepProgress(run, total_steps, initial=initial, stream=stream, interval_s=interval_s, clock=clock)
 
     def __call__(self, info: StepInfo) -> None:
         self.display.update(info.step)

@@ -214,7 +214,7 @@ def train(
     total_steps = planned_steps(cfg, train_examples)
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        data = stack.enter_context(contextlib.closing(iter(optimizer_step_batches(
+        data = stack.enter_context(contextlib.closing(_Batches(optimizer_step_batches(
             train_examples, seq_len=cfg.seq_len, batch_size=cfg.batch_size, grad_accum=cfg.optimizer.grad_accum,
             epochs=max(1, math.ceil(cfg.epochs)), seed=cfg.seed, prefetch=cfg.prefetch,
         ))))
@@ -257,6 +257,31 @@ def train(
     if is_primary_process():
         write_json_atomic(workdir / "result.json", dataclasses.asdict(result))
     return result
+
+
+class _Batches:
+    """The run's stream of optimizer-step batches (a grain iterator) until ``close``, which
+    stops grain's prefetch thread and lets the iterator go. A caller that keeps a failed
+    run's traceback (and so this frame) then does not keep the iterator until interpreter
+    exit, where grain's ``DatasetIterator.__del__`` fails on torn-down modules and prints
+    "Exception ignored in ..." tracebacks."""
+
+    def __init__(self, dataset) -> None:
+        self._it = iter(dataset)
+
+    def __next__(self) -> dict:
+        return next(self._it)
+
+    def get_state(self) -> dict:
+        return self._it.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._it.set_state(state)
+
+    def close(self) -> None:
+        if self._it is not None:
+            self._it.close()
+            self._it = None
 
 
 def _start_or_resume(trainer: Trainer, checkpoints: RunCheckpoints, data, seed: int, init_params, log: Callable[[str], None], run: str):
