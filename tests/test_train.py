@@ -10,7 +10,7 @@ import pytest
 from helpers import subprocess_env
 from flax import linen as nn
 
-from mixjax.data.domain import DomainSpec, load_domains
+from mixjax.data.domain import DomainSpec, examples_hash, load_domains
 from mixjax.data.pipeline import select_mixture
 from mixjax.data.tokenizer import ByteTokenizer
 from mixjax.model.llama import PRESETS, ModelConfig
@@ -286,6 +286,7 @@ def test_best_checkpoint_is_lowest_validation_loss(tmp_path, small_data, run_tra
     again = run_trainer.evaluate(best_params, multi_domain_eval_batches(val, seq_len=64, batch_size=8), list(val))
     assert again == pytest.approx(result.best_losses, rel=1e-5)
     assert json.loads((tmp_path / "run" / "result.json").read_text())["best_step"] == result.best_step
+    assert result.trained_examples_hash == examples_hash(examples)  # the run fingerprint's hash
 
 
 def _nan_params(trainer):
@@ -362,7 +363,7 @@ def test_presets_have_published_sizes():
 
 EXIT_SCRIPT = """
 import sys
-from mixjax.data.domain import DomainSpec, load_domains
+from mixjax.data.domain import DomainSpec, examples_hash, load_domains
 from mixjax.data.pipeline import select_mixture
 from mixjax.data.tokenizer import ByteTokenizer
 from mixjax.model.llama import ModelConfig
