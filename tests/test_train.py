@@ -289,6 +289,22 @@ def test_best_checkpoint_is_lowest_validation_loss(tmp_path, small_data, run_tra
     assert result.trained_examples_hash == examples_hash(examples)  # the run fingerprint's hash
 
 
+def test_preservation_policy_keeps_the_best_and_the_newest_full_step():
+    """The one orbax extension point mixjax uses (public checkpoint_managers API, pinned in
+    pyproject): the lowest total and the newest full step survive; unscored steps do not."""
+    import datetime
+    from types import SimpleNamespace
+
+    from mixjax.train.checkpoint import _BestAndLatestFull
+
+    now = datetime.datetime.now()
+    steps = [(2, {"full": 0.0, "total": 3.0}), (4, {"full": 1.0, "total": 2.0}), (6, {"full": 0.0, "total": 2.5}),
+             (8, {"full": 1.0}), (10, {"full": 0.0, "total": 2.2}), (12, {"full": 1.0})]
+    infos = [SimpleNamespace(step=s, metrics=m, time=now) for s, m in steps]
+    keep = _BestAndLatestFull().should_preserve(infos, context=None)
+    assert [s for (s, _), k in zip(steps, keep) if k] == [4, 12]
+
+
 def _nan_params(trainer):
     params = jax.tree.map(np.array, nn.unbox(trainer.init(jax.random.key(0)).params))
     params["norm"]["scale"][0] = np.nan
