@@ -171,7 +171,10 @@ class Checkpointing:
     - :meth:`best` (after each evaluation, sync): params only, when that evaluation lowered
       the best total on a step without a full save.
 
-    Each save's meta holds the data position (``data_state()``) and the RunRecord."""
+    Register both after the Evaluation hook: a step is saved at most once, a full save
+    carrying that step's validation total when it was evaluated (orbax keeps the best
+    step by it). Each save's meta holds the data position (``data_state()``) and the
+    RunRecord."""
 
     def __init__(self, checkpoints: RunCheckpoints, data_state: Callable[[], dict], every: int) -> None:
         self.checkpoints, self.data_state, self.every = checkpoints, data_state, every
