@@ -1,5 +1,5 @@
 """The paper's main experiment: IF / math / code on Llama-3.1-8B, optimised for 5M, 20M
-and 200M-token SFT budgets (ALGORITHM.md). Point the environment variables at local
+and 200M-token SFT budgets (arXiv 2508.11953). Point the environment variables at local
 copies; nothing is downloaded.
 
     MIXJAX_CKPT=/models/Llama-3.1-8B MIXJAX_DATA=/data/sft \\

@@ -8,10 +8,16 @@ executables instead of compiling them again (tracing still runs).
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.metadata
 import os
+import pickle
 from pathlib import Path
 
 import jax
+
+from mixjax.io import atomic_path
 
 ENV = "MIXJAX_CACHE_DIR"
 
@@ -44,57 +50,66 @@ def enable_compilation_cache() -> Path | None:
     return path
 
 
-_SOURCES = ("mixing/fit.py", "mixing/optim.py", "mixing/law.py", "mixing/solve.py", "mixing/analysis.py", "cache.py")
+@functools.cache
+def package_fingerprint() -> str:
+    """:func:`source_fingerprint` of the mixjax package, once per process."""
+    return source_fingerprint(Path(__file__).parent)
 
 
-def _source_hash() -> str:
-    import hashlib
-
-    root = Path(__file__).parent
-    digest = hashlib.sha256(jax.__version__.encode())
-    for name in _SOURCES:
-        digest.update((root / name).read_bytes())
+def source_fingerprint(root: Path) -> str:
+    """sha256 (16 hex digits) of the JAX version, mixjax's version and the bytes of every
+    ``.py`` file under ``root`` (by relative path, sorted): any edit to the package makes
+    new export keys, whichever module the edit is in."""
+    digest = hashlib.sha256(f"jax {jax.__version__}|mixjax {_version()}".encode())
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("mixjax")
+    except importlib.metadata.PackageNotFoundError:  # imported from a checkout, not installed
+        return "uninstalled"
 
 
 _LOADED: dict = {}  # file -> deserialized export, per process
 
 
-def cached_call(name: str, fn, args: tuple, static: str = ""):
+def cached_call(name: str, fn, args: tuple, static: str = "", directory: str | Path | None = None):
     """``fn(*args)`` for a jitted ``fn``, skipping Python tracing in later processes.
 
     With the compilation cache on, the first process exports the traced function
     (``jax.export``, StableHLO) next to the cache, keyed by ``name``, ``static`` (the
-    repr of the static arguments), the argument shapes/dtypes, the JAX version and the
-    source of the mixing modules; later processes deserialize it and only load the
-    compiled executable from the cache. Any failure falls back to calling ``fn``.
+    repr of the static arguments), the argument shapes/dtypes and
+    :func:`package_fingerprint`; later processes deserialize it and only load the compiled
+    executable from the cache. Errors of tracing, export or the call propagate; only a
+    failure to write the export file (an unwritable or full cache directory, OSError)
+    leaves it unwritten. ``directory``: where the exports go (default: JAX's compilation
+    cache directory; none: plain ``fn(*args)``).
     """
-    import hashlib
-    import pickle
-
-    path = jax.config.jax_compilation_cache_dir
+    path = directory or jax.config.jax_compilation_cache_dir
     if not path:
         return fn(*args)
-    try:
-        from jax import export
+    from jax import export
 
-        leaves, treedef = jax.tree.flatten(args)
-        shapes = [jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.numpy.result_type(a)) for a in leaves]
-        key = hashlib.sha256(f"{name}|{static}|{treedef}|{shapes}|{_source_hash()}".encode()).hexdigest()[:24]
-        file = Path(path) / f"mixjax-export-{name}-{key}.bin"
-        loaded = _LOADED.get(file)
-        if loaded is None and file.exists():
-            out_tree, blob = pickle.loads(file.read_bytes())
-            loaded = out_tree, export.deserialize(bytearray(blob))
-        if loaded is None:
-            # Plain lists in and out: custom pytrees (NamedTuples) need no serialization rules.
-            out_tree = jax.tree.structure(jax.eval_shape(fn, *jax.tree.unflatten(treedef, shapes)))
-            flat = jax.jit(lambda *xs: jax.tree.leaves(fn(*jax.tree.unflatten(treedef, xs))))
-            loaded = out_tree, export.export(flat)(*shapes)
-            tmp = file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(pickle.dumps((out_tree, loaded[1].serialize())))
-            tmp.replace(file)
-        _LOADED[file] = loaded
-        return jax.tree.unflatten(loaded[0], loaded[1].call(*leaves))
-    except Exception:  # noqa: BLE001 - a cache must never break the computation
-        return fn(*args)
+    leaves, treedef = jax.tree.flatten(args)
+    shapes = [jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.numpy.result_type(a)) for a in leaves]
+    key = hashlib.sha256(f"{name}|{static}|{treedef}|{shapes}|{package_fingerprint()}".encode()).hexdigest()[:24]
+    file = Path(path) / f"mixjax-export-{name}-{key}.bin"
+    loaded = _LOADED.get(file)
+    if loaded is None and file.exists():
+        out_tree, blob = pickle.loads(file.read_bytes())
+        loaded = out_tree, export.deserialize(bytearray(blob))
+    if loaded is None:
+        # Plain lists in and out: custom pytrees (NamedTuples) need no serialization rules.
+        out_tree = jax.tree.structure(jax.eval_shape(fn, *jax.tree.unflatten(treedef, shapes)))
+        flat = jax.jit(lambda *xs: jax.tree.leaves(fn(*jax.tree.unflatten(treedef, xs))))
+        loaded = out_tree, export.export(flat)(*shapes)
+        try:
+            with atomic_path(file) as tmp:
+                tmp.write_bytes(pickle.dumps((out_tree, loaded[1].serialize())))
+        except OSError:
+            pass  # the cache directory is read-only or full: this process still uses the export
+    _LOADED[file] = loaded
+    return jax.tree.unflatten(loaded[0], loaded[1].call(*leaves))

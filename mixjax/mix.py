@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mixjax.io import atomic_path
+
 
 def _parse_weights(items: list[str], names: tuple[str, ...]) -> np.ndarray:
     given = {}
@@ -110,13 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic_path(out) as tmp, open(tmp, "w") as f:
         for name, ex in rows:
             row = {"domain": name, "input_ids": ex.tokens.tolist(), "loss_mask": ex.loss_mask.tolist(),
                    "text": tokenizer.decode(ex.tokens.tolist())}
             f.write(json.dumps(row) + "\n")
-    tmp.replace(out)
     counts = {n: sum(ex.num_tokens for d, ex in rows if d == n) for n in names}
     print(f"wrote {len(rows)} examples to {out}: " + ", ".join(f"{n} {counts[n]} tokens (w={w:.4f})" for n, w in zip(names, weights)))
     return 0

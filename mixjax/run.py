@@ -12,7 +12,6 @@ the others are kept.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from mixjax.cache import enable_compilation_cache
@@ -36,8 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None, train_fn=None) -> int:
-    """``train_fn`` replaces mixjax.train.loop.train (tests)."""
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.distributed:
         import jax
@@ -51,8 +49,6 @@ def main(argv: list[str] | None = None, train_fn=None) -> int:
             raise ConfigError(f"--stages: unknown {sorted(unknown)} (have: {', '.join(STAGES)})")
         config = apply_overrides(load_config(args.config), args.set)
         options = Options(retrain=args.retrain, profile=args.profile, progress=not args.no_progress)
-        if train_fn is not None:
-            options = dataclasses.replace(options, train_fn=train_fn)
         pipeline = Pipeline(config, options)
         if args.run is not None:
             pipeline.run_one(args.run)

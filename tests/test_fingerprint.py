@@ -93,7 +93,7 @@ def test_a_record_written_before_fields_were_neutral_is_reused(tmp_path):
     assert len(fake.calls) == 9
 
 
-def test_a_base_model_written_before_fields_were_neutral_is_reused(tmp_path):
+def test_a_base_model_written_before_fields_were_neutral_is_reused(tmp_path, monkeypatch):
     from mixjax.pipeline.config import PretrainConfig, load_config
     from mixjax.pipeline.pretrain import base_fingerprint, ensure_base_model
     from test_pipeline import TINY
@@ -110,7 +110,10 @@ def test_a_base_model_written_before_fields_were_neutral_is_reused(tmp_path):
     def no_training(*args, **kwargs):
         raise AssertionError("retrained the base model")
 
-    assert ensure_base_model(pre, model, tmp_path, log=lambda m: None, train_fn=no_training) == legacy
+    from helpers import use_train
+
+    use_train(monkeypatch, no_training)
+    assert ensure_base_model(pre, model, tmp_path, log=lambda m: None) == legacy
     old["train"]["seq_len"] = 32  # a result field: not that base model
     (legacy / "fingerprint.json").write_text(json.dumps({"fingerprint": old}))
     from mixjax.pipeline.pretrain import existing_base_model

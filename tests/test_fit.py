@@ -1,7 +1,7 @@
 import jax
 import numpy as np
 import pytest
-from conftest import WORKED_LOSSES
+from helpers import WORKED_LOSSES
 
 from mixjax.mixing.design import law_losses, perturbation_runs
 from mixjax.mixing.fit import DomainData, FitConfig, fit_law, ratio_design

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PUBLISHED_WEIGHTS
+from helpers import PUBLISHED_WEIGHTS
 
 from mixjax.fit import main
 

@@ -51,7 +51,7 @@ def test_mix_bad_weights_exit_2(tmp_path, capsys):
     assert "unknown domain" in capsys.readouterr().err
 
 
-def test_mix_writes_the_examples_the_validation_run_trained(tmp_path, capsys):
+def test_mix_writes_the_examples_the_validation_run_trained(tmp_path, capsys, monkeypatch):
     """Issue 16 item 5: for a config with a pretrain stage (demo-shaped), mixjax.mix at the
     validation budget writes exactly the optimal validation run's examples: the base model's
     BPE tokenizer (not config.tokenizer "byte") and the pipeline's selection and seed."""
@@ -86,7 +86,7 @@ def test_mix_writes_the_examples_the_validation_run_trained(tmp_path, capsys):
 
     trained = {}
 
-    def fake_train(model, cfg, examples, val_sets, workdir, **kwargs):
+    def fake_train(trainer, cfg, examples, val_sets, workdir, **kwargs):
         trained[Path(workdir).name] = examples
         losses = {n: 3.0 for n in val_sets}
         write_json_atomic(Path(workdir) / "result.json", {"best_step": 1, "best_losses": losses, "final_step": 1, "history": []})
@@ -99,7 +99,10 @@ def test_mix_writes_the_examples_the_validation_run_trained(tmp_path, capsys):
         "_m = importlib.util.module_from_spec(_s); _s.loader.exec_module(_m)\n"
         f"config = dataclasses.replace(_m.config, workdir={str(tmp_path)!r}, pretrain={pre!r})\n"
     )
-    pipeline = Pipeline(load_config(config_file), Options(train_fn=fake_train, progress=False), log=lambda m: None)
+    from helpers import use_train
+
+    use_train(monkeypatch, fake_train)
+    pipeline = Pipeline(load_config(config_file), Options(progress=False), log=lambda m: None)
     pipeline.run(("pretrain", "plan", "perturb"))
     # The solve stage's output (its weights at the validation budget; solving is tested elsewhere).
     write_json_atomic(tmp_path / "tiny" / "solution.json", {"domains": ["instruct", "math"], "weights": {"4000": [0.3125, 0.6875]}})

@@ -28,12 +28,12 @@ def tiny_run(workdir):
     from mixjax.data.pipeline import select_mixture
     from mixjax.data.tokenizer import ByteTokenizer
     from mixjax.model.llama import ModelConfig
-    from mixjax.train.loop import train
+    from mixjax.train.loop import Trainer, train
 
     model = ModelConfig(vocab_size=263, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=64, dtype="float32", rope_theta=10_000.0, tie_embeddings=True)
     domains = load_domains([DomainSpec(n, (f"synthetic:{n}:120",), 8) for n in ("instruct", "math")], ByteTokenizer(), 65)
     examples = select_mixture(domains, {"instruct": 1500, "math": 1500}, seed=0)
-    return train(model, run_config(), examples, {n: d.val for n, d in domains.items()}, workdir, progress=False, log=lambda s: None)
+    return train(Trainer(model, run_config()), run_config(), examples, {n: d.val for n, d in domains.items()}, workdir, progress=False, log=lambda s: None)
 
 
 def _free_port() -> int:
@@ -47,7 +47,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_two_processes_train_what_one_process_trains(tmp_path):
-    from conftest import subprocess_env
+    from helpers import subprocess_env
 
     port = _free_port()
     env = subprocess_env(XLA_FLAGS="")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import subprocess_env
+from helpers import subprocess_env, use_train
 
 from mixjax.pipeline.config import ConfigError, apply_overrides, load_config
 from mixjax.run import main
@@ -107,11 +107,11 @@ class FakeTrain:
     def __init__(self, fail=()):
         self.calls, self.fail = [], set(fail)
 
-    def __call__(self, model, cfg, examples, val_sets, workdir, *, init_params=None, progress=True, log=print, trainer=None):
+    def __call__(self, trainer, cfg, examples, val_sets, workdir, *, init_params=None, log=print, progress=True, hooks=()):
         workdir = Path(workdir)
         self.calls.append((workdir.name, cfg))
         self.positions = getattr(self, "positions", {}) | {workdir.name: sum(e.num_tokens - 1 for e in examples)}
-        self.inits = getattr(self, "inits", []) + [(model, init_params)]
+        self.inits = getattr(self, "inits", []) + [(trainer.model, init_params)]
         if workdir.name in self.fail:
             raise RuntimeError(f"non-finite train loss in run {workdir.name} at step 2")
         x = json.loads((workdir / "spec.json").read_text())["selected_tokens"]
@@ -122,8 +122,10 @@ class FakeTrain:
         write_json_atomic(workdir / "result.json", {"best_step": steps, "best_losses": losses, "final_step": steps, "history": history})
 
 
-def _main(args, workdir, fake, config=TINY):
-    return main(["--config", str(config), "--no-progress", "--set", f"workdir='{workdir}'", *args], train_fn=fake)
+def _main(args, workdir, fake, config=TINY, progress=False):
+    with pytest.MonkeyPatch.context() as mp:
+        use_train(mp, fake)
+        return main(["--config", str(config), *([] if progress else ["--no-progress"]), "--set", f"workdir='{workdir}'", *args])
 
 
 @pytest.fixture
@@ -199,6 +201,14 @@ def test_runs_csv_records_selected_not_planned_tokens(tmp_path):
     assert rows[0] == "tokens.instruct,tokens.math,loss.instruct,loss.math"
     base_row = [r for r in rows[1:] if r.startswith(f"{float(selected['instruct'])!r},{float(selected['math'])!r},")]
     assert len(base_row) == 1
+
+
+def test_progress_off_a_terminal_is_one_line_per_finished_run(tmp_path, capsys):
+    """stderr is not a terminal under capsys (as in CI logs, SLURM, 2> log): no bars."""
+    assert _main(["--stages", "plan,perturb"], tmp_path, FakeTrain(), progress=True) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert [line for line in err.splitlines() if "perturbation runs" in line] == [f"perturbation runs: {i}/9 done" for i in range(1, 10)]
 
 
 def test_only_primary_process_writes(tmp_path):
@@ -346,7 +356,7 @@ def test_full_pipeline_with_grid_report(tmp_path):
 # ---------------------------------------------------------------------- #9 items 1, 2: pretrain stage
 
 
-def test_pretrain_saves_a_hf_base_that_the_runs_fine_tune_from(tmp_path):
+def test_pretrain_saves_a_hf_base_that_the_runs_fine_tune_from(tmp_path, monkeypatch):
     from mixjax.model.hf import load_hf_checkpoint
     from mixjax.pipeline.config import PretrainConfig
     from mixjax.pipeline.pretrain import base_fingerprint, base_model_dir, ensure_base_model
@@ -373,13 +383,16 @@ def test_pretrain_saves_a_hf_base_that_the_runs_fine_tune_from(tmp_path):
     def no_training(*args, **kwargs):
         raise AssertionError("retrained a cached base model")
 
-    assert ensure_base_model(pre, config.model_config(), tmp_path, log=logs.append, train_fn=no_training) == base
+    with monkeypatch.context() as mp:
+        use_train(mp, no_training)
+        assert ensure_base_model(pre, config.model_config(), tmp_path, log=logs.append) == base
     changed = dataclasses.replace(pre, seed=1)
     assert base_model_dir(tmp_path, base_fingerprint(changed, config.model_config(), 64)) != base
 
     # The SFT runs fine-tune from it through the checkpoint= path: its tokenizer, config, weights.
     fake = FakeTrain()
-    pipeline = Pipeline(config, Options(train_fn=fake, progress=False), log=logs.append)
+    use_train(monkeypatch, fake)
+    pipeline = Pipeline(config, Options(progress=False), log=logs.append)
     pipeline.run(("pretrain", "plan", "perturb"))
     assert pipeline.inputs().config.checkpoint == str(base) and pipeline.inputs().config.tokenizer == str(base)
     assert len(fake.calls) == 9
@@ -412,7 +425,7 @@ def test_job_array_task_trains_one_run(tmp_path):
 def test_simplex_plot_for_three_domains(tmp_path):
     from types import SimpleNamespace
 
-    from conftest import PUBLISHED_PARAMS
+    from helpers import PUBLISHED_PARAMS
 
     from mixjax.pipeline.report import plot_simplex
 

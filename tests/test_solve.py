@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import PUBLISHED_PARAMS, PUBLISHED_WEIGHTS
+from helpers import PUBLISHED_PARAMS, PUBLISHED_WEIGHTS
 
 from mixjax.mixing.analysis import check_convexity, tangent_basis, weight_jacobians
 from mixjax.mixing.baselines import grid_search, proportional_weights, simplex_grid

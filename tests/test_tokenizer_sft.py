@@ -21,7 +21,7 @@ from mixjax.data.pipeline import select_mixture  # noqa: E402
 from mixjax.data.tokenizer import check_vocab, load_tokenizer  # noqa: E402
 from mixjax.model.hf import load_hf_checkpoint, save_hf_checkpoint  # noqa: E402
 from mixjax.model.llama import Decoder, ModelConfig  # noqa: E402
-from mixjax.train.loop import TrainConfig, train  # noqa: E402
+from mixjax.train.loop import TrainConfig, Trainer, train  # noqa: E402
 from mixjax.train.optimizer import OptimizerConfig  # noqa: E402
 from test_tokenizer import build_family  # noqa: E402
 
@@ -45,7 +45,7 @@ def test_sft_steps_from_hf_checkpoint_with_its_tokenizer_are_finite(tmp_path, fa
     assert all(int(e.tokens.max()) < model.vocab_size for d in domains.values() for e in d.train)
     examples = select_mixture(domains, {"instruct": 1500, "math": 1500}, seed=0)
     cfg = TrainConfig(seq_len=128, batch_size=4, max_steps=3, eval_every=3, checkpoint_every=3, optimizer=OptimizerConfig(learning_rate=1e-3))
-    result = train(model, cfg, examples, {n: d.val for n, d in domains.items()}, tmp_path / "run", init_params=init_params, progress=False, log=lambda s: None)
+    result = train(Trainer(model, cfg), cfg, examples, {n: d.val for n, d in domains.items()}, tmp_path / "run", init_params=init_params, progress=False, log=lambda s: None)
     losses = [v for h in result.history for v in h["losses"].values()]
     assert result.final_step == 3 and losses and all(math.isfinite(v) for v in losses)
     assert all(d.val and all(e.loss_mask.sum() > 0 for e in d.val) for d in domains.values())

@@ -7,16 +7,18 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import subprocess_env
+from helpers import subprocess_env
 from flax import linen as nn
 
-from mixjax.data.domain import DomainSpec, load_domains
+from mixjax.data.domain import DomainSpec, examples_hash, load_domains
 from mixjax.data.pipeline import select_mixture
 from mixjax.data.tokenizer import ByteTokenizer
 from mixjax.model.llama import PRESETS, ModelConfig
 from mixjax.data.pipeline import multi_domain_eval_batches, optimizer_step_batches
 from mixjax.train.checkpoint import RunCheckpoints
-from mixjax.train.loop import DataExhaustedError, NonFiniteLossError, TrainConfig, Trainer, planned_steps, train
+from mixjax.train.errors import DataExhaustedError, NonFiniteLossError
+from mixjax.train.hooks import Hook
+from mixjax.train.loop import TrainConfig, Trainer, planned_steps, train
 from mixjax.train.optimizer import (
     OptimizerConfig,
     learning_rate,
@@ -192,13 +194,17 @@ def _quiet(**kw):
     return dict(progress=False, log=lambda s: None, **kw)
 
 
+def _interrupt(info):
+    raise KeyboardInterrupt(f"stopped at step {info.step}")  # as a crash would
+
+
 def test_one_trainer_compiles_once_for_runs_of_any_length(tmp_path, small_data, run_trainer):
     examples, val = small_data
     shared = Trainer(TINY, _run_cfg())
-    results = {n: train(TINY, _run_cfg(max_steps=n), examples, val, tmp_path / f"shared{n}", **_quiet(trainer=shared)) for n in (7, 12)}
+    results = {n: train(shared, _run_cfg(max_steps=n), examples, val, tmp_path / f"shared{n}", **_quiet()) for n in (7, 12)}
     assert shared.traces == {"train": 1, "eval": 1}
     for n in (7, 12):
-        alone = train(TINY, _run_cfg(max_steps=n), examples, val, tmp_path / f"alone{n}", **_quiet(trainer=run_trainer))  # another Trainer
+        alone = train(run_trainer, _run_cfg(max_steps=n), examples, val, tmp_path / f"alone{n}", **_quiet())  # another Trainer
         assert results[n].final_step == n
         assert results[n].history == alone.history
         rows = [json.loads(line) for line in (tmp_path / f"shared{n}" / "metrics.jsonl").read_text().splitlines()]
@@ -218,10 +224,10 @@ def test_eval_all_domains_in_one_call_matches_per_domain(small_data, run_trainer
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, small_data, run_trainer):
     examples, val = small_data
-    full = train(TINY, _run_cfg(), examples, val, tmp_path / "full", **_quiet(trainer=run_trainer))
+    full = train(run_trainer, _run_cfg(), examples, val, tmp_path / "full", **_quiet())
     with pytest.raises(KeyboardInterrupt):
-        train(TINY, _run_cfg(), examples, val, tmp_path / "crash", **_quiet(trainer=run_trainer, stop_after=5))
-    resumed = train(TINY, _run_cfg(), examples, val, tmp_path / "crash", **_quiet(trainer=run_trainer))
+        train(run_trainer, _run_cfg(), examples, val, tmp_path / "crash", **_quiet(hooks=[Hook(_interrupt, every=5)]))
+    resumed = train(run_trainer, _run_cfg(), examples, val, tmp_path / "crash", **_quiet())
     assert resumed.final_step == full.final_step
     params = [RunCheckpoints(tmp_path / run / "checkpoints").restore_latest(run_trainer.abstract_state)[0].params for run in ("full", "crash")]
     for a, b in zip(_leaves(params[0]), _leaves(params[1])):
@@ -242,7 +248,7 @@ def test_kill_right_after_a_checkpoint_write_resumes(tmp_path, small_data, run_t
 
     examples, val = small_data
     cfg = _run_cfg(eval_every=2, checkpoint_every=3)
-    full = train(TINY, cfg, examples, val, tmp_path / "full", **_quiet(trainer=run_trainer))
+    full = train(run_trainer, cfg, examples, val, tmp_path / "full", **_quiet())
     assert {h["step"] for h in full.history} >= {2, 4, 6} and full.history[1]["total"] < full.history[0]["total"]
     save = ocp.CheckpointManager.save
 
@@ -255,9 +261,9 @@ def test_kill_right_after_a_checkpoint_write_resumes(tmp_path, small_data, run_t
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(TINY, cfg, examples, val, tmp_path / "crash", **_quiet(trainer=run_trainer))
+        train(run_trainer, cfg, examples, val, tmp_path / "crash", **_quiet())
     monkeypatch.setattr(ocp.CheckpointManager, "save", save)
-    resumed = train(TINY, cfg, examples, val, tmp_path / "crash", **_quiet(trainer=run_trainer))
+    resumed = train(run_trainer, cfg, examples, val, tmp_path / "crash", **_quiet())
     assert resumed.history == full.history and resumed.best_step == full.best_step
     params = [RunCheckpoints(tmp_path / run / "checkpoints").restore_latest(run_trainer.abstract_state)[0].params for run in ("full", "crash")]
     for a, b in zip(_leaves(params[0]), _leaves(params[1])):
@@ -267,7 +273,7 @@ def test_kill_right_after_a_checkpoint_write_resumes(tmp_path, small_data, run_t
 def test_best_checkpoint_is_lowest_validation_loss(tmp_path, small_data, run_trainer):
     examples, val = small_data
     cfg = _run_cfg(eval_every=2, checkpoint_every=5)
-    result = train(TINY, cfg, examples, val, tmp_path / "run", **_quiet(trainer=run_trainer))
+    result = train(run_trainer, cfg, examples, val, tmp_path / "run", **_quiet())
     totals = {h["step"]: h["total"] for h in result.history}
     assert result.best_step == min(totals, key=totals.get)
     assert result.best_total == pytest.approx(min(totals.values()))
@@ -280,6 +286,23 @@ def test_best_checkpoint_is_lowest_validation_loss(tmp_path, small_data, run_tra
     again = run_trainer.evaluate(best_params, multi_domain_eval_batches(val, seq_len=64, batch_size=8), list(val))
     assert again == pytest.approx(result.best_losses, rel=1e-5)
     assert json.loads((tmp_path / "run" / "result.json").read_text())["best_step"] == result.best_step
+    assert result.trained_examples_hash == examples_hash(examples)  # the run fingerprint's hash
+
+
+def test_preservation_policy_keeps_the_best_and_the_newest_full_step():
+    """The one orbax extension point mixjax uses (public checkpoint_managers API, pinned in
+    pyproject): the lowest total and the newest full step survive; unscored steps do not."""
+    import datetime
+    from types import SimpleNamespace
+
+    from mixjax.train.checkpoint import _BestAndLatestFull
+
+    now = datetime.datetime.now()
+    steps = [(2, {"full": 0.0, "total": 3.0}), (4, {"full": 1.0, "total": 2.0}), (6, {"full": 0.0, "total": 2.5}),
+             (8, {"full": 1.0}), (10, {"full": 0.0, "total": 2.2}), (12, {"full": 1.0})]
+    infos = [SimpleNamespace(step=s, metrics=m, time=now) for s, m in steps]
+    keep = _BestAndLatestFull().should_preserve(infos, context=None)
+    assert [s for (s, _), k in zip(steps, keep) if k] == [4, 12]
 
 
 def _nan_params(trainer):
@@ -291,7 +314,7 @@ def _nan_params(trainer):
 def test_non_finite_train_loss_stops_the_run(tmp_path, small_data, run_trainer):
     examples, val = small_data
     with pytest.raises(NonFiniteLossError) as err:
-        train(TINY, _run_cfg(), examples, val, tmp_path / "nan", **_quiet(trainer=run_trainer, init_params=_nan_params(run_trainer)))
+        train(run_trainer, _run_cfg(), examples, val, tmp_path / "nan", **_quiet(init_params=_nan_params(run_trainer)))
     assert (err.value.run, err.value.step, err.value.what) == ("nan", 1, "train")
     assert isinstance(err.value, RuntimeError) and "'nan'" in str(err.value) and "step 1" in str(err.value)
     assert not (tmp_path / "nan" / "result.json").exists()
@@ -301,7 +324,7 @@ def test_non_finite_eval_loss_stops_the_run(tmp_path, small_data, run_trainer):
     examples, val = small_data
     bad = dataclasses.replace(val["math"][0], tokens=np.full_like(val["math"][0].tokens, 10_000))  # beyond the embedding: NaN
     with pytest.raises(NonFiniteLossError) as err:
-        train(TINY, _run_cfg(), examples, {"instruct": val["instruct"], "math": (bad,)}, tmp_path / "evalnan", **_quiet(trainer=run_trainer))
+        train(run_trainer, _run_cfg(), examples, {"instruct": val["instruct"], "math": (bad,)}, tmp_path / "evalnan", **_quiet())
     assert (err.value.step, err.value.what) == (3, "eval")  # the first evaluation (eval_every=3)
     assert not (tmp_path / "evalnan" / "result.json").exists()
 
@@ -310,7 +333,7 @@ def test_data_exhausted_before_the_schedule_ends_is_an_error(tmp_path, small_dat
     examples, val = small_data
     supplied = sum(1 for _ in optimizer_step_batches(examples, seq_len=64, batch_size=8, grad_accum=1, epochs=1, seed=0))
     with pytest.raises(DataExhaustedError) as err:
-        train(TINY, _run_cfg(epochs=1, max_steps=supplied + 5), examples, val, tmp_path / "short", **_quiet(trainer=run_trainer))
+        train(run_trainer, _run_cfg(epochs=1, max_steps=supplied + 5), examples, val, tmp_path / "short", **_quiet())
     assert (err.value.run, err.value.step, err.value.total_steps) == ("short", supplied, supplied + 5)
     assert not (tmp_path / "short" / "result.json").exists()
 
@@ -336,7 +359,7 @@ def _tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
 
 def test_metrics_jsonl_tensorboard_and_profile(tmp_path, small_data, run_trainer):
     examples, val = small_data
-    result = train(TINY, _run_cfg(max_steps=8, profile=True), examples, val, tmp_path / "obs", **_quiet(trainer=run_trainer))
+    result = train(run_trainer, _run_cfg(max_steps=8, profile=True), examples, val, tmp_path / "obs", **_quiet())
     rows = [json.loads(line) for line in (tmp_path / "obs" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert set(rows[0]) == {"step", "loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu"}
@@ -352,3 +375,41 @@ def test_presets_have_published_sizes():
     assert PRESETS["llama3.1-8b"].num_params() == 8_030_261_248
     assert PRESETS["llama3.2-1b"].num_params() == 1_235_814_400
     assert PRESETS["qwen2.5-0.5b"].num_params() == 494_032_768
+
+
+EXIT_SCRIPT = """
+import sys
+from mixjax.data.domain import DomainSpec, examples_hash, load_domains
+from mixjax.data.pipeline import select_mixture
+from mixjax.data.tokenizer import ByteTokenizer
+from mixjax.model.llama import ModelConfig
+from mixjax.train.hooks import Hook
+from mixjax.train.loop import TrainConfig, Trainer, train
+
+def fail(info):
+    raise RuntimeError(f"a hook failed at step {info.step}")
+
+model = ModelConfig(vocab_size=263, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=32, dtype="float32", rope_theta=10_000.0, tie_embeddings=True)
+domains = load_domains([DomainSpec(n, (f"synthetic:{n}:40",), 4) for n in ("instruct", "math")], ByteTokenizer(), 65)
+examples = select_mixture(domains, {"instruct": 1000, "math": 1000}, seed=0)
+cfg = TrainConfig(seq_len=64, batch_size=4, epochs=1, max_steps=6, eval_every=3, checkpoint_every=6)
+trainer, val = Trainer(model, cfg), {n: d.val for n, d in domains.items()}
+print(train(trainer, cfg, examples, val, sys.argv[1] + "/ok", progress=True).final_step)
+try:
+    train(trainer, cfg, examples, val, sys.argv[1] + "/failed", progress=True, hooks=[Hook(fail, every=2)])
+except RuntimeError as err:
+    KEPT = err  # a caller keeping the error keeps the failed run's frame alive until exit
+    print(err)
+"""
+
+
+def test_a_run_leaves_no_tracebacks_or_bars_on_a_non_terminal(tmp_path):
+    """A finished and a failed run in a child process whose stderr is a pipe (as in CI,
+    SLURM, 2> log): no grain "Exception ignored in DatasetIterator.__del__" tracebacks
+    at exit (the failed run's frame lives on in KEPT), no tqdm carriage returns."""
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", EXIT_SCRIPT, str(tmp_path)], env=subprocess_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines()[-2:] == ["6", "a hook failed at step 2"]
+    assert "Exception ignored" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "\r" not in out.stderr and len(out.stderr.splitlines()) <= 2, out.stderr[-3000:]

@@ -52,6 +52,17 @@ class Example:
         return int(self.tokens.shape[0])
 
 
+def examples_hash(examples: Sequence[Example]) -> str:
+    """sha256 hex digest of the examples' tokens and loss masks, in order: for each example
+    its length (int64), tokens (int32) and loss mask (int32). The run fingerprint's
+    ``examples`` field and a run's ``trained_examples_hash`` (result.json)."""
+    digest = hashlib.sha256()
+    for e in examples:
+        tokens, mask = np.asarray(e.tokens, np.int32), np.asarray(e.loss_mask, np.int32)
+        digest.update(np.int64(tokens.size).tobytes() + tokens.tobytes() + mask.tobytes())
+    return digest.hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class Domain:
     name: str

@@ -1,4 +1,5 @@
-"""The perturbation experiments of ALGORITHM.md: base run + each domain at each scale."""
+"""The paper's 4k+1 perturbation experiments (arXiv 2508.11953; README, "The pipeline", plan):
+base run + each domain at each scale."""
 
 from __future__ import annotations
 

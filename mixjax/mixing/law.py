@@ -1,4 +1,5 @@
-"""The SFT scaling law with effective data transferred (ALGORITHM.md, "Loss model").
+"""The SFT scaling law with effective data transferred (Li, Liu & Xing 2025, arXiv 2508.11953;
+README, "The method, as implemented").
 
     L_i(w, N) = c_i * (w_i N + gamma_i ((1 - w_i) N)^alpha_i)^(-beta_i) + e_i
 

@@ -16,10 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mixjax.config_fields import neutral_fields, result_dict
-from mixjax.data.domain import DomainSpec, Example
+from mixjax.data.domain import DomainSpec
 from mixjax.model.llama import ModelConfig
 from mixjax.train.loop import TrainConfig
 
@@ -55,15 +53,6 @@ def data_stamp(domains: Sequence[DomainSpec]) -> dict:
         d.name: {**{k: v for k, v in result_dict(d).items() if k not in ("name", "sources")}, "sources": [source_stamp(s) for s in d.sources]}
         for d in domains
     }
-
-
-def examples_hash(examples: Sequence[Example]) -> str:
-    """Content hash of the selected training examples (tokens and loss masks, in order)."""
-    digest = hashlib.sha256()
-    for e in examples:
-        tokens, mask = np.asarray(e.tokens, np.int32), np.asarray(e.loss_mask, np.int32)
-        digest.update(np.int64(tokens.size).tobytes() + tokens.tobytes() + mask.tobytes())
-    return digest.hexdigest()
 
 
 def config_dict(obj: Any, drop: Sequence[str] = ()) -> dict:

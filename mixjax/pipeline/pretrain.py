@@ -20,8 +20,8 @@ from mixjax.data.corpus import pretraining_corpus, pretraining_data
 from mixjax.data.tokenizer import load_tokenizer, train_bpe_tokenizer
 from mixjax.io import barrier, is_primary_process, write_json_atomic
 from mixjax.model.llama import ModelConfig
-from mixjax.train.loop import Trainer
-from mixjax.pipeline.training import DEFAULT_TRAIN, TrainFn, best_params, run_train_config, steps_for_run
+from mixjax.train.loop import Trainer, train
+from mixjax.pipeline.training import best_params, run_train_config, steps_for_run
 from mixjax.pipeline.config import ConfigError, ExperimentConfig, PretrainConfig
 from mixjax.pipeline.fingerprint import config_dict, differences, digest, normalise
 
@@ -60,7 +60,7 @@ def existing_base_model(workdir: str | Path, fingerprint: dict) -> Path | None:
 
 def ensure_base_model(
     pretrain: PretrainConfig, model: ModelConfig, workdir: str | Path, *, log: Callable[[str], None] = print,
-    progress: bool = True, train_fn: TrainFn = DEFAULT_TRAIN, profile: bool = False,
+    progress: bool = True, profile: bool = False,
 ) -> Path:
     """The base model directory for this config: reused when complete, else trained now."""
     tc = pretrain.train
@@ -85,7 +85,7 @@ def ensure_base_model(
     log(f"pretrain: {len(examples):,} documents, {tokens:,} tokens, BPE vocabulary {tokenizer.vocab_size}, {steps} steps -> {out}")
     run_dir = out / "train"
     trainer = Trainer(model, cfg)
-    train_fn(model, cfg, examples, val, run_dir, init_params=None, progress=progress, log=log, trainer=trainer)
+    train(trainer, cfg, examples, val, run_dir, progress=progress, log=log)
     params = best_params(trainer, run_dir)
     if primary:
         from mixjax.model.hf import save_hf_checkpoint
@@ -103,7 +103,7 @@ def ensure_base_model(
 
 def fine_tuning_config(
     config: ExperimentConfig, *, build: bool = True, log: Callable[[str], None] = print, progress: bool = True,
-    train_fn: TrainFn = DEFAULT_TRAIN, profile: bool = False,
+    profile: bool = False,
 ) -> ExperimentConfig:
     """The config the SFT runs use: for a config with ``pretrain=``, ``checkpoint`` and
     ``tokenizer`` point at its base model directory (its BPE tokenizer, not the config's
@@ -119,7 +119,7 @@ def fine_tuning_config(
         return config
     if build:
         base = ensure_base_model(
-            config.pretrain, config.model_config(), config.workdir, log=log, progress=progress, train_fn=train_fn, profile=profile,
+            config.pretrain, config.model_config(), config.workdir, log=log, progress=progress, profile=profile,
         )
     else:
         fingerprint = base_fingerprint(config.pretrain, config.model_config(), config.pretrain.train.seq_len)

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from mixjax.data.budget import token_budgets
-from mixjax.data.domain import Domain, Example, load_domains
+from mixjax.data.domain import Domain, Example, examples_hash, load_domains
 from mixjax.data.tokenizer import check_vocab, load_tokenizer
 from mixjax.data.pipeline import mixture_selection
 from mixjax.mixing.baselines import feasible_mask, proportional_weights, simplex_grid, uniform_weights
@@ -38,11 +37,12 @@ from mixjax.mixing.mixture import report_for_params
 from mixjax.mixing.runs import read_run_table
 from mixjax.mixing.solve import Constraints
 from mixjax.model.llama import ModelConfig
-from mixjax.pipeline.training import DEFAULT_TRAIN, RUN_ERRORS, TrainFn, run_train_config, steps_for_run
+from mixjax.pipeline.training import RUN_ERRORS, run_train_config, steps_for_run
 from mixjax.pipeline.config import ConfigError, ExperimentConfig, validate
-from mixjax.pipeline.fingerprint import config_dict, data_stamp, directory_stamp, examples_hash, normalise
+from mixjax.pipeline.fingerprint import config_dict, data_stamp, directory_stamp, normalise
 from mixjax.pipeline.store import RunSpec, RunStore
-from mixjax.train.loop import Trainer, TrainConfig
+from mixjax.progress import progress_iter
+from mixjax.train.loop import Trainer, TrainConfig, train
 
 STAGES = ("pretrain", "plan", "perturb", "fit", "solve", "validate", "report")
 
@@ -60,8 +60,7 @@ class RunsFailed(RuntimeError):
 class Options:
     retrain: bool = False  # retrain runs whose fingerprint changed instead of stopping
     profile: bool = False  # train.profile: a jax.profiler trace of a few steps per run
-    progress: bool = True
-    train_fn: TrainFn = DEFAULT_TRAIN  # injectable for tests
+    progress: bool = True  # bars on a terminal, plain lines elsewhere
 
 
 # ---------------------------------------------------------------------- inputs
@@ -181,7 +180,7 @@ def prepare_run(spec: RunSpec, inputs: Inputs, profile: bool = False) -> Prepare
 
 
 def train_runs(
-    runs: Sequence[PreparedRun], store: RunStore, label: str, *, model: ModelConfig, val_sets: Mapping[str, Sequence[Example]],
+    runs: Sequence[PreparedRun], store: RunStore, label: str, *, val_sets: Mapping[str, Sequence[Example]],
     init_params, trainer: Callable[[], Trainer], options: Options, after_each: Callable[[], None] = lambda: None,
 ) -> dict[str, str]:
     """Train every run that has not finished; returns {name: error} of the runs that raised.
@@ -191,12 +190,12 @@ def train_runs(
     todo = [r for r in runs if store.result(r.spec.name) is None]
     store.log(f"{label}: {len(runs)} runs, {len(runs) - len(todo)} already finished")
     failed = {}
-    for run in tqdm(todo, desc=label, disable=not options.progress):
+    for run in progress_iter(todo, label, enabled=options.progress):
         store.start(run.spec, run.fingerprint, run.selected_tokens)
         try:
-            options.train_fn(
-                model, run.train, run.examples, val_sets, store.run_dir(run.spec.name),
-                init_params=init_params, progress=options.progress, log=store.log, trainer=trainer(),
+            train(
+                trainer(), run.train, run.examples, val_sets, store.run_dir(run.spec.name),
+                init_params=init_params, progress=options.progress, log=store.log,
             )
         except RUN_ERRORS as err:
             failed[run.spec.name] = f"{type(err).__name__}: {err}"
@@ -283,9 +282,7 @@ class Pipeline:
             from mixjax.pipeline.pretrain import fine_tuning_config
 
             try:
-                config = fine_tuning_config(
-                    self.config, log=self.store.log, progress=self.options.progress, train_fn=self.options.train_fn, profile=self.options.profile,
-                )
+                config = fine_tuning_config(self.config, log=self.store.log, progress=self.options.progress, profile=self.options.profile)
             except RUN_ERRORS as err:
                 raise RunsFailed({"pretrain": f"{type(err).__name__}: {err}"}) from err
             self._inputs = Inputs(config)
@@ -315,7 +312,7 @@ class Pipeline:
         runs = [prepare_run(s, inputs, self.options.profile) for s in specs]
         val = {n: d.val for n, d in inputs.domains.items()}
         failed = train_runs(
-            runs, self.store, label, model=inputs.model, val_sets=val, init_params=inputs.init_params, trainer=lambda: inputs.trainer, options=self.options,
+            runs, self.store, label, val_sets=val, init_params=inputs.init_params, trainer=lambda: inputs.trainer, options=self.options,
             after_each=self.write_tables,
         )
         self.failed.update(failed)

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mixjax.io import barrier, is_primary_process, write_json_atomic
+from mixjax.io import atomic_path, barrier, is_primary_process, write_json_atomic
 from mixjax.mixing.runs import write_run_table
 from mixjax.pipeline.config import ConfigError
 from mixjax.pipeline.fingerprint import describe, differences
@@ -149,7 +148,6 @@ class RunStore:
             tokens = (record or {}).get("selected_tokens") or spec.tokens
             rows.append(([tokens[d] for d in domains], [result["best_losses"][d] for d in domains]))
         if rows and self.primary:
-            tmp = self.dir / (filename + ".tmp")
-            write_run_table(tmp, domains, [r[0] for r in rows], [r[1] for r in rows])
-            os.replace(tmp, self.dir / filename)
+            with atomic_path(self.dir / filename) as tmp:
+                write_run_table(tmp, domains, [r[0] for r in rows], [r[1] for r in rows])
         return len(rows)

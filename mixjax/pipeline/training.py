@@ -4,7 +4,7 @@ stage's runs share, and the run errors it records and moves past."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -13,11 +13,8 @@ from flax import linen as nn
 from mixjax.data.domain import Example
 from mixjax.data.pipeline import trained_positions
 from mixjax.train.checkpoint import RunCheckpoints
-from mixjax.train.loop import Trainer, TrainConfig, train
+from mixjax.train.loop import Trainer, TrainConfig
 from mixjax.train.optimizer import steps_for_budget
-
-TrainFn = Callable[..., object]  # the signature of mixjax.train.loop.train (tests inject fakes)
-DEFAULT_TRAIN: TrainFn = train
 
 # Errors of one run that the pipeline records and moves past: NonFiniteLossError and
 # DataExhaustedError (both RuntimeErrors), and runtime failures of a run such as an OOM.

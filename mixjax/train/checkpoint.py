@@ -27,7 +27,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from orbax.checkpoint._src.checkpoint_managers import preservation_policy as pp
+from orbax.checkpoint import checkpoint_managers as policies  # public API (orbax-checkpoint >= 0.11.20)
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:
@@ -42,11 +42,11 @@ def _total(metrics: dict) -> float:
 
 
 @dataclasses.dataclass
-class _BestAndLatestFull(pp.PreservationPolicy):
+class _BestAndLatestFull(policies.PreservationPolicy):
     """Keep the step with the lowest validation total (orbax BestN on best_fn) and the newest full step."""
 
     def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> Sequence[bool]:
-        best = pp.BestN(get_metric_fn=_total, reverse=True, n=1, keep_checkpoints_without_metrics=False)
+        best = policies.BestN(get_metric_fn=_total, reverse=True, n=1, keep_checkpoints_without_metrics=False)
         keep = list(best.should_preserve(checkpoints, context=context))
         full = [i for i, c in enumerate(checkpoints) if (c.metrics or {}).get("full")]
         if full:

@@ -1,9 +1,10 @@
-"""The SFT training loop of one run: sharded jit steps, per-domain evaluation, best
-checkpoint by total validation loss, resume from the latest full checkpoint.
+"""The SFT training loop of one run: sharded jit steps, then hooks (mixjax.train.hooks)
+for per-step metrics, per-domain evaluation, checkpoints, profiling and progress.
 
-The run's result (ALGORITHM.md: "keep the checkpoint with the lowest validation loss,
-record the per-domain validation loss of every domain") is the per-domain losses at the
-evaluation with the lowest total (sum over domains) validation loss.
+The run's result is the per-domain validation losses at the evaluation with the lowest
+total (sum over domains) validation loss, the paper's "checkpoint with the lowest
+validation loss" (arXiv 2508.11953; README, The pipeline, step 2). A run resumes from its
+latest full checkpoint, bit-exactly.
 
 One ``Trainer`` (one compile of the train and eval steps) serves every run of a pipeline
 that shares the model, optimizer and mesh: the schedule's length is a runtime input.
@@ -14,11 +15,10 @@ rows on its devices, so N processes train exactly what one process trains.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
-import hashlib
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -26,39 +26,21 @@ import jax
 import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
-from tqdm.auto import tqdm
 
 from mixjax.config_fields import neutral, result
-from mixjax.data.domain import Example
+from mixjax.data.domain import Example, examples_hash
 from mixjax.data.pipeline import multi_domain_eval_batches, optimizer_step_batches, trained_positions
 from mixjax.io import is_primary_process, write_json_atomic
 from mixjax.model.llama import ModelConfig
 from mixjax.train.checkpoint import RunCheckpoints, abstract_like
+from mixjax.train.errors import DataExhaustedError
+from mixjax.train.hooks import Checkpointing, Evaluation, Hook, Profile, Progress, RunRecord, StepInfo, TrainMetrics, run_hooks
 from mixjax.train.metrics import RunMetrics, peak_flops
 from mixjax.train.optimizer import OptimizerConfig, make_optimizer, steps_for_budget
 from mixjax.train.sharding import LOGICAL_RULES, make_mesh
 from mixjax.train.step import TrainState, eval_step, init_state, resolve_loss_chunk, train_step
 
 BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
-
-
-class NonFiniteLossError(RuntimeError):
-    """A train or eval loss (or the gradient norm) of a run was NaN or infinite."""
-
-    def __init__(self, run: str, step: int, what: str, value: float | None = None) -> None:
-        self.run, self.step, self.what = run, step, what
-        super().__init__(f"run {run!r}: non-finite {what} loss ({value}) at step {step}")
-
-
-class DataExhaustedError(RuntimeError):
-    """The run's data ended before its schedule did."""
-
-    def __init__(self, run: str, step: int, total_steps: int) -> None:
-        self.run, self.step, self.total_steps = run, step, total_steps
-        super().__init__(
-            f"run {run!r}: training data exhausted at step {step} of {total_steps} "
-            "(lower max_steps, raise epochs, or give the run more data)"
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,16 +88,6 @@ class TrainResult:
     @property
     def best_total(self) -> float:
         return sum(self.best_losses.values())
-
-
-def examples_hash(examples: Sequence[Example]) -> str:
-    """sha256 of the examples' tokens and loss masks, in order."""
-    h = hashlib.sha256()
-    for e in examples:
-        h.update(np.asarray(e.tokens, np.int32).tobytes())
-        h.update(np.asarray(e.loss_mask, np.int32).tobytes())
-        h.update(b"|")
-    return h.hexdigest()
 
 
 def planned_steps(cfg: TrainConfig, examples: Sequence[Example]) -> int:
@@ -225,152 +197,129 @@ class Trainer:
 
 
 def train(
-    model: ModelConfig,
+    trainer: Trainer,
     cfg: TrainConfig,
     train_examples: Sequence[Example],
     val_sets: Mapping[str, Sequence[Example]],
     workdir: str | Path,
     *,
     init_params=None,
-    progress: bool = True,
     log: Callable[[str], None] = print,
-    stop_after: int | None = None,
-    devices=None,
-    trainer: Trainer | None = None,
+    progress: bool = True,
+    hooks: Sequence[Hook] = (),
 ) -> TrainResult:
-    """Train one run in ``workdir``; resumes from its latest full checkpoint if present.
+    """Train one run in ``workdir`` (its name is the run's); resumes from its latest full
+    checkpoint if present.
 
-    Raises NonFiniteLossError / DataExhaustedError (result.json then not written; the
-    checkpoints written stay). ``stop_after`` stops (as a crash would) after that many
-    optimizer steps: for tests. Only process 0 writes result.json and the metrics files.
+    Args:
+      trainer: the compiled steps (its model, optimizer, mesh); ``cfg`` must match them.
+      cfg: this run's TrainConfig (steps: :func:`planned_steps`; cadences; seed).
+      train_examples, val_sets: training examples; validation examples per domain.
+      init_params: parameters to start from (e.g. a Hugging Face checkpoint), else random.
+      log: receives the evaluation and summary lines. progress: show progress (a bar on a
+        terminal, periodic lines elsewhere).
+      hooks: extra hooks, run after the built-in ones (metrics, profile, evaluation,
+        checkpoints, progress).
+    Returns:
+      The TrainResult, also written to ``workdir/result.json`` by process 0.
+    Raises:
+      NonFiniteLossError, DataExhaustedError: result.json is then not written; the
+        checkpoints written stay. ValueError: no training examples.
     """
     workdir = Path(workdir)
     run = workdir.name
-    primary = is_primary_process()
-    workdir.mkdir(parents=True, exist_ok=True)
     if not train_examples:
         raise ValueError(f"run {run!r}: the mixture selected no training examples")
-    if trainer is None:
-        trainer = Trainer(model, cfg, devices)
-    trainer.check_compatible(model, cfg)
+    trainer.check_compatible(trainer.model, cfg)
     total_steps = planned_steps(cfg, train_examples)
-    data = iter(optimizer_step_batches(
-        train_examples, seq_len=cfg.seq_len, batch_size=cfg.batch_size, grad_accum=cfg.optimizer.grad_accum,
-        epochs=max(1, math.ceil(cfg.epochs)), seed=cfg.seed, prefetch=cfg.prefetch,
-    ))
-    names = list(val_sets)
-    val_batches = multi_domain_eval_batches(val_sets, seq_len=cfg.seq_len, batch_size=cfg.batch_size)
-    checkpoints = RunCheckpoints(workdir / "checkpoints", async_save=cfg.async_checkpoints)
-    history: list[dict] = []
-    best: dict = {"step": -1, "losses": {}, "total": math.inf}
-    trained_tokens = 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        data = stack.enter_context(contextlib.closing(_Batches(optimizer_step_batches(
+            train_examples, seq_len=cfg.seq_len, batch_size=cfg.batch_size, grad_accum=cfg.optimizer.grad_accum,
+            epochs=max(1, math.ceil(cfg.epochs)), seed=cfg.seed, prefetch=cfg.prefetch,
+        ))))
+        checkpoints = stack.enter_context(contextlib.closing(RunCheckpoints(workdir / "checkpoints", async_save=cfg.async_checkpoints)))
+        state, record = _start_or_resume(trainer, checkpoints, data, cfg.seed, init_params, log, run)
+        state = trainer.with_total_steps(state, total_steps)
+        step = int(state.step)
+        out = stack.enter_context(contextlib.closing(RunMetrics(workdir, enabled=is_primary_process(), resume_step=step)))
+        metrics = TrainMetrics(out, flops_per_token=trainer.model.flops_per_token(cfg.seq_len), peak_flops=_mesh_peak_flops(trainer.mesh))
+        val_batches = multi_domain_eval_batches(val_sets, seq_len=cfg.seq_len, batch_size=cfg.batch_size)
+        evaluation = Evaluation(lambda params: trainer.evaluate(params, val_batches, list(val_sets)), out, log)
+        checkpointing = Checkpointing(checkpoints, data.get_state, every=cfg.checkpoint_every)
+        all_hooks = [
+            Hook(metrics),
+            *([Hook(stack.enter_context(contextlib.closing(Profile(workdir / "profile", start=step + 2))))] if cfg.profile else []),
+            Hook(evaluation, every=cfg.eval_every, sync=True),
+            Hook(checkpointing.best, every=cfg.eval_every, sync=True),
+            Hook(checkpointing.full, every=cfg.checkpoint_every, sync=True),
+            *([Hook(stack.enter_context(contextlib.closing(Progress(run, total_steps, initial=step))))] if progress else []),
+            *hooks,
+        ]
+        while step < total_steps:
+            batch = next(data, None)
+            if batch is None:
+                metrics.settle()  # a non-finite last step is reported as such
+                raise DataExhaustedError(run, step, total_steps)
+            state, device_metrics = trainer.step(state, batch)
+            step += 1
+            tokens = int(np.count_nonzero(batch["segment_ids"]))
+            record.trained_tokens += tokens
+            run_hooks(all_hooks, StepInfo(run, step, total_steps, state, record, device_metrics, tokens, final=step == total_steps))
+        if record.total_at(step) is None:  # resumed at the end of its schedule: evaluate and save once
+            run_hooks(all_hooks, StepInfo(run, step, total_steps, state, record, final=True))
+        checkpoints.wait()
+    log(f"[{run}] done: {step} steps, best step {record.best['step']} val total {record.best['total']:.4f}")
+    result = TrainResult(
+        best_step=record.best["step"], best_losses=record.best["losses"], final_step=step, history=record.history,
+        trained_tokens=record.trained_tokens, trained_examples_hash=examples_hash(train_examples),
+    )
+    if is_primary_process():
+        write_json_atomic(workdir / "result.json", dataclasses.asdict(result))
+    return result
 
+
+class _Batches:
+    """The run's stream of optimizer-step batches (a grain iterator) until ``close``, which
+    stops grain's prefetch thread and lets the iterator go. A caller that keeps a failed
+    run's traceback (and so this frame) then does not keep the iterator until interpreter
+    exit, where grain's ``DatasetIterator.__del__`` fails on torn-down modules and prints
+    "Exception ignored in ..." tracebacks."""
+
+    def __init__(self, dataset) -> None:
+        self._it = iter(dataset)
+
+    def __next__(self) -> dict:
+        return next(self._it)
+
+    def get_state(self) -> dict:
+        return self._it.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._it.set_state(state)
+
+    def close(self) -> None:
+        if self._it is not None:
+            self._it.close()
+            self._it = None
+
+
+def _start_or_resume(trainer: Trainer, checkpoints: RunCheckpoints, data, seed: int, init_params, log: Callable[[str], None], run: str):
+    """(state, RunRecord) from the latest full checkpoint (the data iterator moved to its
+    position), else a fresh state (``init_params`` if given, else random from ``seed``)."""
     restored = checkpoints.restore_latest(trainer.abstract_state)
     if restored is not None:
         state, meta = restored
         data.set_state(meta["data_state"])
-        history, best, trained_tokens = meta["history"], meta["best"], meta["trained_tokens"]
         log(f"resumed {run} at step {int(state.step)}")
-    else:
-        state = trainer.init(jax.random.key(cfg.seed))
-        if init_params is not None:
-            state = trainer.with_params(state, init_params)
-    state = trainer.with_total_steps(state, total_steps)
-    step = int(state.step)
-    metrics_out = RunMetrics(workdir, enabled=primary, resume_step=step)
-    flops_per_token = model.flops_per_token(cfg.seq_len)
-    peak = peak_flops(trainer.mesh.devices.flat[0].device_kind)
-    peak = peak * trainer.mesh.devices.size if peak else None
-    pending: list = []  # (step, device metrics, tokens) of the last dispatched step
-    clock = [time.perf_counter()]
-    profile_at = step + 2 if cfg.profile else None  # skip the compile; trace 3 steps
-    profiling = False
+        return state, RunRecord.from_meta(meta)
+    state = trainer.init(jax.random.key(seed))
+    if init_params is not None:
+        state = trainer.with_params(state, init_params)
+    return state, RunRecord()
 
-    def flush() -> None:
-        """Fetch the last dispatched step's metrics (one step late: no sync every step)."""
-        if not pending:
-            return
-        s, device_metrics, tokens = pending.pop()
-        m = jax.device_get(device_metrics)
-        now = time.perf_counter()
-        tokens_per_s = tokens / max(now - clock[0], 1e-9)
-        clock[0] = now
-        loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            raise NonFiniteLossError(run, s, "train", loss if not math.isfinite(loss) else grad_norm)
-        metrics_out.step(s, {
-            "loss": loss, "learning_rate": float(m["learning_rate"]), "grad_norm": grad_norm,
-            "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / peak if peak else None,
-        })
 
-    def evaluate(step: int) -> tuple[float, bool]:
-        nonlocal best
-        losses = trainer.evaluate(state.params, val_batches, names)
-        total = sum(losses.values())
-        if not math.isfinite(total):
-            raise NonFiniteLossError(run, step, "eval", total)
-        history.append({"step": step, "total": total, "losses": losses})
-        metrics_out.evaluation(step, losses)
-        improved = total < best["total"]
-        if improved:
-            best = {"step": step, "losses": losses, "total": total}
-        log(f"[{run}] step {step}/{total_steps} val total {total:.4f} "
-            + " ".join(f"{n}={v:.4f}" for n, v in losses.items()) + (" *best" if improved else ""))
-        return total, improved
-
-    def save(step: int, total: float | None, full: bool) -> None:
-        meta = {"data_state": data.get_state(), "history": history, "best": best, "trained_tokens": trained_tokens}
-        checkpoints.save(step, state, meta, total=total, full=full)
-
-    bar = tqdm(total=total_steps, initial=step, desc=run, disable=not progress, leave=False)
-    try:
-        while step < total_steps:
-            try:
-                batch = next(data)
-            except StopIteration:
-                flush()
-                raise DataExhaustedError(run, step, total_steps) from None
-            if step == profile_at:
-                jax.profiler.start_trace(str(workdir / "profile"))
-                profiling = True
-            state, device_metrics = trainer.step(state, batch)
-            tokens = int(np.count_nonzero(batch["segment_ids"]))
-            trained_tokens += tokens
-            flush()
-            step += 1
-            pending.append((step, device_metrics, tokens))
-            if profiling and step == profile_at + 3:
-                jax.block_until_ready(state)
-                jax.profiler.stop_trace()
-                profiling = False
-            bar.update(1)
-            is_eval = step % cfg.eval_every == 0 or step == total_steps
-            is_full = step % cfg.checkpoint_every == 0 or step == total_steps
-            if is_eval or is_full:
-                flush()  # never checkpoint past an unchecked non-finite loss
-                total, improved = evaluate(step) if is_eval else (None, False)
-                if is_full or improved:
-                    save(step, total, is_full)
-                metrics_out.flush()
-            if stop_after is not None and step >= stop_after:
-                flush()
-                raise KeyboardInterrupt(f"stopped after {step} steps (stop_after)")
-        flush()
-        if not history or history[-1]["step"] != step:
-            total, _ = evaluate(step)
-            save(step, total, True)
-        checkpoints.wait()
-    finally:
-        if profiling:
-            jax.profiler.stop_trace()
-        bar.close()
-        metrics_out.close()
-        checkpoints.close()
-    log(f"[{run}] done: {step} steps, best step {best['step']} val total {best['total']:.4f}")
-    result = TrainResult(
-        best_step=best["step"], best_losses=best["losses"], final_step=step, history=history,
-        trained_tokens=trained_tokens, trained_examples_hash=examples_hash(train_examples),
-    )
-    if primary:
-        write_json_atomic(workdir / "result.json", dataclasses.asdict(result))
-    return result
+def _mesh_peak_flops(mesh) -> float | None:
+    """Datasheet peak FLOP/s of all the mesh's devices (None where unknown: CPU)."""
+    peak = peak_flops(mesh.devices.flat[0].device_kind)
+    return peak * mesh.devices.size if peak else None

@@ -1,0 +1,194 @@
+"""Unit tests of the training loop's hooks (mixjax.train.hooks) and of progress display
+(mixjax.progress), each on fakes: no model, no compile."""
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mixjax.progress import StepProgress, progress_iter
+from mixjax.train import hooks as H
+from mixjax.train.errors import NonFiniteLossError
+
+
+class FakeMetricsOut:
+    """Stands in for RunMetrics: records rows, evaluations and flushes."""
+
+    def __init__(self):
+        self.rows, self.evaluations, self.flushes = [], [], 0
+
+    def step(self, step, row):
+        self.rows.append({"step": step, **row})
+
+    def evaluation(self, step, losses):
+        self.evaluations.append((step, dict(losses)))
+
+    def flush(self):
+        self.flushes += 1
+
+
+class FakeCheckpoints:
+    def __init__(self):
+        self.saves = []
+
+    def save(self, step, state, meta, *, total, full):
+        self.saves.append({"step": step, "total": total, "full": full, "meta": json.loads(json.dumps(meta))})
+
+
+class FakeState:
+    params = "params"
+
+
+def info(step, record=None, *, total_steps=10, final=False, sync=False, metrics=None, tokens=0):
+    return H.StepInfo("run", step, total_steps, FakeState(), record or H.RunRecord(), metrics, tokens, final, sync)
+
+
+def device_metrics(loss, grad_norm=1.0, lr=0.1):
+    return {"loss": np.float32(loss), "grad_norm": np.float32(grad_norm), "learning_rate": np.float32(lr), "tokens": np.float32(8)}
+
+
+def test_run_hooks_every_final_and_sync():
+    calls = []
+    hooks = [
+        H.Hook(lambda i: calls.append(("each", i.step, i.sync))),
+        H.Hook(lambda i: calls.append(("third", i.step, i.sync)), every=3, sync=True),
+        H.Hook(lambda i: calls.append(("fifth", i.step, i.sync)), every=5),
+    ]
+    for step in range(1, 8):
+        H.run_hooks(hooks, info(step, final=step == 7))
+    by_name = {name: [s for n, s, _ in calls if n == name] for name in ("each", "third", "fifth")}
+    assert by_name == {"each": [1, 2, 3, 4, 5, 6, 7], "third": [3, 6, 7], "fifth": [5, 7]}
+    # sync is set for every hook due at a step where a sync hook is due (and at the end)
+    assert [s for n, s, sync in calls if n == "each" and sync] == [3, 6, 7]
+    assert [(s, sync) for n, s, sync in calls if n == "fifth"] == [(5, False), (7, True)]
+    # hooks run in the order given
+    assert [n for n, s, _ in calls if s == 6] == ["each", "third"]
+
+
+def test_run_record_best_and_meta_round_trip():
+    record = H.RunRecord()
+    assert record.add_evaluation(2, {"a": 1.0, "b": 2.0}) is True
+    assert record.add_evaluation(4, {"a": 1.5, "b": 2.0}) is False
+    assert record.add_evaluation(6, {"a": 0.5, "b": 2.0}) is True
+    assert record.best == {"step": 6, "losses": {"a": 0.5, "b": 2.0}, "total": 2.5}
+    assert record.total_at(6) == 2.5 and record.total_at(4) is None  # only the last evaluation's step
+    record.trained_tokens = 1234
+    again = H.RunRecord.from_meta(json.loads(json.dumps(record.to_meta())))  # as orbax's JsonSave stores it
+    assert again == record
+    fresh = H.RunRecord.from_meta(json.loads(json.dumps(H.RunRecord().to_meta())))
+    assert fresh.best["total"] == math.inf and fresh.best["step"] == -1
+
+
+def test_train_metrics_fetch_one_step_late_and_all_at_a_sync_step():
+    out, times = FakeMetricsOut(), iter([0.0, 2.0, 3.0, 7.0])
+    hook = H.TrainMetrics(out, flops_per_token=100.0, peak_flops=1000.0, clock=lambda: next(times))
+    hook(info(1, metrics=device_metrics(2.5), tokens=40))
+    assert out.rows == []  # step 1 is fetched when step 2 has been dispatched
+    hook(info(2, metrics=device_metrics(2.0), tokens=30))
+    assert [r["step"] for r in out.rows] == [1] and out.flushes == 0
+    assert out.rows[0]["tokens_per_s"] == pytest.approx(40 / 2.0) and out.rows[0]["mfu"] == pytest.approx(20 * 100 / 1000)
+    assert out.rows[0]["loss"] == pytest.approx(2.5) and out.rows[0]["learning_rate"] == pytest.approx(0.1)
+    hook(info(3, metrics=device_metrics(1.5), tokens=20, sync=True))  # e.g. an evaluation is due
+    assert [r["step"] for r in out.rows] == [1, 2, 3] and out.flushes == 1
+    assert out.rows[2]["tokens_per_s"] == pytest.approx(20 / 4.0)
+    hook(info(3, sync=True))  # after the loop: nothing pending, files flushed again
+    assert len(out.rows) == 3 and out.flushes == 2
+
+
+@pytest.mark.parametrize("loss, grad_norm, value", [(float("nan"), 1.0, "nan"), (2.0, float("inf"), "inf")])
+def test_train_metrics_raise_on_non_finite_loss_or_gradient(loss, grad_norm, value):
+    out = FakeMetricsOut()
+    hook = H.TrainMetrics(out, flops_per_token=1.0, peak_flops=None)
+    hook(info(1, metrics=device_metrics(2.0)))
+    hook(info(2, metrics=device_metrics(loss, grad_norm)))
+    with pytest.raises(NonFiniteLossError) as err:
+        hook.settle()  # the loop settles before DataExhaustedError; a sync step does the same
+    assert (err.value.run, err.value.step, err.value.what) == ("run", 2, "train") and value in str(err.value)
+    assert [r["step"] for r in out.rows] == [1] and out.rows[0]["mfu"] is None  # no peak: no MFU
+
+
+def test_evaluation_records_logs_and_raises_on_non_finite():
+    out, lines, record = FakeMetricsOut(), [], H.RunRecord()
+    results = iter([{"a": 1.0, "b": 2.0}, {"a": 1.2, "b": 2.0}, {"a": float("nan"), "b": 2.0}])
+    hook = H.Evaluation(lambda params: next(results), out, lines.append)
+    hook(info(3, record))
+    hook(info(6, record))
+    assert record.best["step"] == 3 and [h["step"] for h in record.history] == [3, 6]
+    assert out.evaluations == [(3, {"a": 1.0, "b": 2.0}), (6, {"a": 1.2, "b": 2.0})]
+    assert lines == ["[run] step 3/10 val total 3.0000 a=1.0000 b=2.0000 *best", "[run] step 6/10 val total 3.2000 a=1.2000 b=2.0000"]
+    with pytest.raises(NonFiniteLossError) as err:
+        hook(info(9, record))
+    assert (err.value.step, err.value.what) == (9, "eval") and len(record.history) == 2
+
+
+def test_checkpointing_full_steps_and_params_only_bests():
+    """checkpoint_every=4, evaluations at 2, 4, 6, 8 (improving at 2, 4 and 8, not 6), end at 9."""
+    ckpt, record = FakeCheckpoints(), H.RunRecord()
+    hook = H.Checkpointing(ckpt, data_state=lambda: {"position": len(record.history)}, every=4)
+    hooks = [
+        H.Hook(lambda i: i.record.add_evaluation(i.step, {"a": {2: 3.0, 4: 2.0, 6: 2.5, 8: 1.0}.get(i.step, 0.5)}), every=2, sync=True),
+        H.Hook(hook.best, every=2, sync=True),
+        H.Hook(hook.full, every=4, sync=True),
+    ]
+    for step in range(1, 10):
+        H.run_hooks(hooks, info(step, record, total_steps=9, final=step == 9))
+    saved = [(s["step"], s["full"], s["total"]) for s in ckpt.saves]
+    assert saved == [(2, False, 3.0), (4, True, 2.0), (8, True, 1.0), (9, True, 0.5)]
+    last = ckpt.saves[-1]["meta"]
+    assert last["data_state"] == {"position": 5} and last["best"]["step"] == 9 and len(last["history"]) == 5
+    assert ckpt.saves[0]["meta"]["best"] == {"step": 2, "losses": {"a": 3.0}, "total": 3.0}
+
+
+def test_profile_traces_three_steps_after_the_start(monkeypatch, tmp_path):
+    events = []
+    monkeypatch.setattr(H.jax.profiler, "start_trace", lambda d: events.append(("start", d)))
+    monkeypatch.setattr(H.jax.profiler, "stop_trace", lambda: events.append(("stop",)))
+    hook = H.Profile(tmp_path / "profile", start=2)
+    for step in range(1, 8):
+        hook(info(step))
+        events.append(step)
+    assert events == [1, ("start", str(tmp_path / "profile")), 2, 3, 4, ("stop",), 5, 6, 7]
+    unfinished = H.Profile(tmp_path, start=1)
+    unfinished(info(1))
+    unfinished.close()  # the loop's exit stops a trace that a failure interrupted
+    unfinished.close()
+    assert events[-2:] == [("start", str(tmp_path)), ("stop",)]
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_off_a_terminal_is_a_few_whole_lines():
+    stream, now = io.StringIO(), [0.0]
+    hook = H.Progress("run", 1000, initial=0, stream=stream, interval_s=30.0, clock=lambda: now[0])
+    for step in range(1, 1001):
+        now[0] = step * 0.5  # 500 s in all: one line per 30 s at most
+        hook(info(step, total_steps=1000))
+    hook.close()
+    text = stream.getvalue()
+    assert "\r" not in text and len(text.splitlines()) == 16  # floor(500 / 30)
+    assert text.splitlines()[0] == "[run] step 60/1000 (6%)"
+
+
+def test_progress_on_a_terminal_is_a_bar():
+    stream = FakeTerminal()
+    display = StepProgress("run", 10, initial=4, stream=stream)
+    for step in range(5, 11):
+        display.update(step)
+    display.close()
+    assert "\r" in stream.getvalue() and display.bar.n == 10
+
+
+def test_progress_iter_writes_one_line_per_item_off_a_terminal():
+    stream = io.StringIO()
+    assert list(progress_iter(["a", "b", "c"], "runs", stream=stream)) == ["a", "b", "c"]
+    assert stream.getvalue() == "runs: 1/3 done\nruns: 2/3 done\nruns: 3/3 done\n"
+    quiet = io.StringIO()
+    assert list(progress_iter(["a"], "runs", enabled=False, stream=quiet)) == ["a"] and quiet.getvalue() == ""
+    bar = FakeTerminal()
+    list(progress_iter(range(3), "runs", stream=bar))
+    assert "\r" in bar.getvalue() and "3/3" in bar.getvalue()
