@@ -60,7 +60,8 @@ def test_domain_without_trained_tokens_stops_at_plan(tmp_path, capsys):
 def test_evaluation_over_no_trained_token_is_nan_and_fails_the_run(tmp_path):
     import jax
 
-    from mixjax.train.loop import NonFiniteLossError, TrainConfig, Trainer, train
+    from mixjax.train.errors import NonFiniteLossError
+    from mixjax.train.loop import TrainConfig, Trainer, train
     from mixjax.train.optimizer import OptimizerConfig
 
     model = load_config(TINY).model
@@ -75,7 +76,7 @@ def test_evaluation_over_no_trained_token_is_nan_and_fails_the_run(tmp_path):
     losses = trainer.evaluate(params, multi_domain_eval_batches(val, seq_len=32, batch_size=4), list(val))
     assert np.isnan(losses["lost"]) and 4.0 < losses["ok"] < 7.0  # ~ln(263) = 5.57 at init
     with pytest.raises(NonFiniteLossError, match="non-finite eval loss"):
-        train(model, cfg, trained, val, tmp_path / "run", progress=False, log=lambda m: None, trainer=trainer)
+        train(trainer, cfg, trained, val, tmp_path / "run", progress=False, log=lambda m: None)
     assert not (tmp_path / "run" / "result.json").exists()  # a failed run: never in runs.csv
 
 

@@ -2,7 +2,7 @@
 Qwen2.5-style tokenizer and chat template give finite losses (issue 8 item 2). One family
 (Llama-3, whose 128,256-row embedding the old extra specials overflowed) to keep it fast.
 
-Kept minimal on purpose: it only needs ``train(model, cfg, examples, val_sets, workdir,
+Kept minimal on purpose: it only needs ``train(trainer, cfg, examples, val_sets, workdir,
 init_params=...)`` and ``TrainConfig(seq_len, batch_size, max_steps, eval_every, ...)``."""
 
 import math
