@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -70,6 +70,25 @@ def make_mesh(shape: Sequence[int] | None = None, devices: Sequence[jax.Device] 
     """
     devices = list(devices if devices is not None else jax.devices())
     return Mesh(np.asarray(devices).reshape(resolve_mesh_shape(shape, len(devices))), MESH_AXES)
+
+
+def current_mesh() -> Mesh | AbstractMesh | None:
+    """The mesh a step is being traced under: ``jax.set_mesh``'s (abstract inside jit),
+    else the legacy ``with mesh:`` context's (the Trainer's); None outside any mesh. Code
+    that places explicit per-device computations (``shard_map``) reads it at trace time."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        from jax._src.mesh import thread_resources  # `with mesh:` sets only this (jax 0.10)
+
+        mesh = thread_resources.env.physical_mesh
+    return None if mesh.empty else mesh
+
+
+def axis_size(mesh: Mesh, axes) -> int:
+    """Devices along mesh axis ``axes`` (a name, a tuple of names, or None: 1)."""
+    if axes is None:
+        return 1
+    return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
