@@ -152,13 +152,20 @@ def measure(args, threads: int | None) -> dict:
     import jax
 
     from mixjax.train.metrics import total_peak_flops
-    from mixjax.train.sharding import batch_split_error
+    from mixjax.train.sharding import batch_split_error, resolve_mesh_shape
 
     devices = jax.devices()[: args.devices] if args.devices else jax.devices()
-    error = batch_split_error(args.batch, args.mesh, len(devices), key="benchmark")
-    if error:
-        sys.exit(f"train_throughput: {error.replace('benchmark.batch_size', '--batch').replace('benchmark.mesh_shape', '--mesh')}"
-                 f" (or --devices N to use fewer of the {len(jax.devices())} devices)")
+    try:
+        data, fsdp, _ = resolve_mesh_shape(args.mesh, len(devices))
+    except ValueError as err:
+        sys.exit(f"train_throughput: --mesh: {err}")
+    if batch_split_error(args.batch, args.mesh, len(devices)):
+        import math
+
+        rows = math.gcd(args.batch, len(devices))
+        sys.exit(f"train_throughput: --batch {args.batch} cannot be split over the {data * fsdp} data-parallel devices of the mesh"
+                 f" (data, fsdp) = ({data}, {fsdp}): use --batch {-(-args.batch // (data * fsdp)) * data * fsdp},"
+                 f" --mesh {rows},1,{len(devices) // rows} or --devices {rows}")
     config = model_config(args)
     if threads:
         import torch
