@@ -243,6 +243,40 @@ def attention(q: Array, k: Array, v: Array, segment_ids: Array, impl: str | None
     raise ValueError(f"attention_impl must be None, 'xla' or 'flash', got {impl!r}")
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def head_logits(h: jax.Array, head: jax.Array, dtype) -> jax.Array:
+    """Logits (..., V) float32 = h (..., D) @ head (D, V) with ``dtype`` operands and
+    float32 accumulation, forward AND backward: the logits' float32 cotangent is cast to
+    ``dtype`` so both gradient matmuls also run at the ``dtype`` rate (jax's own transpose
+    would multiply a float32 cotangent, i.e. a float32/TF32 matmul); each gradient is
+    accumulated in float32 and returned in its input's dtype (the head's: float32)."""
+    return jnp.einsum("...d,dv->...v", h.astype(dtype), head.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _head_logits_fwd(h, head, dtype):
+    return head_logits(h, head, dtype), (h, head)
+
+
+def _sum_to_varying_axes_of(cotangent: jax.Array, primal: jax.Array) -> jax.Array:
+    """Inside ``shard_map``: sum a cotangent over the mesh axes along which it varies but
+    its primal does not (what jax's own transpose does; e.g. the hidden states' gradient
+    over a vocabulary-parallel head's tensor axis). Outside, a no-op."""
+    varying = lambda x: jax.typeof(x).mat.varying
+    extra = tuple(a for a in varying(cotangent) if a not in varying(primal))
+    return jax.lax.psum(cotangent, extra) if extra else cotangent
+
+
+def _head_logits_bwd(dtype, residuals, g):
+    h, head = residuals
+    g = g.astype(dtype)
+    dh = jnp.einsum("...v,dv->...d", g, head.astype(dtype), preferred_element_type=jnp.float32)
+    dhead = jnp.einsum("...d,...v->dv", h.astype(dtype), g, preferred_element_type=jnp.float32)
+    return _sum_to_varying_axes_of(dh, h).astype(h.dtype), _sum_to_varying_axes_of(dhead, head).astype(head.dtype)
+
+
+head_logits.defvjp(_head_logits_fwd, _head_logits_bwd)
+
+
 def _init(config: ModelConfig, *names: str):
     return nn.with_logical_partitioning(nn.initializers.normal(config.init_std), names)
 
@@ -353,7 +387,7 @@ class Decoder(nn.Module):
         if return_hidden:
             return x
         if cfg.tie_embeddings:  # compute-dtype operands, float32 accumulation
-            logits = jnp.einsum("btd,vd->btv", x, embed.embedding.astype(x.dtype), preferred_element_type=jnp.float32)
+            logits = head_logits(x, embed.embedding.T, x.dtype)
         else:
             logits = nn.Dense(
                 cfg.vocab_size, use_bias=False, dtype=jnp.float32, param_dtype=jnp.dtype(cfg.param_dtype),

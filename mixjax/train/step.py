@@ -18,7 +18,7 @@ from flax import linen as nn
 from flax import struct
 from jax.sharding import PartitionSpec as P
 
-from mixjax.model.llama import Decoder, ModelConfig
+from mixjax.model.llama import Decoder, ModelConfig, head_logits
 from mixjax.train.optimizer import OptimizerConfig, learning_rate
 from mixjax.train.sharding import axis_size, current_mesh
 
@@ -50,31 +50,6 @@ def _head(config: ModelConfig, params) -> jax.Array:
     """The output projection as (dim, vocab)."""
     p = nn.unbox(params)
     return p["embed_tokens"]["embedding"].T if config.tie_embeddings else p["lm_head"]["kernel"]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def head_logits(h: jax.Array, head: jax.Array, dtype) -> jax.Array:
-    """Logits (b, c, V) float32 = h (b, c, D) @ head (D, V) with ``dtype`` operands and
-    float32 accumulation, forward AND backward: the logits' float32 cotangent is cast to
-    ``dtype`` so both gradient matmuls also run at the ``dtype`` rate (jax's own transpose
-    would multiply a float32 cotangent, i.e. a float32/TF32 matmul); each gradient is
-    accumulated in float32 and returned in its input's dtype (the head's: float32)."""
-    return jnp.einsum("bcd,dv->bcv", h.astype(dtype), head.astype(dtype), preferred_element_type=jnp.float32)
-
-
-def _head_logits_fwd(h, head, dtype):
-    return head_logits(h, head, dtype), (h, head)
-
-
-def _head_logits_bwd(dtype, residuals, g):
-    h, head = residuals
-    g = g.astype(dtype)
-    dh = jnp.einsum("bcv,dv->bcd", g, head.astype(dtype), preferred_element_type=jnp.float32)
-    dhead = jnp.einsum("bcd,bcv->dv", h.astype(dtype), g, preferred_element_type=jnp.float32)
-    return dh.astype(h.dtype), dhead.astype(head.dtype)
-
-
-head_logits.defvjp(_head_logits_fwd, _head_logits_bwd)
 
 
 def _chunk_cross_entropy(h: jax.Array, head: jax.Array, y: jax.Array, dtype, vocab_axis) -> jax.Array:
