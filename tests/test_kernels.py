@@ -52,17 +52,20 @@ def test_flash_on_tpu_takes_the_xla_path(monkeypatch):
     np.testing.assert_array_equal(attention(q, k, v, segments, "flash"), xla_attention(q, k, v, segments))
 
 
-def test_lm_head_matmuls_take_bf16_operands_and_accumulate_in_float32():
+def test_lm_head_matmuls_take_bf16_operands_and_accumulate_in_float32(monkeypatch):
     b, t, d, vocab, chunk = 2, 24, 32, 96, 8
     hidden = jax.random.normal(jax.random.key(1), (b, t, d))
     head = jax.random.normal(jax.random.key(2), (d, vocab)) * 0.1
     targets = jax.random.randint(jax.random.key(3), (b, t), 0, vocab)
     loss = lambda h, w, dtype: jnp.sum(chunked_cross_entropy(h, w, targets, chunk, dtype))
-    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(hidden, head, jnp.bfloat16).jaxpr
+    with monkeypatch.context() as m:  # the program for a GPU (traced only; XLA:CPU has no bf16 x bf16 -> f32 dot)
+        m.setattr(llama, "kernel_platform", lambda: "gpu")
+        jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(hidden, head, jnp.bfloat16).jaxpr
     dots = [e for e in _equations(jaxpr) if e.primitive.name == "dot_general"]
     assert len(dots) >= 3  # logits (forward, recomputed), and the two gradient matmuls
     assert all(x.aval.dtype == jnp.bfloat16 for e in dots for x in e.invars)
     assert all(e.params["preferred_element_type"] == jnp.float32 and e.outvars[0].aval.dtype == jnp.float32 for e in dots)
+    # On CPU the same rounding with float32 matmuls: the numbers a GPU computes.
     grads = jax.grad(loss, argnums=(0, 1))(hidden, head, jnp.bfloat16)
     assert grads[1].dtype == jnp.float32  # the head's gradient accumulates over chunks in float32
     exact = jax.grad(loss, argnums=(0, 1))(hidden, head, jnp.float32)

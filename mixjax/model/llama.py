@@ -243,6 +243,14 @@ def attention(q: Array, k: Array, v: Array, segment_ids: Array, impl: str | None
     raise ValueError(f"attention_impl must be None, 'xla' or 'flash', got {impl!r}")
 
 
+def _matmul_operand(x: Array, dtype) -> Array:
+    """``x`` rounded to ``dtype`` as a matmul operand. XLA:CPU has no bf16 x bf16 -> f32
+    dot, so there the rounded values go in as float32 (the same numbers: products of two
+    bf16 values are exact in float32, and the accumulation is float32 either way)."""
+    x = x.astype(dtype)
+    return x.astype(jnp.float32) if kernel_platform() == "cpu" else x
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def head_logits(h: jax.Array, head: jax.Array, dtype) -> jax.Array:
     """Logits (..., V) float32 = h (..., D) @ head (D, V) with ``dtype`` operands and
@@ -250,7 +258,7 @@ def head_logits(h: jax.Array, head: jax.Array, dtype) -> jax.Array:
     ``dtype`` so both gradient matmuls also run at the ``dtype`` rate (jax's own transpose
     would multiply a float32 cotangent, i.e. a float32/TF32 matmul); each gradient is
     accumulated in float32 and returned in its input's dtype (the head's: float32)."""
-    return jnp.einsum("...d,dv->...v", h.astype(dtype), head.astype(dtype), preferred_element_type=jnp.float32)
+    return jnp.einsum("...d,dv->...v", _matmul_operand(h, dtype), _matmul_operand(head, dtype), preferred_element_type=jnp.float32)
 
 
 def _head_logits_fwd(h, head, dtype):
@@ -268,9 +276,9 @@ def _sum_to_varying_axes_of(cotangent: jax.Array, primal: jax.Array) -> jax.Arra
 
 def _head_logits_bwd(dtype, residuals, g):
     h, head = residuals
-    g = g.astype(dtype)
-    dh = jnp.einsum("...v,dv->...d", g, head.astype(dtype), preferred_element_type=jnp.float32)
-    dhead = jnp.einsum("...d,...v->dv", h.astype(dtype), g, preferred_element_type=jnp.float32)
+    g = _matmul_operand(g, dtype)
+    dh = jnp.einsum("...v,dv->...d", g, _matmul_operand(head, dtype), preferred_element_type=jnp.float32)
+    dhead = jnp.einsum("...d,...v->dv", _matmul_operand(h, dtype), g, preferred_element_type=jnp.float32)
     return _sum_to_varying_axes_of(dh, h).astype(h.dtype), _sum_to_varying_axes_of(dhead, head).astype(head.dtype)
 
 
