@@ -2,7 +2,7 @@
 items 8 and 10): the compiled train step's collectives around the flash kernel and the
 LM head's chunked loss, and its losses against one device. Prints one JSON object.
 
-    python tests/multidevice_check.py [attention] [head] [--no-shard-map]   # the latter: GSPMD's placement, to compare
+    python tests/multidevice_check.py [attention] [head] [cuda] [--no-shard-map]   # the latter: GSPMD's placement, to compare
 """
 
 import dataclasses
@@ -116,9 +116,28 @@ def head_part(report: dict) -> None:
         report[f"head_{label}_losses"] = losses(trainer, data)
 
 
+def cuda_part(report: dict) -> None:
+    """The 1B preset's bf16 train step (seq 4096, flash, FSDP over 8 devices) lowered for
+    CUDA without a GPU: the Triton kernels, and the head's one gather / one reduce-scatter."""
+    import jax.numpy as jnp
+
+    from mixjax.model.llama import PRESETS
+
+    llama.kernel_platform = lambda: "gpu"
+    model = dataclasses.replace(PRESETS["llama3.2-1b"], attention_impl="flash", dtype="bfloat16")
+    trainer = Trainer(model, TrainConfig(seq_len=4096, batch_size=8, mesh_shape=(1, -1, 1)))
+    batch = {k: jax.ShapeDtypeStruct((1, 8, 4096), jnp.float32 if k == "weights" else jnp.int32, sharding=trainer.step_sharding)
+             for k in ("inputs", "targets", "weights", "segment_ids", "positions")}
+    with trainer.mesh, nn.logical_axis_rules(LOGICAL_RULES):
+        text = trainer._train.trace(trainer.abstract_state, batch).lower(lowering_platforms=("cuda",)).as_text()
+    report["cuda_kernels"] = sorted(set(re.findall(r'name = "(mha\w*)"', text)))
+    report["cuda_triton_calls"] = text.count("__gpu$xla.gpu.triton")
+    report["cuda_collectives"] = {op: text.count(f"stablehlo.{op}") for op in ("all_gather", "reduce_scatter", "all_reduce")}
+
+
 if __name__ == "__main__":
     parts = [a for a in sys.argv[1:] if not a.startswith("--")] or ["attention", "head"]
     report = {}
     for part in parts:
-        {"attention": attention_part, "head": head_part}[part](report)
+        {"attention": attention_part, "head": head_part, "cuda": cuda_part}[part](report)
     json.dump(report, sys.stdout)
