@@ -113,6 +113,10 @@ def chunked_cross_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array
     embed, vocab = (used(a) for a in nn.logical_to_mesh_axes(("embed", "vocab")))  # the head param's placement
     if hidden.shape[0] % axis_size(mesh, batch):
         batch = None
+    if head.shape[0] % axis_size(mesh, embed):
+        embed = None
+    if head.shape[1] % axis_size(mesh, vocab):
+        vocab = None  # a vocabulary that does not split: every tensor device holds all of it
     local = functools.partial(
         _local_chunked_cross_entropy, chunk=chunk, dtype=dtype, embed_axis=embed, vocab_axis=vocab,
         row_axes=(batch,) if isinstance(batch, str) else tuple(batch or ()),
