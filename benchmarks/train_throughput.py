@@ -6,9 +6,9 @@ transformers + torch training the same model, measured fairly.
     python benchmarks/train_throughput.py --preset llama3.2-1b --seq 4096 --batch 8 --attention flash --no-torch [--devices 8 | --mesh 1,-1,1]
 
 CPU: each thread count runs in its own child process pinned to that many cores
-(``sched_setaffinity`` before jax or torch start: XLA sizes its thread pool from the
-affinity mask) with ``torch.set_num_threads`` equal to it, so both frameworks get the same
-cores. The two trainers run interleaved, ``--rounds`` times ``--steps`` steps each, so both
+(``sched_setaffinity`` before jax or torch start) with ``torch.set_num_threads`` equal
+to it (and at 1 thread XLA without its Eigen thread pool), so both frameworks get the
+same cores. The two trainers run interleaved, ``--rounds`` times ``--steps`` steps each, so both
 see the same machine load; figures are medians over rounds, the ratio is the median of
 the per-round ratios, and the load average is printed before and after (the machine this
 runs on is often shared).
@@ -200,6 +200,8 @@ def child(threads: int, argv: list[str]) -> dict:
     cores = sorted(os.sched_getaffinity(0))[:threads]
     code = f"import os, sys; os.sched_setaffinity(0, {cores!r}); sys.argv = {[sys.argv[0], *argv, '--child-threads', str(threads)]!r}; exec(open({os.path.abspath(__file__)!r}).read())"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if threads == 1:  # XLA:CPU without its Eigen thread pool, as torch.set_num_threads(1) runs torch
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if out.returncode:
         sys.exit(out.stderr[-3000:])
