@@ -21,8 +21,8 @@ def test_package_fingerprint_covers_every_module(tmp_path):
     law.write_text(law.read_text() + "\n# an edit\n")
     edited = cache.source_fingerprint(copy)
     assert edited != cache.source_fingerprint(root)
-    (copy / "mixing" / "fit").mkdir()
-    (copy / "mixing" / "fit" / "objectives.py").write_text("X = 1\n")
+    (copy / "mixing" / "newpkg").mkdir()
+    (copy / "mixing" / "newpkg" / "objectives.py").write_text("X = 1\n")
     assert len({cache.source_fingerprint(copy), edited, cache.source_fingerprint(root)}) == 3
 
 

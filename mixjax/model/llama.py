@@ -15,18 +15,23 @@ mask: ``attention_impl`` None/"xla" is blockwise-causal einsum attention (query 
 skip the key blocks after them; the mask is built in-fusion from segment ids per block),
 "flash" is the Pallas flash-attention kernel with segment ids
 (``jax.experimental.pallas.ops.gpu.attention.mha``; Triton on GPU, run in interpret mode
-on CPU, where tests check it against the XLA path).
+on CPU, where tests check it against the XLA path; the XLA path on TPU), per device under
+a mesh (``shard_map``), GQA by indexing KV heads (no repeated K/V).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax.sharding import PartitionSpec as P
+
+from mixjax.train.sharding import axis_size, current_mesh
 
 from mixjax.config_fields import neutral
 
@@ -180,19 +185,56 @@ def xla_attention(q: Array, k: Array, v: Array, segment_ids: Array, blocks: int 
     return out.reshape(b, t, n, h).astype(q.dtype)
 
 
-def flash_attention(q: Array, k: Array, v: Array, segment_ids: Array) -> Array:
-    """Pallas flash attention (Triton on GPU) with segment ids and a causal mask: no (T, T)
-    tensor in memory. Runs the same kernel in interpret mode off GPU (slow: for tests).
-    T must be a multiple of min(T, 128); GQA repeats the K/V heads."""
+def kernel_platform() -> str:
+    """The platform the attention kernels compile for (the default backend)."""
+    return jax.default_backend()
+
+
+def _flash_kernel(q: Array, k: Array, v: Array, segment_ids: Array, interpret: bool) -> Array:
+    """The Pallas GPU flash kernel on (local) arrays; GQA without copying K/V: the kernel
+    is vmapped over the G query heads of each KV head with K/V unbatched, so every group
+    reads its KV head through the kernel's block index map (no ``jnp.repeat``; the
+    backward pass sums the groups' dK/dV)."""
     from jax.experimental.pallas.ops.gpu import attention as pallas_attention
 
-    groups = q.shape[2] // k.shape[2]
-    if groups > 1:
-        k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
-    interpret = jax.devices()[0].platform != "gpu"
-    return pallas_attention.mha(
-        q, k, v, segment_ids, sm_scale=1.0 / math.sqrt(q.shape[-1]), causal=True, interpret=interpret,
-    )
+    mha = functools.partial(pallas_attention.mha, sm_scale=1.0 / math.sqrt(q.shape[-1]), causal=True, interpret=interpret)
+    b, t, n, h = q.shape
+    kv = k.shape[2]
+    if n == kv:
+        return mha(q, k, v, segment_ids)
+    grouped = q.reshape(b, t, kv, n // kv, h)
+    out = jax.vmap(lambda qg: mha(qg, k, v, segment_ids), in_axes=3, out_axes=3)(grouped)
+    return out.reshape(b, t, n, h)
+
+
+def flash_attention(q: Array, k: Array, v: Array, segment_ids: Array) -> Array:
+    """Pallas flash attention (Triton on GPU) with segment ids and a causal mask: no (T, T)
+    tensor in memory. T must be a multiple of min(T, 128).
+
+    - GPU: the Triton kernel; CPU: the same kernel in the Pallas interpreter (slow: tests).
+    - TPU: the XLA path (:func:`xla_attention`): the Triton kernel would only run in the
+      Pallas interpreter there (correct but very slow), and TPU's own splash kernel is not
+      wired in; XLA's fused blockwise attention is what TPU runs.
+    - Under a device mesh the kernel runs per device in ``shard_map`` over the batch axes
+      (and the heads where tensor-parallel): a ``pallas_call`` has no partitioning rule, so
+      without it XLA would all-gather q/k/v and every device would attend the whole batch.
+    """
+    platform = kernel_platform()
+    if platform == "tpu":
+        return xla_attention(q, k, v, segment_ids)
+    kernel = functools.partial(_flash_kernel, interpret=platform != "gpu")
+    mesh = current_mesh()
+    if mesh is None or mesh.size == 1:
+        return kernel(q, k, v, segment_ids)
+    batch, _, heads, _ = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"))
+    if q.shape[0] % axis_size(mesh, batch):
+        batch = None  # e.g. init's single dummy row: every device attends all rows
+    if k.shape[2] % axis_size(mesh, heads):
+        heads = None  # KV heads do not split over the tensor axis: every tensor device attends all heads
+    qkv_spec, segment_spec = P(batch, None, heads, None), P(batch, None)
+    return jax.shard_map(
+        kernel, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, segment_spec), out_specs=qkv_spec, check_vma=False,
+    )(q, k, v, segment_ids)
 
 
 def attention(q: Array, k: Array, v: Array, segment_ids: Array, impl: str | None = None) -> Array:
@@ -202,6 +244,48 @@ def attention(q: Array, k: Array, v: Array, segment_ids: Array, impl: str | None
     if impl == "flash":
         return flash_attention(q, k, v, segment_ids)
     raise ValueError(f"attention_impl must be None, 'xla' or 'flash', got {impl!r}")
+
+
+def _matmul_operand(x: Array, dtype) -> Array:
+    """``x`` rounded to ``dtype`` as a matmul operand. XLA:CPU has no bf16 x bf16 -> f32
+    dot, so there the rounded values go in as float32 (the same numbers: products of two
+    bf16 values are exact in float32, and the accumulation is float32 either way)."""
+    x = x.astype(dtype)
+    return x.astype(jnp.float32) if kernel_platform() == "cpu" else x
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def head_logits(h: jax.Array, head: jax.Array, dtype) -> jax.Array:
+    """Logits (..., V) float32 = h (..., D) @ head (D, V) with ``dtype`` operands and
+    float32 accumulation, forward AND backward: the logits' float32 cotangent is cast to
+    ``dtype`` so both gradient matmuls also run at the ``dtype`` rate (jax's own transpose
+    would multiply a float32 cotangent, i.e. a float32/TF32 matmul); each gradient is
+    accumulated in float32 and returned in its input's dtype (the head's: float32)."""
+    return jnp.einsum("...d,dv->...v", _matmul_operand(h, dtype), _matmul_operand(head, dtype), preferred_element_type=jnp.float32)
+
+
+def _head_logits_fwd(h, head, dtype):
+    return head_logits(h, head, dtype), (h, head)
+
+
+def _sum_to_varying_axes_of(cotangent: jax.Array, primal: jax.Array) -> jax.Array:
+    """Inside ``shard_map``: sum a cotangent over the mesh axes along which it varies but
+    its primal does not (what jax's own transpose does; e.g. the hidden states' gradient
+    over a vocabulary-parallel head's tensor axis). Outside, a no-op."""
+    varying = lambda x: jax.typeof(x).mat.varying
+    extra = tuple(a for a in varying(cotangent) if a not in varying(primal))
+    return jax.lax.psum(cotangent, extra) if extra else cotangent
+
+
+def _head_logits_bwd(dtype, residuals, g):
+    h, head = residuals
+    g = _matmul_operand(g, dtype)
+    dh = jnp.einsum("...v,dv->...d", g, _matmul_operand(head, dtype), preferred_element_type=jnp.float32)
+    dhead = jnp.einsum("...d,...v->dv", _matmul_operand(h, dtype), g, preferred_element_type=jnp.float32)
+    return _sum_to_varying_axes_of(dh, h).astype(h.dtype), _sum_to_varying_axes_of(dhead, head).astype(head.dtype)
+
+
+head_logits.defvjp(_head_logits_fwd, _head_logits_bwd)
 
 
 def _init(config: ModelConfig, *names: str):
@@ -313,8 +397,8 @@ class Decoder(nn.Module):
         x = RMSNorm(cfg.norm_eps, name="norm")(x)
         if return_hidden:
             return x
-        if cfg.tie_embeddings:
-            logits = x.astype(jnp.float32) @ embed.embedding.astype(jnp.float32).T
+        if cfg.tie_embeddings:  # compute-dtype operands, float32 accumulation
+            logits = head_logits(x, embed.embedding.T, x.dtype)
         else:
             logits = nn.Dense(
                 cfg.vocab_size, use_bias=False, dtype=jnp.float32, param_dtype=jnp.dtype(cfg.param_dtype),

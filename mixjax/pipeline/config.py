@@ -25,6 +25,7 @@ from mixjax.mixing.fit import FitConfig
 from mixjax.mixing.solve import Constraints
 from mixjax.model.llama import PRESETS, ModelConfig
 from mixjax.train.loop import TrainConfig
+from mixjax.train.sharding import batch_split_error
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,9 @@ class ExperimentConfig:
     workdir: str = "experiments"
     seed: int = 0
     pretrain: PretrainConfig | None = None  # None: fine-tune `checkpoint` (or train from scratch)
+    # A finished run's checkpoints are deleted once its result.json is written (the full
+    # state is ~90 GiB for 8B; nothing resumes a finished run); True keeps its best params.
+    keep_best_params: bool = False
 
     @property
     def experiment_dir(self) -> Path:
@@ -163,9 +167,10 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
     return config
 
 
-def validate(config: ExperimentConfig) -> None:
-    """Checks that need no data: names, budgets, paths. Data-dependent checks (tokens
-    available per domain) run in the plan stage, still before any training."""
+def validate(config: ExperimentConfig, device_count: int | None = None) -> None:
+    """Checks that need no data: names, budgets, paths, the batch's split over the mesh of
+    ``device_count`` devices (default: ``jax.device_count()``, all processes). Data-dependent
+    checks (tokens available per domain) run in the plan stage, still before any training."""
     names = config.domain_names
     if len(names) < 2:
         raise ConfigError(f"need at least 2 domains, have {list(names)}")
@@ -197,3 +202,17 @@ def validate(config: ExperimentConfig) -> None:
     if config.train.max_steps is not None and config.train.max_steps <= 0:
         raise ConfigError(f"train.max_steps: a cap must be positive, got {config.train.max_steps}")
     config.model_config()
+    check_batch_split(config, device_count)
+
+
+def check_batch_split(config: ExperimentConfig, device_count: int | None = None) -> None:
+    """ConfigError when a global batch (train, pretrain) cannot be split over the mesh's
+    data-parallel devices, naming the numbers and the fix."""
+    if device_count is None:
+        import jax
+
+        device_count = jax.device_count()
+    sections = [("train", config.train)] + ([("pretrain.train", config.pretrain.train)] if config.pretrain else [])
+    for key, train in sections:
+        if (error := batch_split_error(train.batch_size, train.mesh_shape, device_count, key)) is not None:
+            raise ConfigError(error)

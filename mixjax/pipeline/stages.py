@@ -182,12 +182,15 @@ def prepare_run(spec: RunSpec, inputs: Inputs, profile: bool = False) -> Prepare
 def train_runs(
     runs: Sequence[PreparedRun], store: RunStore, label: str, *, val_sets: Mapping[str, Sequence[Example]],
     init_params, trainer: Callable[[], Trainer], options: Options, after_each: Callable[[], None] = lambda: None,
+    keep_best_params: bool = False,
 ) -> dict[str, str]:
     """Train every run that has not finished; returns {name: error} of the runs that raised.
     Checks every fingerprint first, so a stale run stops the stage before any training.
-    ``trainer`` gives the one compiled Trainer the runs share (built only if a run trains)."""
+    ``trainer`` gives the one compiled Trainer the runs share (built only if a run trains).
+    A finished run's checkpoints are deleted (its best params kept with ``keep_best_params``)."""
     store.check_fresh([(r.spec, r.fingerprint) for r in runs], options.retrain)
     todo = [r for r in runs if store.result(r.spec.name) is None]
+    store.release_checkpoints([r.spec.name for r in runs if r not in todo], keep_best_params)
     store.log(f"{label}: {len(runs)} runs, {len(runs) - len(todo)} already finished")
     failed = {}
     for run in progress_iter(todo, label, enabled=options.progress):
@@ -197,6 +200,7 @@ def train_runs(
                 trainer(), run.train, run.examples, val_sets, store.run_dir(run.spec.name),
                 init_params=init_params, progress=options.progress, log=store.log,
             )
+            store.release_checkpoints([run.spec.name], keep_best_params)
         except RUN_ERRORS as err:
             failed[run.spec.name] = f"{type(err).__name__}: {err}"
             store.mark_failed(run.spec.name, err)
@@ -313,7 +317,7 @@ class Pipeline:
         val = {n: d.val for n, d in inputs.domains.items()}
         failed = train_runs(
             runs, self.store, label, val_sets=val, init_params=inputs.init_params, trainer=lambda: inputs.trainer, options=self.options,
-            after_each=self.write_tables,
+            after_each=self.write_tables, keep_best_params=self.config.keep_best_params,
         )
         self.failed.update(failed)
         self.write_tables()

@@ -5,7 +5,8 @@
         spec.json        the run's spec, fingerprint and the tokens actually selected
         result.json      written by the trainer when the run finished
         failed.json      the error that stopped the run (removed when it is retried)
-        checkpoints/     the trainer's
+        checkpoints/     the trainer's; deleted once result.json is written (the best
+                         step's params kept with ``keep_best_params``)
     runs.csv             per-domain tokens and losses of the finished perturbation runs
     validation.csv       the same for the validation runs
     log.txt              the pipeline's log
@@ -25,6 +26,7 @@ from mixjax.io import atomic_path, barrier, is_primary_process, write_json_atomi
 from mixjax.mixing.runs import write_run_table
 from mixjax.pipeline.config import ConfigError
 from mixjax.pipeline.fingerprint import describe, differences
+from mixjax.train.checkpoint import release_finished
 
 
 class FingerprintMismatch(ConfigError):
@@ -98,6 +100,19 @@ class RunStore:
         (self.run_dir(spec.name) / "failed.json").unlink(missing_ok=True)
         record = {**dataclasses.asdict(spec), "fingerprint": fingerprint, "selected_tokens": selected_tokens}
         write_json_atomic(self.run_dir(spec.name) / "spec.json", record)
+
+    def release_checkpoints(self, names: Sequence[str], keep_best_params: bool = False) -> int:
+        """Delete the checkpoints of the FINISHED runs among ``names`` (those with a
+        result.json; a run in progress keeps its full saves to resume from), keeping each
+        one's best params only with ``keep_best_params``. Returns the bytes freed."""
+        if not self.primary:
+            return 0
+        freed = 0
+        for name in names:
+            result = self.result(name)
+            if result is not None:
+                freed += release_finished(self.run_dir(name) / "checkpoints", best_step=result.get("best_step"), keep_best_params=keep_best_params)
+        return freed
 
     def mark_failed(self, name: str, error: BaseException) -> None:
         if self.primary:

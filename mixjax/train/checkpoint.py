@@ -16,11 +16,19 @@ deleted. A run always resumes from its newest *full* step, and first deletes any
 (params-only) steps: replaying those steps rewrites them bit-exactly, so a kill at any
 moment can never leave a step that blocks the rerun (the old two-manager layout died with
 StepAlreadyExists when killed between ``save_best`` and ``save_latest`` of one step).
+
+Once a run has finished (its ``result.json`` is written), nothing resumes it: its full
+state (params + Adam moments, about 90 GiB for an 8B model) is dead weight, and an
+experiment has 4k+1 perturbation runs and dozens of validation runs.
+:func:`release_finished` deletes the run's checkpoints, keeping the best step's params
+(and meta) only when asked; a run in progress keeps its full saves, to resume from.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -118,3 +126,41 @@ class RunCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def checkpoint_bytes(directory: str | Path) -> int:
+    """Bytes in all files under ``directory`` (0 if it does not exist)."""
+    directory = Path(directory)
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()) if directory.exists() else 0
+
+
+def release_finished(directory: str | Path, *, best_step: int | None, keep_best_params: bool) -> int:
+    """Free the checkpoints of a FINISHED run; returns the bytes freed.
+
+    Without ``keep_best_params`` the whole ``directory`` goes. With it, only step
+    ``best_step`` stays, as a params-only step (its ``params`` and ``meta`` items; the
+    optimizer state item ``train`` is deleted and the step's ``full`` metric cleared), which
+    :meth:`RunCheckpoints.restore_best` still reads. Plain file operations (no orbax
+    manager, so one process can do it); call it only once the run's result is recorded.
+    """
+    directory = Path(directory)
+    before = checkpoint_bytes(directory)
+    if not directory.exists():
+        return 0
+    keep = directory / str(best_step) if keep_best_params and best_step is not None else None
+    if keep is None or not (keep / "params").is_dir():
+        shutil.rmtree(directory, ignore_errors=True)
+        return before
+    for child in directory.iterdir():
+        if child != keep:
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+    shutil.rmtree(keep / "train", ignore_errors=True)
+    metrics = keep / "metrics" / "metrics"
+    if metrics.exists():
+        metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "full": 0.0}))
+    metadata = keep / "_CHECKPOINT_METADATA"
+    if metadata.exists():
+        meta = json.loads(metadata.read_text())
+        meta.get("item_handlers", {}).pop("train", None)
+        metadata.write_text(json.dumps(meta))
+    return before - checkpoint_bytes(directory)

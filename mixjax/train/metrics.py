@@ -13,26 +13,48 @@ import json
 import math
 from pathlib import Path
 
-# Dense bf16 peak FLOP/s per device by device_kind substring (datasheets), for MFU.
+# Dense (no sparsity) bf16 peak FLOP/s of ONE device, keyed on the exact ``device_kind``
+# string jax reports (``jax.devices()[0].device_kind``), from the vendors' datasheets.
+# Exact keys, not substrings: "NVIDIA H100 PCIe" must not read as the SXM part, nor
+# "NVIDIA L40S" as the L4, and jax reports TPU v5p as "TPU v5" and v5e as "TPU v5 lite".
 PEAK_FLOPS: dict[str, float] = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L4": 121e12,
-    "TPU v5p": 459e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
+    # Hopper (H100/H200 datasheets, "BF16 Tensor Core" without sparsity)
+    "NVIDIA H100 80GB HBM3": 989e12,  # H100 SXM5
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H100 NVL": 835e12,
+    "NVIDIA H200": 989e12,  # H200 SXM
+    "NVIDIA H200 NVL": 835e12,
+    "NVIDIA GH200 480GB": 989e12,
+    # Ampere (A100 datasheet: 312 TFLOP/s bf16 for SXM4 and PCIe, 40 and 80 GB)
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-PCIE-40GB": 312e12,
+    "NVIDIA A100 80GB PCIe": 312e12,
+    "NVIDIA A10": 125e12,
+    # Ada (L4: 121, L40: 181, L40S: 362 TFLOP/s bf16 dense)
+    "NVIDIA L4": 121e12,
+    "NVIDIA L40": 181e12,
+    "NVIDIA L40S": 362e12,
+    # Cloud TPU (per chip; jax reports one device per chip on v4 and later)
     "TPU v4": 275e12,
-    "TPU v6": 918e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5": 459e12,  # v5p
+    "TPU v6 lite": 918e12,  # v6e (Trillium)
 }
 
 
 def peak_flops(device_kind: str) -> float | None:
-    """Datasheet peak for a device kind, or None where unknown (CPU)."""
-    for name, flops in PEAK_FLOPS.items():
-        if name.lower() in device_kind.lower():
-            return flops
-    return None
+    """Datasheet dense bf16 peak FLOP/s of one device of this exact ``device_kind``, or
+    None where unknown (CPU, an unlisted accelerator: MFU is then left blank)."""
+    return PEAK_FLOPS.get(device_kind.strip())
+
+
+def total_peak_flops(devices) -> float | None:
+    """Peak FLOP/s of all ``devices`` together (the sum of their peaks; a mesh's
+    ``devices.flat``), or None if any device's kind is unknown. MFU divides the throughput
+    of all devices by this, never by one device's peak."""
+    peaks = [peak_flops(d.device_kind) for d in devices]
+    return None if not peaks or any(p is None for p in peaks) else float(sum(peaks))
 
 
 def _clean(value):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -27,18 +27,68 @@ LOGICAL_RULES: tuple[tuple[str, object], ...] = (
 )
 
 
+def resolve_mesh_shape(shape: Sequence[int] | None, device_count: int) -> tuple[int, int, int]:
+    """The (data, fsdp, tensor) sizes on ``device_count`` devices; by default every device
+    on the data axis, and one ``-1`` entry takes the remaining devices, e.g. (-1, 1, 2).
+    ValueError when the sizes do not multiply to ``device_count``."""
+    shape = list(shape or (device_count, 1, 1))
+    if len(shape) != len(MESH_AXES):
+        raise ValueError(f"mesh shape {tuple(shape)} must have {len(MESH_AXES)} entries {MESH_AXES}")
+    if shape.count(-1) == 1:
+        shape[shape.index(-1)] = device_count // max(1, math.prod(s for s in shape if s != -1))
+    if math.prod(shape) != device_count or min(shape) < 1:
+        raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, have {device_count}")
+    return tuple(shape)
+
+
+def batch_split_error(batch_size: int, shape: Sequence[int] | None, device_count: int, key: str = "train") -> str | None:
+    """Why a global batch of ``batch_size`` rows cannot be split over the data-parallel
+    devices (data x fsdp) of the mesh, with the numbers and the fix; None when it can.
+    Each data-parallel device holds whole rows (``batch_sharding``), so data x fsdp must
+    divide the batch (else jax raises at the first step)."""
+    try:
+        data, fsdp, tensor = resolve_mesh_shape(shape, device_count)
+    except ValueError as err:
+        return f"{key}.mesh_shape: {err}"
+    parallel = data * fsdp
+    if batch_size % parallel == 0:
+        return None
+    rows = math.gcd(batch_size, device_count)
+    return (
+        f"{key}.batch_size={batch_size} cannot be split over the {parallel} data-parallel devices"
+        f" (mesh (data, fsdp, tensor) = ({data}, {fsdp}, {tensor}) on {device_count} devices; every device"
+        f" needs whole rows): set {key}.batch_size to a multiple of {parallel}"
+        f" (e.g. --set {key}.batch_size={-(-batch_size // parallel) * parallel}), or {key}.mesh_shape so that"
+        f" data x fsdp divides {batch_size} (e.g. --set '{key}.mesh_shape=({rows},1,{device_count // rows})')"
+    )
+
+
 def make_mesh(shape: Sequence[int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh; by default every device on the data axis.
 
     One ``-1`` entry takes the remaining devices, e.g. (-1, 1, 2).
     """
     devices = list(devices if devices is not None else jax.devices())
-    shape = list(shape or (len(devices), 1, 1))
-    if shape.count(-1) == 1:
-        shape[shape.index(-1)] = len(devices) // math.prod(s for s in shape if s != -1)
-    if math.prod(shape) != len(devices):
-        raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, have {len(devices)}")
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    return Mesh(np.asarray(devices).reshape(resolve_mesh_shape(shape, len(devices))), MESH_AXES)
+
+
+def current_mesh() -> Mesh | AbstractMesh | None:
+    """The mesh a step is being traced under: ``jax.set_mesh``'s (abstract inside jit),
+    else the legacy ``with mesh:`` context's (the Trainer's); None outside any mesh. Code
+    that places explicit per-device computations (``shard_map``) reads it at trace time."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        from jax._src.mesh import thread_resources  # `with mesh:` sets only this (jax 0.10)
+
+        mesh = thread_resources.env.physical_mesh
+    return None if mesh.empty else mesh
+
+
+def axis_size(mesh: Mesh, axes) -> int:
+    """Devices along mesh axis ``axes`` (a name, a tuple of names, or None: 1)."""
+    if axes is None:
+        return 1
+    return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

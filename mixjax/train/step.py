@@ -8,6 +8,7 @@ number of trained tokens each micro-batch holds.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -15,9 +16,11 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 from flax import struct
+from jax.sharding import PartitionSpec as P
 
-from mixjax.model.llama import Decoder, ModelConfig
+from mixjax.model.llama import Decoder, ModelConfig, head_logits
 from mixjax.train.optimizer import OptimizerConfig, learning_rate
+from mixjax.train.sharding import axis_size, current_mesh
 
 Batch = dict[str, jax.Array]
 
@@ -49,11 +52,34 @@ def _head(config: ModelConfig, params) -> jax.Array:
     return p["embed_tokens"]["embedding"].T if config.tie_embeddings else p["lm_head"]["kernel"]
 
 
-def chunked_cross_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array, chunk: int) -> jax.Array:
-    """Token cross-entropies (B, T) float32 from hidden states (B, T, D) and head (D, V),
-    ``chunk`` positions at a time: only a (B, chunk, V) float32 logits block exists at once,
-    forward and backward (each chunk's logits are recomputed in the backward pass)."""
+def _chunk_cross_entropy(h: jax.Array, head: jax.Array, y: jax.Array, dtype, vocab_axis) -> jax.Array:
+    """Cross-entropies (b, c) of one chunk: hidden (b, c, D), head (D, V_local) float32,
+    targets (b, c). The matmul takes ``dtype`` operands (bf16 on accelerators) and
+    accumulates in float32; with ``vocab_axis`` the head holds that mesh axis's slice of
+    the vocabulary and the softmax normaliser and target logit are summed over it."""
+    logits = head_logits(h, head, dtype)
+    if vocab_axis is None:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    peak = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(logits, axis=-1)), vocab_axis)
+    log_normaliser = jnp.log(jax.lax.psum(jnp.sum(jnp.exp(logits - peak[..., None]), axis=-1), vocab_axis)) + peak
+    v_local = head.shape[1]
+    local = y - jax.lax.axis_index(vocab_axis) * v_local
+    mine = (local >= 0) & (local < v_local)
+    picked = jnp.take_along_axis(logits, jnp.clip(local, 0, v_local - 1)[..., None], axis=-1)[..., 0]
+    return log_normaliser - jax.lax.psum(jnp.where(mine, picked, 0.0), vocab_axis)
+
+
+def _local_chunked_cross_entropy(hidden, head, targets, chunk: int, dtype, embed_axis=None, vocab_axis=None, row_axes=()) -> jax.Array:
     b, t, d = hidden.shape
+    if embed_axis is not None:
+        # The FSDP-sharded head, gathered ONCE for all chunks (its gradient: one reduce-scatter).
+        head = jax.lax.all_gather(head, embed_axis, axis=0, tiled=True)
+    # The head meets rows that differ per device: mark it device-varying HERE, outside the
+    # chunk loop, so the gradient's sum over the row axes (the transpose) runs once,
+    # after the loop, instead of once per chunk inside it.
+    unvaried = tuple(a for a in row_axes if a not in jax.typeof(head).mat.varying)
+    if unvaried:
+        head = jax.lax.pcast(head, unvaried, to="varying")
     pad = (-t) % chunk
     if pad:
         hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
@@ -61,14 +87,43 @@ def chunked_cross_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array
     n = (t + pad) // chunk
     hs = hidden.reshape(b, n, chunk, d).swapaxes(0, 1)
     ts = targets.reshape(b, n, chunk).swapaxes(0, 1)
-
-    @jax.checkpoint
-    def one(h: jax.Array, y: jax.Array) -> jax.Array:
-        logits = h.astype(jnp.float32) @ head.astype(jnp.float32)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y)
-
-    ce = jax.lax.map(lambda a: one(*a), (hs, ts))  # (n, B, chunk)
+    one = jax.checkpoint(lambda h, y: _chunk_cross_entropy(h, head, y, dtype, vocab_axis))
+    ce = jax.lax.map(lambda a: one(*a), (hs, ts))  # (n, b, chunk)
     return ce.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+
+
+def chunked_cross_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array, chunk: int, dtype=jnp.float32) -> jax.Array:
+    """Token cross-entropies (B, T) float32 from hidden states (B, T, D) and head (D, V),
+    ``chunk`` positions at a time: only a (B, chunk, V) float32 logits block exists at once,
+    forward and backward (each chunk's logits are recomputed in the backward pass).
+
+    Matmuls take ``dtype`` operands (the model's compute dtype: bf16 runs at the tensor
+    cores' bf16 rate, float32 as TF32 would run at half of it) and accumulate in float32
+    (``preferred_element_type``). Under a device mesh the loss runs per device in
+    ``shard_map``: rows split over the batch axes, the head's ``embed`` dim gathered once
+    over its FSDP axis before the chunk loop (so its gradient is summed locally over the
+    chunks and reduce-scattered once), its vocabulary split over the tensor axis
+    (vocabulary-parallel softmax). Without it XLA gathers the head and all-reduces its
+    gradient inside the loop, once per chunk."""
+    mesh = current_mesh()
+    if mesh is None or mesh.size == 1:
+        return _local_chunked_cross_entropy(hidden, head, targets, chunk, dtype)
+    used = lambda axes: None if axis_size(mesh, axes) == 1 else axes  # no collectives over 1 device
+    (batch,) = nn.logical_to_mesh_axes(("batch",))
+    embed, vocab = (used(a) for a in nn.logical_to_mesh_axes(("embed", "vocab")))  # the head param's placement
+    if hidden.shape[0] % axis_size(mesh, batch):
+        batch = None
+    if head.shape[0] % axis_size(mesh, embed):
+        embed = None
+    if head.shape[1] % axis_size(mesh, vocab):
+        vocab = None  # a vocabulary that does not split: every tensor device holds all of it
+    local = functools.partial(
+        _local_chunked_cross_entropy, chunk=chunk, dtype=dtype, embed_axis=embed, vocab_axis=vocab,
+        row_axes=(batch,) if isinstance(batch, str) else tuple(batch or ()),
+    )
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(P(batch, None, None), P(embed, vocab), P(batch, None)), out_specs=P(batch, None),
+    )(hidden, head, targets)
 
 
 def token_cross_entropy(config: ModelConfig, params, batch: Batch, loss_chunk: int = 0) -> jax.Array:
@@ -77,7 +132,7 @@ def token_cross_entropy(config: ModelConfig, params, batch: Batch, loss_chunk: i
     args = (batch["inputs"], batch["positions"], batch["segment_ids"])
     if loss_chunk:
         hidden = decoder.apply({"params": params}, *args, return_hidden=True)
-        return chunked_cross_entropy(hidden, _head(config, params), batch["targets"], loss_chunk)
+        return chunked_cross_entropy(hidden, _head(config, params), batch["targets"], loss_chunk, jnp.dtype(config.dtype))
     logits = decoder.apply({"params": params}, *args)
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
 

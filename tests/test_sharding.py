@@ -1,0 +1,60 @@
+"""Mesh shapes and the batch's split over data-parallel devices (issue 19 item 3): checked
+when the config is validated (exit 2 with the numbers and the fix), not at the first step."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import subprocess_env
+
+from mixjax.pipeline.config import ConfigError, apply_overrides, load_config, validate
+from mixjax.train.sharding import batch_split_error, resolve_mesh_shape
+
+TINY = Path(__file__).parent / "fixtures" / "tiny_config.py"
+
+
+def test_resolve_mesh_shape():
+    assert resolve_mesh_shape(None, 8) == (8, 1, 1)
+    assert resolve_mesh_shape((1, -1, 1), 32) == (1, 32, 1)
+    assert resolve_mesh_shape((-1, 1, 2), 8) == (4, 1, 2)
+    with pytest.raises(ValueError, match=r"needs 4 devices, have 8"):
+        resolve_mesh_shape((2, 2, 1), 8)
+
+
+@pytest.mark.parametrize("batch, shape, devices", [(16, None, 8), (16, (1, -1, 1), 16), (4, (4, 1, 2), 8), (4, (2, 1, 4), 8), (3, None, 1)])
+def test_batch_that_splits_has_no_error(batch, shape, devices):
+    assert batch_split_error(batch, shape, devices) is None
+
+
+@pytest.mark.parametrize("batch, shape, devices, parallel", [(4, None, 8, 8), (16, (1, -1, 1), 32, 32), (6, (2, 2, 2), 8, 4)])
+def test_batch_that_does_not_split_names_numbers_and_a_fix_that_works(batch, shape, devices, parallel):
+    error = batch_split_error(batch, shape, devices)
+    assert f"train.batch_size={batch} cannot be split over the {parallel} data-parallel devices" in error
+    multiple = int(re.search(r"--set train\.batch_size=(\d+)", error).group(1))
+    assert multiple % parallel == 0 and multiple >= batch and multiple - batch < parallel
+    mesh = tuple(int(x) for x in re.search(r"train\.mesh_shape=\((\d+),(\d+),(\d+)\)", error).groups())
+    assert batch_split_error(multiple, shape, devices) is None and batch_split_error(batch, mesh, devices) is None
+
+
+def test_validate_checks_the_batch_split_on_the_given_devices():
+    config = apply_overrides(load_config(TINY), ["train.batch_size=4"])
+    validate(config, device_count=4)
+    with pytest.raises(ConfigError, match=r"train\.batch_size=4 cannot be split over the 8 data-parallel devices"):
+        validate(config, device_count=8)
+    with pytest.raises(ConfigError, match=r"train\.mesh_shape: mesh shape \(3, 1, 1\) needs 3 devices, have 8"):
+        validate(apply_overrides(config, ["train.mesh_shape=(3,1,1)"]), device_count=8)
+
+
+def test_run_exits_2_before_training_on_8_devices(tmp_path):
+    """The reproduction (batch 4 on 8 devices): exit 2 with the fix, before any training."""
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    out = subprocess.run(
+        [sys.executable, "-m", "mixjax.run", "--config", str(TINY), "--no-progress", "--set", f"workdir='{tmp_path}'", "train.batch_size=4"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "train.batch_size=4 cannot be split over the 8 data-parallel devices" in out.stderr
+    assert "--set train.batch_size=8" in out.stderr and "train.mesh_shape=(4,1,2)" in out.stderr
+    assert not list(tmp_path.rglob("checkpoints"))
