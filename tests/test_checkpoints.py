@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 from flax import linen as nn
+from helpers import use_train
 
 from mixjax.io import write_json_atomic
 from mixjax.model.llama import ModelConfig
@@ -83,7 +84,7 @@ class CheckpointingFakeTrain:
     def __init__(self, fail=()):
         self.fail = set(fail)
 
-    def __call__(self, model, cfg, examples, val_sets, workdir, **_):
+    def __call__(self, trainer, cfg, examples, val_sets, workdir, **_):
         workdir, steps = Path(workdir), cfg.max_steps
         for item, size in (("params", 1000), ("train", 2000), ("meta", 10)):
             (workdir / "checkpoints" / str(steps) / item).mkdir(parents=True, exist_ok=True)
@@ -97,9 +98,10 @@ class CheckpointingFakeTrain:
 
 
 @pytest.mark.parametrize("keep", [False, True])
-def test_pipeline_releases_finished_runs_and_keeps_runs_in_progress(tmp_path, keep):
+def test_pipeline_releases_finished_runs_and_keeps_runs_in_progress(tmp_path, keep, monkeypatch):
+    use_train(monkeypatch, CheckpointingFakeTrain(fail=["base"]))
     rc = main(["--config", str(TINY_CONFIG), "--no-progress", "--stages", "plan,perturb", "--set", f"workdir='{tmp_path}'",
-               f"keep_best_params={keep}"], train_fn=CheckpointingFakeTrain(fail=["base"]))
+               f"keep_best_params={keep}"])
     assert rc == 3  # the failed run is reported
     runs = {p.name: p for p in next(tmp_path.iterdir()).joinpath("runs").iterdir()}
     assert len(runs) == 9 and (runs["base"] / "failed.json").exists()

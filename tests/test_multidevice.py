@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import subprocess_env
+from helpers import subprocess_env
 
 SCRIPT = Path(__file__).with_name("multidevice_check.py")
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env
+from helpers import subprocess_env
 
 from mixjax.pipeline.config import ConfigError, apply_overrides, load_config, validate
 from mixjax.train.sharding import batch_split_error, resolve_mesh_shape
