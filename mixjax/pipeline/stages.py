@@ -32,6 +32,7 @@ from mixjax.data.tokenizer import check_vocab, load_tokenizer
 from mixjax.data.pipeline import select_mixture
 from mixjax.mixing.baselines import feasible_mask, proportional_weights, simplex_grid, uniform_weights
 from mixjax.mixing.design import perturbation_runs
+from mixjax.mixing import selection
 from mixjax.mixing.fit import FitConfig, FitResult, fit_law
 from mixjax.mixing.mixture import report_for_params
 from mixjax.mixing.runs import domain_data, read_run_table
@@ -161,16 +162,17 @@ class PreparedRun:
 def prepare_run(spec: RunSpec, inputs: Inputs, profile: bool = False) -> PreparedRun:
     """Select the run's examples and compute its step budget and fingerprint (no training)."""
     cfg = inputs.config
+    seed = cfg.seed if spec.seed is None else spec.seed
     budgets = {n: t for n, t in spec.tokens.items() if t > 0}
-    examples = select_mixture(inputs.domains, budgets, cfg.seed)
+    examples = select_mixture(inputs.domains, budgets, seed)
     owner = {id(e): n for n in budgets for e in inputs.domains[n].train}
     selected = {n: 0 for n in spec.tokens}
     for e in examples:
         selected[owner[id(e)]] += e.num_tokens
     steps = steps_for_run(examples, cfg.train)
-    run_cfg = run_train_config(cfg.train, max_steps=steps, eval_every=max(1, steps // cfg.evals_per_run), seed=cfg.seed, profile=profile)
+    run_cfg = run_train_config(cfg.train, max_steps=steps, eval_every=max(1, steps // cfg.evals_per_run), seed=seed, profile=profile)
     fingerprint = normalise({
-        "seed": cfg.seed,
+        "seed": seed,
         "tokens": spec.tokens,
         "examples": examples_hash(examples),
         "model": config_dict(inputs.model),
@@ -224,7 +226,12 @@ def solve_mixture(fit: FitResult, budgets: Sequence[int], constraints: Constrain
 # ---------------------------------------------------------------------- validate
 
 
-def validation_mixtures(optimum: np.ndarray, baselines: Sequence[str], grid_step: float | None, available: np.ndarray) -> dict[str, np.ndarray]:
+def validation_mixtures(
+    optimum: np.ndarray, baselines: Sequence[str], grid_step: float | None, available: np.ndarray,
+    probes: Mapping[str, Sequence[float]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Label -> weights of every mixture the validate stage trains: the optimum, the
+    baselines, the simplex grid (``grid-...``) and the fit's probe mixtures (``probe-<name>``)."""
     k = len(available)
     mixtures = {"optimal": np.asarray(optimum, np.float64)}
     if "uniform" in baselines:
@@ -234,18 +241,26 @@ def validation_mixtures(optimum: np.ndarray, baselines: Sequence[str], grid_step
     if grid_step:
         for w in simplex_grid(k, grid_step):
             mixtures["grid-" + "-".join(f"{x:.2f}" for x in w)] = w
+    for name, w in (probes or {}).items():
+        mixtures[f"probe-{name}"] = np.asarray(w, np.float64)
     return mixtures
 
 
+def validation_seeds(seed: int, count: int) -> tuple[int, ...]:
+    """The seeds of the validation runs: the config's seed and the ``count - 1`` following ones."""
+    return tuple(range(seed, seed + count))
+
+
 def validation_plan(
-    names: Sequence[str], budget: int, mixtures: Mapping[str, np.ndarray], constraints: Constraints,
+    names: Sequence[str], budget: int, mixtures: Mapping[str, np.ndarray], constraints: Constraints, seeds: Sequence[int] = (0,),
 ) -> tuple[list[RunSpec], dict[str, str]]:
-    """Runs for the feasible mixtures; the others (bounds, or w_i N > D_i) are skipped with
-    the reason, never an error."""
+    """One run per feasible mixture and seed (seed-major: every mixture at the first seed, then
+    the next seed, ...); the infeasible mixtures (bounds, or w_i N > D_i) are skipped with the
+    reason, never an error."""
     labels = list(mixtures)
     weights = np.stack([mixtures[k] for k in labels])
     feasible = feasible_mask(weights, budget, constraints)
-    specs, skipped = [], {}
+    runs, skipped = [], {}
     for label, w, ok in zip(labels, weights, feasible):
         tokens = token_budgets(w, budget, names)
         short = [n for n, a in zip(names, constraints.available) if tokens[n] > a]
@@ -253,13 +268,13 @@ def validation_plan(
             why = f"domain {short[0]} needs {tokens[short[0]]:,} tokens" if short else "outside the weight bounds"
             skipped[label] = f"infeasible at N={budget:,}: {why}"
             continue
-        digest = hashlib.sha256(json.dumps(tokens, sort_keys=True).encode()).hexdigest()[:8]
-        specs.append(RunSpec(f"validate-{label}-{digest}", "validate", tokens, dict(zip(names, map(float, w)))))
+        runs.append((label, tokens, dict(zip(names, map(float, w)))))
+    specs = []
+    for seed in seeds:
+        for label, tokens, w in runs:
+            digest = hashlib.sha256(json.dumps(tokens, sort_keys=True).encode()).hexdigest()[:8]
+            specs.append(RunSpec(f"validate-{label}-seed{seed}-{digest}", "validate", tokens, w, seed=seed, label=label))
     return specs, skipped
-
-
-def validation_label(run_name: str) -> str:
-    return run_name.removeprefix("validate-").rsplit("-", 1)[0]
 
 
 # ---------------------------------------------------------------------- the pipeline
@@ -304,11 +319,14 @@ class Pipeline:
         return solution
 
     def validation(self) -> tuple[list[RunSpec], dict[str, str]]:
+        """The validation runs (every mixture at every validation seed) and the skipped mixtures."""
         inputs = self.inputs()
-        optimum = np.asarray(self.solution()["weights"][f"{self.validate_budget:g}"])
+        solution = self.solution()
+        optimum = np.asarray(solution["weights"][f"{self.validate_budget:g}"])
         v = self.config.validate
-        mixtures = validation_mixtures(optimum, v.baselines, v.grid_step, inputs.available)
-        return validation_plan(self.config.domain_names, self.validate_budget, mixtures, inputs.constraints())
+        mixtures = validation_mixtures(optimum, v.baselines, v.grid_step, inputs.available, solution.get("probes"))
+        seeds = validation_seeds(self.config.seed, v.seeds)
+        return validation_plan(self.config.domain_names, self.validate_budget, mixtures, inputs.constraints(), seeds)
 
     def write_tables(self) -> None:
         names = self.config.domain_names
@@ -360,17 +378,44 @@ class Pipeline:
         if fit_json is None:
             raise ConfigError("solve: no fit.json; run the fit stage first")
         fit = FitResult.from_dict(fit_json)
-        solution = solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], self.inputs().constraints(), self.config.seed)
+        constraints = self.inputs().constraints()
+        solution = solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], constraints, self.config.seed)
+        key = jax.random.fold_in(jax.random.key(self.config.seed), 1)
+        probes = selection.propose_probes(fit, float(self.validate_budget), constraints, key)
+        solution["probes"] = {name: np.asarray(w, np.float64).tolist() for name, w in probes.items()}
         self.store.write_json("solution.json", solution)
         for budget, w in solution["weights"].items():
             self.store.log(f"solve N={float(budget):,.0f}: " + ", ".join(f"{n}={x:.3f}" for n, x in zip(fit.domains, w)))
+        for name, w in solution["probes"].items():
+            self.store.log(f"solve: the fit variants disagree; probe {name} at N={self.validate_budget:,}: " + ", ".join(f"{n}={x:.3f}" for n, x in zip(fit.domains, w)))
 
     def stage_validate(self) -> None:
         specs, skipped = self.validation()
         for label, why in skipped.items():
             self.store.log(f"validate: skipping {label}: {why}")
         self.store.write_json("validation_skipped.json", skipped)
-        self._train(specs, "validation runs")
+        failed = self._train(specs, "validation runs")
+        probes = [s for s in specs if s.label.startswith("probe-")]
+        if probes and not any(s.name in failed for s in probes):
+            self.settle(probes)
+
+    def settle(self, probes: Sequence[RunSpec]) -> None:
+        """The probe runs choose between the fit variants: refit on runs.csv + probes.csv
+        (every probe mixture at every seed), solve again; fit_final.json, solution_final.json
+        and selection.json record the outcome."""
+        names = self.config.domain_names
+        self.store.write_table("probes.csv", probes, names)
+        train, measured = read_run_table(self.store.path("runs.csv")), read_run_table(self.store.path("probes.csv"))
+        key = jax.random.fold_in(jax.random.key(self.config.seed), 2)
+        fit, report = selection.settle_with_probes(train, measured, self.config.fit, key)
+        solution = solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], self.inputs().constraints(), self.config.seed)
+        self.store.write_json("fit_final.json", fit.to_dict())
+        self.store.write_json("solution_final.json", solution)
+        self.store.write_json("selection.json", {**report, "probe_runs": len(measured.tokens)})
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in sorted(report["scores"].items(), key=lambda kv: kv[1]))
+        self.store.log(f"validate: {len(measured.tokens)} probe runs chose the fit variant {report['chosen']} (probe RMSE: {scores or 'none'})")
+        w = solution["weights"][f"{self.validate_budget:g}"]
+        self.store.log(f"validate: refit with the probes, N={self.validate_budget:,}: " + ", ".join(f"{n}={x:.3f}" for n, x in zip(names, w)))
 
     def stage_report(self) -> None:
         from mixjax.pipeline.report import ReportInputs, write_report
@@ -380,18 +425,20 @@ class Pipeline:
             self.store.log("report: skipped, no fit/solution")
             return
         names = self.config.domain_names
-        measured = {}
+        measured: dict[str, tuple[list[float], dict[int, list[float]]]] = {}
         specs, skipped = (self.validation() if self.store.read_json("validation_skipped.json") is not None else ([], {}))
         for spec in specs:
             result = self.store.result(spec.name)
             if result is not None:
-                measured[validation_label(spec.name)] = ([spec.weights[n] for n in names], [result["best_losses"][n] for n in names])
+                weights, by_seed = measured.setdefault(spec.label, ([spec.weights[n] for n in names], {}))
+                by_seed[spec.seed] = [result["best_losses"][n] for n in names]
         run_names = [s.name for s in self.store.plan()] + [s.name for s in specs]
         report = ReportInputs(
             name=self.config.name, domains=names, fit=FitResult.from_dict(fit_json), solution=solution,
             runs_csv=self.store.path("runs.csv"), target_budgets=tuple(self.config.target_budgets),
             validate_budget=self.validate_budget, constraints=self.inputs().constraints(), measured=measured, skipped=skipped,
             histories=self.store.histories(run_names), base_model=self.inputs().config.checkpoint, failed=dict(self.failed),
+            selection=self.store.read_json("selection.json"), solution_final=self.store.read_json("solution_final.json"),
         )
         if self.store.primary:
             write_report(report, self.store.dir)
@@ -409,14 +456,19 @@ class Pipeline:
         if self.failed:
             raise RunsFailed(self.failed)
 
-    def run_one(self, index: int) -> None:
-        """Train one planned perturbation run (a SLURM array task); plans first if needed."""
-        if not self.store.plan():
-            self.stage_plan()
-        specs = [s for s in self.store.plan() if s.kind == "perturb"]
+    def run_one(self, index: int, kind: str = "perturb") -> None:
+        """Train one run (a SLURM array task): perturbation run ``index`` of plan.json (plans
+        first if needed), or with ``kind="validate"`` validation run ``index`` (every mixture
+        at every seed; needs solution.json). A later ``--stages validate,report`` reuses them."""
+        if kind == "validate":
+            specs = self.validation()[0]
+        else:
+            if not self.store.plan():
+                self.stage_plan()
+            specs = [s for s in self.store.plan() if s.kind == "perturb"]
         if not 0 <= index < len(specs):
-            raise ConfigError(f"--run {index}: the plan has runs 0..{len(specs) - 1}")
-        self._train([specs[index]], f"run {index}")
+            raise ConfigError(f"--run {kind}:{index}: there are {kind} runs 0..{len(specs) - 1}")
+        self._train([specs[index]], f"{kind} run {index}")
         if self.failed:
             raise RunsFailed(self.failed)
 

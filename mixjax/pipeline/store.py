@@ -38,6 +38,8 @@ class RunSpec:
     kind: str  # "perturb" or "validate"
     tokens: dict[str, int]  # planned tokens per domain
     weights: dict[str, float] | None = None
+    seed: int | None = None  # None: the config's seed (validation runs repeat a mixture at several seeds)
+    label: str | None = None  # validation runs: the mixture's name ("optimal", "uniform", "grid-...", "probe-...")
 
 
 class RunStore:
