@@ -117,7 +117,7 @@ def general_example(rng: np.random.Generator) -> Conversation:
     """Easy, broad: a string task on a known word, a sentence, one-digit arithmetic in words, or
     reading a one-line program; a little of every other domain's skill."""
     kind = rng.random()
-    word = _word(rng)
+    word = _pick(rng, WORDS)
     if kind < 0.35:
         task = int(rng.integers(3))
         if task == 0:
@@ -127,7 +127,7 @@ def general_example(rng: np.random.Generator) -> Conversation:
         n = int(rng.integers(2, 4))
         return [("user", f"Repeat '{word}' {n} times."), ("assistant", " ".join([word] * n))]
     if kind < 0.6:
-        other = _word(rng)
+        word, other = _word(rng), _word(rng)
         return [("user", f"Use '{word}' and '{other}' in a sentence."), ("assistant", f"The {word} is near the {other}.")]
     if kind < 0.8:
         a, b = (int(v) for v in rng.integers(1, 10, size=2))
@@ -136,24 +136,34 @@ def general_example(rng: np.random.Generator) -> Conversation:
 
 
 def math_steps_example(rng: np.random.Generator) -> Conversation:
-    """Medium: a two-step word problem, answered one step per sentence."""
+    """Medium-hard, data-hungry: a word problem of two or three steps (six templates, two-digit
+    numbers), answered one step per sentence."""
     name, thing = _pick(rng, _NAMES), _pick(rng, WORDS)
-    a, b, c = int(rng.integers(10, 60)), int(rng.integers(2, 10)), int(rng.integers(2, 10))
-    kind = int(rng.integers(3))
+    a, b, c, d = int(rng.integers(10, 100)), int(rng.integers(2, 13)), int(rng.integers(2, 13)), int(rng.integers(2, 13))
+    kind = int(rng.integers(6))
     if kind == 0:
         question = f"{name} has {a} {thing}s and buys {b} bags of {c} {thing}s. How many {thing}s does {name} have?"
-        steps = [f"{b} x {c} = {b * c}.", f"{a} + {b * c} = {a + b * c}."]
-        answer = a + b * c
+        steps = [(b, "x", c), (a, "+", b * c)]
     elif kind == 1:
         given = int(rng.integers(1, b * c))
         question = f"{name} has {b} boxes of {c} {thing}s and gives away {given}. How many {thing}s are left?"
-        steps = [f"{b} x {c} = {b * c}.", f"{b * c} - {given} = {b * c - given}."]
-        answer = b * c - given
-    else:
+        steps = [(b, "x", c), (b * c, "-", given)]
+    elif kind == 2:
         question = f"{name} has {a} {thing}s, finds {b} more, then doubles them. How many {thing}s now?"
-        steps = [f"{a} + {b} = {a + b}.", f"{a + b} x 2 = {2 * (a + b)}."]
-        answer = 2 * (a + b)
-    return [("user", question), ("assistant", " ".join(steps) + f" The answer is {answer}.")]
+        steps = [(a, "+", b), (a + b, "x", 2)]
+    elif kind == 3:
+        question = f"{name} buys {b} packs of {c} {thing}s and {d} packs of {b} {thing}s. How many {thing}s in all?"
+        steps = [(b, "x", c), (d, "x", b), (b * c, "+", d * b)]
+    elif kind == 4:
+        lost = int(rng.integers(1, a))
+        question = f"{name} has {a} {thing}s and loses {lost}. Each {thing} is worth {c} coins. How many coins are the rest worth?"
+        steps = [(a, "-", lost), (a - lost, "x", c)]
+    else:
+        question = f"{name} has {a} {thing}s, gets {b} on Monday and {c} on Tuesday, then gives {d} away. How many {thing}s are left?"
+        steps = [(a, "+", b), (a + b, "+", c), (a + b + c, "-", d)]
+    lines = [f"{x} {op} {y} = {_value(x, '*' if op == 'x' else op, y)}." for x, op, y in steps]
+    answer = _value(*steps[-1][:1], "*" if steps[-1][1] == "x" else steps[-1][1], steps[-1][2])
+    return [("user", question), ("assistant", " ".join(lines) + f" The answer is {answer}.")]
 
 
 def code_trace_example(rng: np.random.Generator) -> Conversation:
