@@ -529,3 +529,37 @@ def test_no_probes_no_refit(tmp_path):
     assert _main(["--stages", "solve,validate,report"], tmp_path, fake) == 0
     assert json.loads((exp / "solution.json").read_text())["probes"] == {}
     assert not (exp / "fit_final.json").exists() and "Probe runs" not in (exp / "report.md").read_text()
+
+
+def test_plan_records_token_counts_that_solve_and_report_read(tmp_path, monkeypatch):
+    """#17 item 3: the plan stage counts each domain's training tokens once (plan.json); solve,
+    report and the validation plan read them and validation_plan.json, and never tokenize."""
+    from mixjax.data.tokenizer import ByteTokenizer
+    from mixjax.pipeline import stages
+
+    calls = []
+    encode = ByteTokenizer.encode_conversations
+    monkeypatch.setattr(ByteTokenizer, "encode_conversations", lambda self, *a, **k: calls.append(1) or encode(self, *a, **k))
+    fake = FakeTrain()
+    assert _main(["--stages", "plan,perturb"], tmp_path, fake) == 0
+    assert len(calls) == 4  # training and validation sets of the two domains, once per process
+    exp = tmp_path / "tiny"
+    plan = json.loads((exp / "plan.json").read_text())
+    assert set(plan["available"]) == {"instruct", "math"} and all(v > 6000 for v in plan["available"].values())
+    (exp / "fit.json").write_text((Path(__file__).parent / "fixtures" / "tiny_fit.json").read_text())
+
+    calls.clear()
+    assert _main(["--stages", "solve"], tmp_path, fake) == 0
+    assert calls == []  # solve: constraints from plan.json, validation plan written once
+    recorded = json.loads((exp / "validation_plan.json").read_text())
+    assert [r["label"] for r in recorded["runs"]] == ["optimal", "uniform"]
+    assert _main(["--stages", "validate"], tmp_path, fake) == 0  # trains: tokenizes
+    calls.clear()
+    monkeypatch.setattr(stages, "validation_plan", lambda *a, **k: pytest.fail("the validation plan was made again"))
+    assert _main(["--stages", "report"], tmp_path, fake) == 0
+    assert calls == [] and "| optimal |" in (exp / "report.md").read_text()
+    # Another validate config makes (and records) another plan, still without tokenizing.
+    monkeypatch.undo()
+    monkeypatch.setattr(ByteTokenizer, "encode_conversations", lambda self, *a, **k: calls.append(1) or encode(self, *a, **k))
+    assert _main(["--stages", "report", "--set", "validate.seeds=2"], tmp_path, fake) == 0
+    assert calls == [] and len(json.loads((exp / "validation_plan.json").read_text())["runs"]) == 4

@@ -118,10 +118,8 @@ class Inputs:
 
     @property
     def available(self) -> np.ndarray:
+        """Training tokens per domain (tokenizes the data; the plan stage records them)."""
         return np.array([self.domains[n].train_tokens for n in self.config.domain_names], np.float64)
-
-    def constraints(self) -> Constraints:
-        return self.config.constraints(self.available)
 
 
 # ---------------------------------------------------------------------- plan
@@ -318,15 +316,33 @@ class Pipeline:
             raise ConfigError("validate: no solution.json; run the solve stage first")
         return solution
 
+    def available(self) -> np.ndarray:
+        """Training tokens per domain (domain order), as the plan stage recorded them; counted
+        from the data (tokenizing it) only for an experiment planned before they were recorded."""
+        recorded = self.store.available()
+        if recorded is not None and set(recorded) == set(self.config.domain_names):
+            return np.array([recorded[n] for n in self.config.domain_names], np.float64)
+        return self.inputs().available
+
+    def constraints(self) -> Constraints:
+        return self.config.constraints(self.available())
+
     def validation(self) -> tuple[list[RunSpec], dict[str, str]]:
-        """The validation runs (every mixture at every validation seed) and the skipped mixtures."""
-        inputs = self.inputs()
+        """The validation runs (every mixture at every validation seed) and the skipped mixtures,
+        from validation_plan.json; made (and written) once per solution and validate config."""
         solution = self.solution()
+        made_from = normalise({"solution": {k: solution.get(k) for k in ("weights", "probes")}, "validate": config_dict(self.config.validate),
+                               "seed": self.config.seed, "budget": self.validate_budget, "available": self.available().tolist()})
+        recorded = self.store.read_json("validation_plan.json")
+        if recorded is not None and recorded["made_from"] == made_from:
+            return [RunSpec(**s) for s in recorded["runs"]], recorded["skipped"]
         optimum = np.asarray(solution["weights"][f"{self.validate_budget:g}"])
         v = self.config.validate
-        mixtures = validation_mixtures(optimum, v.baselines, v.grid_step, inputs.available, solution.get("probes"))
+        mixtures = validation_mixtures(optimum, v.baselines, v.grid_step, self.available(), solution.get("probes"))
         seeds = validation_seeds(self.config.seed, v.seeds)
-        return validation_plan(self.config.domain_names, self.validate_budget, mixtures, inputs.constraints(), seeds)
+        specs, skipped = validation_plan(self.config.domain_names, self.validate_budget, mixtures, self.constraints(), seeds)
+        self.store.write_json("validation_plan.json", {"made_from": made_from, "runs": [dataclasses.asdict(s) for s in specs], "skipped": skipped})
+        return specs, skipped
 
     def write_tables(self) -> None:
         names = self.config.domain_names
@@ -356,8 +372,9 @@ class Pipeline:
 
     def stage_plan(self) -> None:
         cfg = self.config
-        specs = plan_runs(cfg.domain_names, cfg.base_tokens, cfg.scales, self.inputs().available, cfg.target_budgets)
-        self.store.write_plan(specs)
+        available = self.inputs().available
+        specs = plan_runs(cfg.domain_names, cfg.base_tokens, cfg.scales, available, cfg.target_budgets)
+        self.store.write_plan(specs, dict(zip(cfg.domain_names, map(int, available))))
         self.store.log(f"plan: {len(specs)} perturbation runs (4k+1 with k={len(cfg.domain_names)}), base {cfg.base_tokens:,} tokens per domain")
 
     def stage_perturb(self) -> None:
@@ -378,7 +395,7 @@ class Pipeline:
         if fit_json is None:
             raise ConfigError("solve: no fit.json; run the fit stage first")
         fit = FitResult.from_dict(fit_json)
-        constraints = self.inputs().constraints()
+        constraints = self.constraints()
         solution = solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], constraints, self.config.seed)
         key = jax.random.fold_in(jax.random.key(self.config.seed), 1)
         probes = selection.propose_probes(fit, float(self.validate_budget), constraints, key)
@@ -388,6 +405,7 @@ class Pipeline:
             self.store.log(f"solve N={float(budget):,.0f}: " + ", ".join(f"{n}={x:.3f}" for n, x in zip(fit.domains, w)))
         for name, w in solution["probes"].items():
             self.store.log(f"solve: the fit variants disagree; probe {name} at N={self.validate_budget:,}: " + ", ".join(f"{n}={x:.3f}" for n, x in zip(fit.domains, w)))
+        self.validation()  # validation_plan.json, read by the validate stage, its job-array tasks and the report
 
     def stage_validate(self) -> None:
         specs, skipped = self.validation()
@@ -408,7 +426,7 @@ class Pipeline:
         train, measured = read_run_table(self.store.path("runs.csv")), read_run_table(self.store.path("probes.csv"))
         key = jax.random.fold_in(jax.random.key(self.config.seed), 2)
         fit, report = selection.settle_with_probes(train, measured, self.config.fit, key)
-        solution = solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], self.inputs().constraints(), self.config.seed)
+        solution = solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], self.constraints(), self.config.seed)
         self.store.write_json("fit_final.json", fit.to_dict())
         self.store.write_json("solution_final.json", solution)
         self.store.write_json("selection.json", {**report, "probe_runs": len(measured.tokens)})
@@ -436,7 +454,7 @@ class Pipeline:
         report = ReportInputs(
             name=self.config.name, domains=names, fit=FitResult.from_dict(fit_json), solution=solution,
             runs_csv=self.store.path("runs.csv"), target_budgets=tuple(self.config.target_budgets),
-            validate_budget=self.validate_budget, constraints=self.inputs().constraints(), measured=measured, skipped=skipped,
+            validate_budget=self.validate_budget, constraints=self.constraints(), measured=measured, skipped=skipped,
             histories=self.store.histories(run_names), base_model=self.inputs().config.checkpoint, failed=dict(self.failed),
             selection=self.store.read_json("selection.json"), solution_final=self.store.read_json("solution_final.json"),
         )
