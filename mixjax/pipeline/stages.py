@@ -331,8 +331,11 @@ class Pipeline:
         """The validation runs (every mixture at every validation seed) and the skipped mixtures,
         from validation_plan.json; made (and written) once per solution and validate config."""
         solution = self.solution()
-        made_from = normalise({"solution": {k: solution.get(k) for k in ("weights", "probes")}, "validate": config_dict(self.config.validate),
-                               "seed": self.config.seed, "budget": self.validate_budget, "available": self.available().tolist()})
+        cfg = self.config
+        made_from = normalise({
+            "solution": {k: solution.get(k) for k in ("weights", "probes")}, "validate": config_dict(cfg.validate), "seed": cfg.seed,
+            "budget": self.validate_budget, "available": self.available().tolist(), "bounds": [cfg.lower, cfg.upper],
+        })
         recorded = self.store.read_json("validation_plan.json")
         if recorded is not None and recorded["made_from"] == made_from:
             return [RunSpec(**s) for s in recorded["runs"]], recorded["skipped"]
