@@ -39,3 +39,16 @@ def test_general_touches_every_skill_and_is_short():
     assert sum("plus" in t for t in text) > 50 and sum("print(" in t for t in text) > 50
     mean_chars = lambda convs: sum(len(q) + len(a) for (_, q), (_, a) in convs) / len(convs)
     assert mean_chars(general) < mean_chars(generate("math_steps", 500)) < mean_chars(generate("code_trace", 500)) * 1.5
+
+
+def test_validation_set_is_distinct_when_a_source_repeats_conversations():
+    """general repeats conversations (937 distinct of 2,560): the validation set still holds
+    val_examples distinct ones, none of them in training (it held 20 distinct before)."""
+    from mixjax.data.domain import DomainSpec, load_domain
+    from mixjax.data.tokenizer import ByteTokenizer
+
+    domain = load_domain(DomainSpec("general", ("synthetic:general:2560",), val_examples=64), ByteTokenizer(), 129)
+    val = {tuple(e.tokens.tolist()) for e in domain.val}
+    assert len(domain.val) == 64 and len(val) == 64
+    assert not val & {tuple(e.tokens.tolist()) for e in domain.train}
+    assert len(domain.train) == 2560 - 64 - 129  # the 129 other copies of validation conversations are dropped

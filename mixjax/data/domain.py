@@ -3,7 +3,7 @@
 A source is a file path (.jsonl/.json/.parquet), ``synthetic:<name>[:<count>]`` (the
 embedded domains) or ``tfds:<name>[/<config>]:<split>`` (tensorflow-datasets from a local
 ``data_dir``; never downloads). Examples are tokenised with the chat template; the
-validation set is the ``val_examples`` examples with the smallest content hash, and any
+validation set is the ``val_examples`` distinct examples with the smallest content hash, and any
 training example with the same content as a validation example of ANY domain is dropped
 (``load_domains``), so training and validation are disjoint across domains, whatever the
 order of the sources. ``encode_documents`` turns plain-text documents (pretraining) into
@@ -96,7 +96,10 @@ def _split(spec: DomainSpec) -> _Split:
         raise DataError(f"domain {spec.name}: its sources {list(spec.sources)} hold no examples")
     hashes = [content_hash(c) for c in conversations]
     order = np.argsort(hashes, kind="stable")
-    return _Split(conversations, hashes, order[: spec.val_examples])
+    # One copy per content: a source that repeats a conversation must not fill the validation
+    # set with copies of a few (their training copies are dropped by _build either way).
+    first = order[np.r_[True, np.asarray(hashes)[order[1:]] != np.asarray(hashes)[order[:-1]]]]
+    return _Split(conversations, hashes, first[: spec.val_examples])
 
 
 def _build(spec: DomainSpec, split: _Split, held_out: set[str], tokenizer: Tokenizer, max_len: int) -> Domain:
