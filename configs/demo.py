@@ -17,15 +17,15 @@ from mixjax.pipeline.config import ExperimentConfig, PretrainConfig, ValidateCon
 from mixjax.train.loop import TrainConfig
 from mixjax.train.optimizer import OptimizerConfig
 
-# Available training tokens (BPE, chat template included) ~ 100k : 40k : 10k, as examples
-# (64 more per domain are held out for validation).
+# Examples per domain (64 distinct ones of each are held out for validation): ~98.7k : 43.9k :
+# 9.7k training tokens (BPE, chat template included).
 DOMAINS = (("general", "general", 2_560), ("math", "math_steps", 490), ("code", "code_trace", 164))
 
 config = ExperimentConfig(
     name="demo",
     domains=tuple(DomainSpec(name, (f"synthetic:{source}:{count}",), val_examples=64) for name, source, count in DOMAINS),
-    base_tokens=3_000,  # the x3 run takes ~9k of code's ~10k tokens
-    target_budgets=(24_000, 48_000),  # code's availability binds above ~10k / 24k = 0.42 of the budget
+    base_tokens=3_000,  # the x3 run takes ~9k of code's ~9.7k tokens
+    target_budgets=(24_000, 48_000),  # code's availability (<= 9.7k / N) binds the optimum from N ~ 30k
     model="demo",
     pretrain=PretrainConfig(
         num_documents=5_000, val_documents=256, vocab_size=512,  # ~380k BPE tokens, ~180 steps
