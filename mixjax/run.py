@@ -22,6 +22,14 @@ from mixjax.pipeline.config import ConfigError, apply_overrides, load_config
 from mixjax.pipeline.stages import STAGES, Options, Pipeline, RunsFailed
 
 
+def _run_index(text: str) -> tuple[str, int]:
+    """``--run 3`` -> ("perturb", 3); ``--run validate:3`` -> ("validate", 3)."""
+    kind, _, index = text.rpartition(":")
+    if kind not in ("", "perturb", "validate") or not index.isdigit():
+        raise argparse.ArgumentTypeError(f"expected INDEX, perturb:INDEX or validate:INDEX, got {text!r}")
+    return kind or "perturb", int(index)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m mixjax.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="a Python file defining `config = ExperimentConfig(...)`")
@@ -29,7 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.max_steps=20")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
-    p.add_argument("--run", type=int, metavar="INDEX", help="train only perturbation run INDEX of plan.json (job arrays)")
+    p.add_argument(
+        "--run", type=_run_index, metavar="[validate:]INDEX",
+        help="train only perturbation run INDEX of plan.json, or validation run INDEX (after solve) (job arrays)",
+    )
     p.add_argument("--retrain", action="store_true", help="retrain runs whose fingerprint (config, data, seed, ...) changed")
     p.add_argument("--profile", action="store_true", help="capture a jax.profiler trace of a few steps of each run (train.profile)")
     return p.parse_args(argv)
@@ -51,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         options = Options(retrain=args.retrain, profile=args.profile, progress=not args.no_progress)
         pipeline = Pipeline(config, options)
         if args.run is not None:
-            pipeline.run_one(args.run)
+            pipeline.run_one(args.run[1], kind=args.run[0])
         else:
             pipeline.run(stages)
     except (ConfigError, BudgetError, DataError, FileNotFoundError, UnsupportedCheckpoint) as err:

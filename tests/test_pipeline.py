@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from helpers import subprocess_env, use_train
@@ -304,7 +305,8 @@ def test_validation_plan_skips_infeasible_mixtures():
     mixtures = {"optimal": np.array([0.25, 0.75]), "uniform": np.array([0.5, 0.5])}
     mixtures |= {f"grid-{w:.2f}": np.array([w, 1 - w]) for w in (0.0, 0.25, 0.5, 0.75, 1.0)}
     specs, skipped = validation_plan(("a", "b"), 1000, mixtures, constraints)
-    assert [s.name.rsplit("-", 1)[0] for s in specs] == ["validate-optimal", "validate-grid-0.25"]
+    assert [s.name.rsplit("-", 1)[0] for s in specs] == ["validate-optimal-seed0", "validate-grid-0.25-seed0"]
+    assert [(s.label, s.seed) for s in specs] == [("optimal", 0), ("grid-0.25", 0)]
     assert skipped == {
         "uniform": "infeasible at N=1,000: domain a needs 500 tokens",
         "grid-0.00": "infeasible at N=1,000: outside the weight bounds",
@@ -332,7 +334,7 @@ def test_full_pipeline_with_grid_report(tmp_path):
     on instruct) are skipped and listed; summary.json and report.md carry the grid metrics
     and the training curves."""
     fake = FakeTrain()
-    args = ["--set", "validate.grid_step=0.25", "upper={'instruct': 0.6}", "validate.baselines=('uniform','proportional')"]
+    args = ["--set", "validate.grid_step=0.25", "upper={'instruct': 0.6}", "validate.baselines=('uniform','proportional')", "validate.seeds=2"]
     assert _main(["--stages", "plan,perturb", *args], tmp_path, fake) == 0
     exp = tmp_path / "tiny"
     (exp / "fit.json").write_text((Path(__file__).parent / "fixtures" / "tiny_fit.json").read_text())
@@ -343,14 +345,35 @@ def test_full_pipeline_with_grid_report(tmp_path):
     assert set(v["skipped"]) == {"grid-0.75-0.25", "grid-1.00-0.00"}
     assert set(v["mixtures"]) == {"optimal", "uniform", "proportional", "grid-0.00-1.00", "grid-0.25-0.75", "grid-0.50-0.50"}
     for row in v["mixtures"].values():
-        assert set(row) == {"weights", "measured", "predicted", "measured_total", "predicted_total"}
+        assert set(row) >= {"weights", "measured", "measured_sd", "predicted", "measured_total", "measured_total_sd", "predicted_total", "per_seed"}
         assert row["measured_total"] == pytest.approx(sum(row["measured"]))
+    # Two seeds: mean and sd over seeds of the totals; each seed's grid metric; paired differences.
+    for row in v["mixtures"].values():
+        totals = [row["per_seed"][s]["total"] for s in ("0", "1")]
+        assert row["seeds"] == [0, 1] and row["measured_total"] == pytest.approx(np.mean(totals))
+        assert row["measured_total_sd"] == pytest.approx(np.std(totals, ddof=1)) and row["measured_total_sd"] > 0
     g = v["grid"]
-    assert g["size"] == 3 and 1 <= g["rank"] <= 6 and set(g) >= {"paper_metric", "total_regret", "rank", "size"}
+    assert g["size"] == 3 and g["seeds"] == 2 and 1 <= g["rank"] <= 6 and len(g["rank_per_seed"]) == 2
+    assert g["paper_metric"] == pytest.approx(np.mean([g["per_seed"][s]["paper_metric"] for s in ("0", "1")]))
+    assert g["total_regret_sd"] == pytest.approx(np.std([g["per_seed"][s]["total_regret"] for s in ("0", "1")], ddof=1))
+    opt, uni = v["mixtures"]["optimal"]["per_seed"], v["mixtures"]["uniform"]["per_seed"]
+    d = v["optimal_vs"]["uniform"]
+    assert d["n"] == 2 and d["mean"] == pytest.approx(np.mean([opt[s]["total"] - uni[s]["total"] for s in ("0", "1")]))
+    assert set(v["optimal_vs"]) == {"uniform", "proportional"} and d["verdict"] in ("better", "indistinguishable", "worse")
     report = (exp / "report.md").read_text()
-    assert f"**{g['paper_metric']:.2%}**" in report and f"**{g['total_regret']:.2%}**" in report and "grid-1.00-0.00: infeasible" in report
+    assert f"**{g['paper_metric']:.2%} ± {g['paper_metric_sd']:.2%}**" in report and "grid-1.00-0.00: infeasible" in report
+    assert f"| uniform | 2 | {d['mean']:+.4f} |" in report and f"**{d['verdict']}**" in report
     assert (exp / "training_curves.png").stat().st_size > 5000 and "training_curves.png" in report
-    assert len(fake.calls) == 9 + 6
+    assert len(fake.calls) == 9 + 6 * 2
+    validate_runs = [name for name, _ in fake.calls[9:]]
+    assert [n.split("-seed")[1][0] for n in validate_runs] == ["0"] * 6 + ["1"] * 6  # seed-major
+
+    # Job arrays: a task trains one validation run, by its index in the same (seed-major) plan.
+    (exp / "runs" / validate_runs[7] / "result.json").unlink()
+    fake.calls.clear()
+    assert _main(["--run", "validate:7", *args], tmp_path, fake) == 0
+    assert [name for name, _ in fake.calls] == [validate_runs[7]]
+    assert _main(["--run", "validate:12", *args], tmp_path, fake) == 2  # 12 runs: 0..11
 
 
 # ---------------------------------------------------------------------- #9 items 1, 2: pretrain stage
@@ -403,6 +426,25 @@ def test_pretrain_saves_a_hf_base_that_the_runs_fine_tune_from(tmp_path, monkeyp
     assert spec["fingerprint"]["init_checkpoint"]["path"] == str(base.resolve())
     assert spec["fingerprint"]["tokenizer"] != "byte"
 
+    # Validation seeds (#15): another seed selects other examples, and the run starts from the same base model.
+    exp = tmp_path / "tiny"
+    (exp / "fit.json").write_text((Path(__file__).parent / "fixtures" / "tiny_fit.json").read_text())
+    seeded = dataclasses.replace(config, validate=dataclasses.replace(config.validate, seeds=3))
+    fake.calls.clear()
+    fake.inits.clear()
+    Pipeline(seeded, Options(train_fn=fake, progress=False), log=logs.append).run(("solve", "validate"))
+    runs = [name for name, _ in fake.calls]
+    assert len(runs) == 2 * 3 and all(name.startswith("validate-") for name in runs)
+    for label in ("optimal", "uniform"):
+        specs = [json.loads((exp / "runs" / n / "spec.json").read_text()) for n in runs if n.startswith(f"validate-{label}-seed")]
+        assert [s["seed"] for s in specs] == [0, 1, 2] and len({json.dumps(s["tokens"]) for s in specs}) == 1
+        assert len({s["fingerprint"]["examples"] for s in specs}) == 3  # other examples at each seed
+        assert len({json.dumps(s["fingerprint"]["init_checkpoint"], sort_keys=True) for s in specs}) == 1
+    assert [cfg.seed for _, cfg in fake.calls] == [0, 0, 1, 1, 2, 2]  # data order follows the seed too
+    for run_model, init in fake.inits:  # every validation run starts from the base model's weights
+        assert run_model.vocab_size == 300
+        jax.tree.map(np.testing.assert_array_equal, init, params)
+
 
 def test_profile_flag_reaches_the_train_config():
     from mixjax.run import parse_args
@@ -432,3 +474,105 @@ def test_simplex_plot_for_three_domains(tmp_path):
     fit = SimpleNamespace(params=PUBLISHED_PARAMS, domains=("if", "math", "code"))
     plot_simplex(fit, 5.0, [0.4116, 0.2684, 0.32], {"uniform": [1 / 3] * 3, "grid-0.20-0.40-0.40": [0.2, 0.4, 0.4]}, tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------- #15: validation seeds; #14 item 4: probe runs
+
+
+def test_probe_runs_are_validated_at_every_seed_then_settle_the_fit(tmp_path, monkeypatch):
+    """The solve stage records the fit's probe mixtures; the validate stage trains them with
+    the other mixtures at every seed and hands runs.csv + the probe rows to
+    settle_with_probes; the refit, its solve and the choice reach fit_final.json,
+    solution_final.json, selection.json and the report."""
+    from mixjax.mixing import selection
+    from mixjax.mixing.fit import FitResult
+
+    fixture = FitResult.from_dict(json.loads((Path(__file__).parent / "fixtures" / "tiny_fit.json").read_text()))
+    proposed, settled = [], []
+
+    def propose(fit, budget, constraints, key):
+        proposed.append((fit.domains, budget, constraints.available.tolist()))
+        return {"transfer-optimum": np.array([0.3, 0.7])}
+
+    def settle(train, probes, cfg, key):
+        settled.append((train, probes, cfg))
+        refit = dataclasses.replace(fixture, params=fixture.params._replace(gamma=fixture.params.gamma * 0.5))
+        return refit, {"scores": {"paper": 0.04, "transfer": 0.01}, "chosen": "transfer"}
+
+    monkeypatch.setattr(selection, "propose_probes", propose)
+    monkeypatch.setattr(selection, "settle_with_probes", settle)
+    fake = FakeTrain()
+    args = ["--set", "validate.seeds=2"]
+    assert _main(["--stages", "plan,perturb", *args], tmp_path, fake) == 0
+    exp = tmp_path / "tiny"
+    (exp / "fit.json").write_text((Path(__file__).parent / "fixtures" / "tiny_fit.json").read_text())
+    assert _main(["--stages", "solve,validate,report", *args], tmp_path, fake) == 0
+
+    assert len(proposed) == 1 and proposed[0][1] == 4000.0
+    assert json.loads((exp / "solution.json").read_text())["probes"] == {"transfer-optimum": [0.3, 0.7]}
+    probe_runs = [name for name, _ in fake.calls if name.startswith("validate-probe-transfer-optimum-")]
+    assert len(probe_runs) == 2 and {n.split("-seed")[1][0] for n in probe_runs} == {"0", "1"}
+    assert len(fake.calls) == 9 + 3 * 2  # optimal, uniform and the probe, at 2 seeds
+
+    (train, probes, cfg), = settled
+    assert train.tokens.shape == (9, 2) and probes.tokens.shape == (2, 2)  # the probe at both seeds, as repeats
+    selected = [json.loads((exp / "runs" / n / "spec.json").read_text())["selected_tokens"] for n in probe_runs]
+    assert sorted(probes.tokens[:, 0].tolist()) == sorted(float(s["instruct"]) for s in selected)
+    assert cfg == load_config(TINY).fit
+    final = json.loads((exp / "fit_final.json").read_text())
+    assert final["params"]["gamma"] == pytest.approx((fixture.params.gamma * 0.5).tolist())
+    assert json.loads((exp / "selection.json").read_text()) == {"scores": {"paper": 0.04, "transfer": 0.01}, "chosen": "transfer", "probe_runs": 2}
+    before = json.loads((exp / "solution.json").read_text())["weights"]["4000"]
+    after = json.loads((exp / "solution_final.json").read_text())["weights"]["4000"]
+    assert sum(after) == pytest.approx(1.0) and after != before  # solved again with the refit
+
+    summary = json.loads((exp / "summary.json").read_text())
+    assert summary["validation"]["optimal_vs"]["probe-transfer-optimum"]["n"] == 2
+    report = (exp / "report.md").read_text()
+    assert "chosen: **transfer**" in report and "| paper | 0.04 | +300.0% |" in report
+    assert "| refit with the probes | " + " | ".join(f"{x:.3f}" for x in after) + " |" in report
+
+
+def test_no_probes_no_refit(tmp_path):
+    """With the variants in agreement (no probes) nothing is refitted."""
+    fake = FakeTrain()
+    assert _main(["--stages", "plan,perturb"], tmp_path, fake) == 0
+    exp = tmp_path / "tiny"
+    (exp / "fit.json").write_text((Path(__file__).parent / "fixtures" / "tiny_fit.json").read_text())
+    assert _main(["--stages", "solve,validate,report"], tmp_path, fake) == 0
+    assert json.loads((exp / "solution.json").read_text())["probes"] == {}
+    assert not (exp / "fit_final.json").exists() and "Probe runs" not in (exp / "report.md").read_text()
+
+
+def test_plan_records_token_counts_that_solve_and_report_read(tmp_path, monkeypatch):
+    """#17 item 3: the plan stage counts each domain's training tokens once (plan.json); solve,
+    report and the validation plan read them and validation_plan.json, and never tokenize."""
+    from mixjax.data.tokenizer import ByteTokenizer
+    from mixjax.pipeline import stages
+
+    calls = []
+    encode = ByteTokenizer.encode_conversations
+    monkeypatch.setattr(ByteTokenizer, "encode_conversations", lambda self, *a, **k: calls.append(1) or encode(self, *a, **k))
+    fake = FakeTrain()
+    assert _main(["--stages", "plan,perturb"], tmp_path, fake) == 0
+    assert len(calls) == 4  # training and validation sets of the two domains, once per process
+    exp = tmp_path / "tiny"
+    plan = json.loads((exp / "plan.json").read_text())
+    assert set(plan["available"]) == {"instruct", "math"} and all(v > 6000 for v in plan["available"].values())
+    (exp / "fit.json").write_text((Path(__file__).parent / "fixtures" / "tiny_fit.json").read_text())
+
+    calls.clear()
+    assert _main(["--stages", "solve"], tmp_path, fake) == 0
+    assert calls == []  # solve: constraints from plan.json, validation plan written once
+    recorded = json.loads((exp / "validation_plan.json").read_text())
+    assert [r["label"] for r in recorded["runs"]] == ["optimal", "uniform"]
+    assert _main(["--stages", "validate"], tmp_path, fake) == 0  # trains: tokenizes
+    calls.clear()
+    monkeypatch.setattr(stages, "validation_plan", lambda *a, **k: pytest.fail("the validation plan was made again"))
+    assert _main(["--stages", "report"], tmp_path, fake) == 0
+    assert calls == [] and "| optimal |" in (exp / "report.md").read_text()
+    # Another validate config makes (and records) another plan, still without tokenizing.
+    monkeypatch.undo()
+    monkeypatch.setattr(ByteTokenizer, "encode_conversations", lambda self, *a, **k: calls.append(1) or encode(self, *a, **k))
+    assert _main(["--stages", "report", "--set", "validate.seeds=2"], tmp_path, fake) == 0
+    assert calls == [] and len(json.loads((exp / "validation_plan.json").read_text())["runs"]) == 4

@@ -3,7 +3,7 @@
 A source is a file path (.jsonl/.json/.parquet), ``synthetic:<name>[:<count>]`` (the
 embedded domains) or ``tfds:<name>[/<config>]:<split>`` (tensorflow-datasets from a local
 ``data_dir``; never downloads). Examples are tokenised with the chat template; the
-validation set is the ``val_examples`` examples with the smallest content hash, and any
+validation set is the ``val_examples`` distinct examples with the smallest content hash, and any
 training example with the same content as a validation example of ANY domain is dropped
 (``load_domains``), so training and validation are disjoint across domains, whatever the
 order of the sources. Unusable records are skipped and reported (``Domain.skipped``,
@@ -173,7 +173,10 @@ def _split(spec: DomainSpec, tokenizer: Tokenizer) -> _Split:
         raise DataError(f"domain {spec.name}: no usable records in {list(spec.sources)}")
     hashes = [content_hash(r.conversation) for r in usable]
     order = np.argsort(hashes, kind="stable")
-    return _Split(usable, encoded, hashes, order[: spec.val_examples], tuple(bad))
+    # One copy per content: a source that repeats a conversation must not fill the validation
+    # set with copies of a few (their training copies are dropped by _build either way).
+    first = order[np.r_[True, np.asarray(hashes)[order[1:]] != np.asarray(hashes)[order[:-1]]]]
+    return _Split(usable, encoded, hashes, first[: spec.val_examples], tuple(bad))
 
 
 def _first_trained(mask: np.ndarray) -> int:

@@ -37,6 +37,10 @@ class ValidateConfig:
     budget: int | None = None  # tokens; default: the first target budget
     baselines: tuple[str, ...] = ("uniform", "proportional")
     grid_step: float | None = None  # train every simplex-lattice mixture at this step (slow)
+    # Train every validation mixture at this many seeds (config seed, +1, ...): each seed selects
+    # other examples in another order from the same base model; the report gives mean, sd and
+    # paired t intervals of optimal - baseline over seeds.
+    seeds: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +194,8 @@ def validate(config: ExperimentConfig, device_count: int | None = None) -> None:
         for source in domain.sources:
             if not source.startswith(("synthetic:", "tfds:")) and not Path(source).exists():
                 raise ConfigError(f"domain {domain.name}: source {source} does not exist")
+    if config.validate.seeds < 1:
+        raise ConfigError(f"validate.seeds: need at least 1 seed, got {config.validate.seeds}")
     unknown = set(config.validate.baselines) - {"uniform", "proportional"}
     if unknown:
         raise ConfigError(f"validate.baselines: unknown {sorted(unknown)} (have: uniform, proportional)")

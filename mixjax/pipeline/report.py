@@ -24,6 +24,7 @@ from mixjax.mixing.fit import FitResult  # noqa: E402
 from mixjax.mixing.law import domain_loss, mixture_losses, total_loss  # noqa: E402
 from mixjax.mixing.runs import domain_data, read_run_table  # noqa: E402
 from mixjax.mixing.solve import Constraints, solve_sweep  # noqa: E402
+from mixjax.pipeline.paired import mean_sd, paired_difference  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,11 +37,14 @@ class ReportInputs:
     target_budgets: tuple[int, ...]
     validate_budget: int
     constraints: Constraints
-    measured: Mapping[str, tuple[Sequence[float], Sequence[float]]]  # label -> (weights, measured losses)
+    # label -> (weights, {seed: measured per-domain losses}); every mixture at every validation seed
+    measured: Mapping[str, tuple[Sequence[float], Mapping[int, Sequence[float]]]]
     skipped: Mapping[str, str]  # label -> why it was not trained
     histories: Mapping[str, list[dict]]  # run name -> result.json history
     base_model: str | None = None
     failed: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    selection: dict | None = None  # selection.json: the probe runs' choice of fit variant
+    solution_final: dict | None = None  # solution_final.json: the solve after the refit with the probes
 
 
 def plot_fits(runs_csv: Path, fit: FitResult, path) -> None:
@@ -159,24 +163,132 @@ def grid_metrics(rows: Mapping[str, dict], names: Sequence[str]) -> dict | None:
     }
 
 
+def grid_metrics_over_seeds(rows: Mapping[str, dict], names: Sequence[str]) -> dict | None:
+    """:func:`grid_metrics` at every seed where the optimum and a grid point were measured
+    (mean and sd over seeds, and each seed's value), plus the optimum's rank by mean total."""
+    per_seed = {}
+    for seed in sorted(rows["optimal"]["per_seed"]) if "optimal" in rows else []:
+        at = {
+            k: {"measured": v["per_seed"][seed]["measured"], "measured_total": v["per_seed"][seed]["total"]}
+            for k, v in rows.items() if seed in v["per_seed"]
+        }
+        if (g := grid_metrics(at, names)) is not None:
+            per_seed[seed] = g
+    of_means = grid_metrics(rows, names)
+    if not per_seed or of_means is None:
+        return None
+    out = {"seeds": len(per_seed), "size": of_means["size"], "compared": of_means["compared"], "rank": of_means["rank"]}
+    for key in ("paper_metric", "total_regret"):
+        mean, sd = mean_sd([g[key] for g in per_seed.values()])
+        out[key], out[f"{key}_sd"] = float(mean), float(sd)
+    out["rank_per_seed"] = [g["rank"] for g in per_seed.values()]
+    out["per_seed"] = {str(s): g for s, g in per_seed.items()}
+    out["of_means"] = of_means
+    return out
+
+
 def validation_summary(r: ReportInputs) -> dict:
+    """Per mixture: mean and sd over seeds of every domain's measured loss and of the total,
+    the law's prediction; for each non-grid mixture, the paired difference optimal - it over
+    the seeds both were measured at (t interval, verdict); the grid metrics over seeds."""
     rows = {}
-    for label, (weights, measured) in r.measured.items():
+    for label, (weights, by_seed) in r.measured.items():
         w = np.asarray(weights, np.float64)
         with jax.enable_x64(True):
             predicted = np.asarray(mixture_losses(r.fit.params, w, float(r.validate_budget)))
-        measured = np.asarray(measured, np.float64)
+        seeds = sorted(by_seed)
+        losses = np.asarray([by_seed[s] for s in seeds], np.float64)  # (S, k)
+        mean, sd = mean_sd(losses)
+        total_mean, total_sd = mean_sd(losses.sum(axis=1))
         rows[label] = {
-            "weights": w.tolist(), "measured": measured.tolist(), "predicted": predicted.tolist(),
-            "measured_total": float(measured.sum()), "predicted_total": float(predicted.sum()),
+            "weights": w.tolist(), "seeds": seeds, "measured": mean.tolist(), "measured_sd": sd.tolist(),
+            "measured_total": float(total_mean), "measured_total_sd": float(total_sd),
+            "predicted": predicted.tolist(), "predicted_total": float(predicted.sum()),
+            "per_seed": {s: {"measured": by_seed[s], "total": float(np.sum(by_seed[s]))} for s in seeds},
         }
-    summary: dict = {"budget": r.validate_budget, "mixtures": rows, "skipped": dict(r.skipped)}
-    grid = grid_metrics(rows, r.domains)
+    summary: dict = {"budget": r.validate_budget, "seeds": sorted({s for v in rows.values() for s in v["seeds"]}), "mixtures": rows, "skipped": dict(r.skipped)}
+    grid = grid_metrics_over_seeds(rows, r.domains)
     if grid is not None:
         summary["grid"] = grid
     if "optimal" in rows:
-        summary["optimal_vs"] = {k: rows[k]["measured_total"] - rows["optimal"]["measured_total"] for k in rows if k != "optimal" and not k.startswith("grid-")}
+        opt = rows["optimal"]
+        summary["optimal_vs"] = {}
+        for label, row in rows.items():
+            if label == "optimal" or label.startswith("grid-"):
+                continue
+            common = [s for s in opt["seeds"] if s in row["per_seed"]]
+            diff = paired_difference([opt["per_seed"][s]["total"] for s in common], [row["per_seed"][s]["total"] for s in common])
+            predicted = opt["predicted_total"] - row["predicted_total"]
+            summary["optimal_vs"][label] = {**diff.to_dict(), "predicted": predicted, "predicted_relative": predicted / row["predicted_total"]}
+    for row in rows.values():  # JSON keys are strings
+        row["per_seed"] = {str(s): v for s, v in row["per_seed"].items()}
     return summary
+
+
+def _pm(mean: float, sd: float, fmt: str = ".4f") -> str:
+    return f"{mean:{fmt}}" if not np.isfinite(sd) else f"{mean:{fmt}} ± {sd:{fmt}}"
+
+
+def validation_lines(validation: dict, names: Sequence[str]) -> list[str]:
+    """report.md's validation section: mean ± sd over seeds, paired differences, grid metrics."""
+    seeds = validation["seeds"]
+    lines = [
+        "", f"## Validation at N = {validation['budget']:,} tokens (best checkpoint of each run)", "",
+        f"Every mixture trained at {len(seeds)} seed(s) ({', '.join(map(str, seeds))}; a seed selects other examples in"
+        " another order, from the same base model); measured: mean ± sd over seeds.", "",
+        "| mixture | weights | measured total | predicted total | " + " | ".join(f"{n} meas / pred" for n in names) + " |",
+        "|---|---|---|---|" + "---|" * len(names),
+    ]
+    for label, row in sorted(validation["mixtures"].items(), key=lambda kv: kv[1]["measured_total"]):
+        cells = " | ".join(f"{_pm(m, s)} / {p:.4f}" for m, s, p in zip(row["measured"], row["measured_sd"], row["predicted"]))
+        lines.append(
+            f"| {label} | {', '.join(f'{x:.2f}' for x in row['weights'])} | {_pm(row['measured_total'], row['measured_total_sd'])} |"
+            f" {row['predicted_total']:.4f} | {cells} |"
+        )
+    if validation.get("optimal_vs"):
+        lines += [
+            "", "Optimal minus each mixture, total loss paired by seed (negative: the optimum is better), 95% t interval:", "",
+            "| vs | seeds | mean difference | relative | 95% interval | verdict | predicted difference (relative) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for label, d in validation["optimal_vs"].items():
+            interval = "-" if d["low"] is None else f"[{d['low']:+.4f}, {d['high']:+.4f}]"
+            lines.append(
+                f"| {label} | {d['n']} | {d['mean']:+.4f} | {d['relative']:+.2%} | {interval} | **{d['verdict']}** |"
+                f" {d['predicted']:+.4f} ({d['predicted_relative']:+.2%}) |"
+            )
+    if "grid" in validation:
+        g = validation["grid"]
+        lines += [
+            "", f"Grid search ({g['size']} grid points, {g['seeds']} seed(s); mean ± sd over seeds):",
+            f"- paper metric (mean over domains of optimal / best-in-grid per-domain loss - 1): **{_pm(g['paper_metric'], g['paper_metric_sd'], '.2%')}** (paper: 0.66%)",
+            f"- total regret ((optimal total - best grid total) / best grid total): **{_pm(g['total_regret'], g['total_regret_sd'], '.2%')}**",
+            f"- rank of the optimal mixture by mean measured total among {g['compared'] + 1} grid points and baselines: **{g['rank']}**"
+            f" (per seed: {', '.join(map(str, g['rank_per_seed']))})",
+        ]
+    return lines
+
+
+def selection_lines(selection: dict, solution: dict, final: dict | None, budget: int, names: Sequence[str]) -> list[str]:
+    """report.md's section on the probe runs: the fit variants' errors on them, the choice, the refit's weights."""
+    scores = sorted(selection.get("scores", {}).items(), key=lambda kv: kv[1])
+    lines = ["", "## Probe runs: which fit variant the validation data favours", ""]
+    lines.append(f"{selection.get('probe_runs', '?')} probe runs (every probe mixture at every seed) scored the fit variants"
+                 f" (RMSE of predicted vs measured per-domain loss on the probes); chosen: **{selection.get('chosen')}**.")
+    if scores:
+        lines += ["", "| variant | probe RMSE | vs chosen |", "|---|---|---|"]
+        best = scores[0][1]
+        lines += [f"| {k} | {v:.4g} | {v / best - 1:+.1%} |" if best > 0 else f"| {k} | {v:.4g} | - |" for k, v in scores]
+    if final is not None:
+        key = f"{budget:g}"
+        before, after = solution["weights"][key], final["weights"][key]
+        lines += [
+            "", f"Weights at N = {budget:,} before / after the refit on the perturbation and probe runs:", "",
+            "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
+            "| fit on the perturbation runs | " + " | ".join(f"{x:.3f}" for x in before) + " |",
+            "| refit with the probes | " + " | ".join(f"{x:.3f}" for x in after) + " |",
+        ]
+    return lines
 
 
 def write_report(r: ReportInputs, out: Path) -> dict:
@@ -211,22 +323,9 @@ def write_report(r: ReportInputs, out: Path) -> dict:
             f" {d.loo_max_rel_error:.2%} | {'; '.join(d.notes) or '-'} |"
         )
     if validation["mixtures"]:
-        lines += ["", f"## Validation at N = {validation['budget']:,} tokens (best checkpoint of each run)", ""]
-        lines.append("| mixture | weights | measured total | predicted total | " + " | ".join(f"{n} meas/pred" for n in names) + " |")
-        lines.append("|---|---|---|---|" + "---|" * len(names))
-        for label, row in sorted(validation["mixtures"].items(), key=lambda kv: kv[1]["measured_total"]):
-            cells = " | ".join(f"{m:.4f} / {p:.4f}" for m, p in zip(row["measured"], row["predicted"]))
-            lines.append(f"| {label} | {', '.join(f'{x:.2f}' for x in row['weights'])} | {row['measured_total']:.4f} | {row['predicted_total']:.4f} | {cells} |")
-        if "optimal_vs" in validation:
-            lines += [""] + [f"- {k}: measured total loss {v:+.4f} relative to the optimal mixture" for k, v in validation["optimal_vs"].items()]
-        if "grid" in validation:
-            g = validation["grid"]
-            lines += [
-                "", f"Grid search ({g['size']} grid points):",
-                f"- paper metric (mean over domains of optimal / best-in-grid per-domain loss - 1): **{g['paper_metric']:.2%}** (paper: 0.66%)",
-                f"- total regret ((optimal total - best grid total) / best grid total): **{g['total_regret']:.2%}**",
-                f"- rank of the optimal mixture by measured total among {g['compared'] + 1} grid points and baselines: **{g['rank']}**",
-            ]
+        lines += validation_lines(validation, names)
+    if r.selection is not None:
+        lines += selection_lines(r.selection, solution, r.solution_final, r.validate_budget, names)
     if validation["skipped"]:
         lines += ["", "Skipped (infeasible) mixtures:", ""] + [f"- {k}: {v}" for k, v in validation["skipped"].items()]
     if r.failed:

@@ -31,8 +31,9 @@ from mixjax.data.tokenizer import check_vocab, load_tokenizer
 from mixjax.data.pipeline import mixture_selection
 from mixjax.mixing.baselines import feasible_mask, proportional_weights, simplex_grid, uniform_weights
 from mixjax.mixing.design import perturbation_runs
+from mixjax.mixing import selection
 from mixjax.mixing.fit import FitConfig, FitResult
-from mixjax.mixing.fit.table import fit_run_table
+from mixjax.mixing.fit.table import fit_run_table, load_fit
 from mixjax.mixing.mixture import report_for_params
 from mixjax.mixing.runs import read_run_table
 from mixjax.mixing.solve import Constraints
@@ -115,10 +116,8 @@ class Inputs:
 
     @property
     def available(self) -> np.ndarray:
+        """Training tokens per domain (tokenizes the data; the plan stage records them)."""
         return np.array([self.domains[n].train_tokens for n in self.config.domain_names], np.float64)
-
-    def constraints(self) -> Constraints:
-        return self.config.constraints(self.available)
 
 
 # ---------------------------------------------------------------------- plan
@@ -159,15 +158,16 @@ class PreparedRun:
 def prepare_run(spec: RunSpec, inputs: Inputs, profile: bool = False) -> PreparedRun:
     """Select the run's examples and compute its step budget and fingerprint (no training)."""
     cfg = inputs.config
-    selection = mixture_selection(inputs.domains, spec.tokens, cfg.seed)
+    seed = cfg.seed if spec.seed is None else spec.seed
+    selection = mixture_selection(inputs.domains, spec.tokens, seed)
     examples = [e for _, e in selection]
     selected = {n: 0 for n in spec.tokens}
     for name, e in selection:
         selected[name] += e.num_tokens
     steps = steps_for_run(examples, cfg.train)
-    run_cfg = run_train_config(cfg.train, max_steps=steps, eval_every=max(1, steps // cfg.evals_per_run), seed=cfg.seed, profile=profile)
+    run_cfg = run_train_config(cfg.train, max_steps=steps, eval_every=max(1, steps // cfg.evals_per_run), seed=seed, profile=profile)
     fingerprint = normalise({
-        "seed": cfg.seed,
+        "seed": seed,
         "tokens": spec.tokens,
         "examples": examples_hash(examples),
         "model": config_dict(inputs.model),
@@ -225,7 +225,12 @@ def solve_mixture(fit: FitResult, budgets: Sequence[int], constraints: Constrain
 # ---------------------------------------------------------------------- validate
 
 
-def validation_mixtures(optimum: np.ndarray, baselines: Sequence[str], grid_step: float | None, available: np.ndarray) -> dict[str, np.ndarray]:
+def validation_mixtures(
+    optimum: np.ndarray, baselines: Sequence[str], grid_step: float | None, available: np.ndarray,
+    probes: Mapping[str, Sequence[float]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Label -> weights of every mixture the validate stage trains: the optimum, the
+    baselines, the simplex grid (``grid-...``) and the fit's probe mixtures (``probe-<name>``)."""
     k = len(available)
     mixtures = {"optimal": np.asarray(optimum, np.float64)}
     if "uniform" in baselines:
@@ -235,18 +240,26 @@ def validation_mixtures(optimum: np.ndarray, baselines: Sequence[str], grid_step
     if grid_step:
         for w in simplex_grid(k, grid_step):
             mixtures["grid-" + "-".join(f"{x:.2f}" for x in w)] = w
+    for name, w in (probes or {}).items():
+        mixtures[f"probe-{name}"] = np.asarray(w, np.float64)
     return mixtures
 
 
+def validation_seeds(seed: int, count: int) -> tuple[int, ...]:
+    """The seeds of the validation runs: the config's seed and the ``count - 1`` following ones."""
+    return tuple(range(seed, seed + count))
+
+
 def validation_plan(
-    names: Sequence[str], budget: int, mixtures: Mapping[str, np.ndarray], constraints: Constraints,
+    names: Sequence[str], budget: int, mixtures: Mapping[str, np.ndarray], constraints: Constraints, seeds: Sequence[int] = (0,),
 ) -> tuple[list[RunSpec], dict[str, str]]:
-    """Runs for the feasible mixtures; the others (bounds, or w_i N > D_i) are skipped with
-    the reason, never an error."""
+    """One run per feasible mixture and seed (seed-major: every mixture at the first seed, then
+    the next seed, ...); the infeasible mixtures (bounds, or w_i N > D_i) are skipped with the
+    reason, never an error."""
     labels = list(mixtures)
     weights = np.stack([mixtures[k] for k in labels])
     feasible = feasible_mask(weights, budget, constraints)
-    specs, skipped = [], {}
+    runs, skipped = [], {}
     for label, w, ok in zip(labels, weights, feasible):
         tokens = token_budgets(w, budget, names)
         short = [n for n, a in zip(names, constraints.available) if tokens[n] > a]
@@ -254,13 +267,13 @@ def validation_plan(
             why = f"domain {short[0]} needs {tokens[short[0]]:,} tokens" if short else "outside the weight bounds"
             skipped[label] = f"infeasible at N={budget:,}: {why}"
             continue
-        digest = hashlib.sha256(json.dumps(tokens, sort_keys=True).encode()).hexdigest()[:8]
-        specs.append(RunSpec(f"validate-{label}-{digest}", "validate", tokens, dict(zip(names, map(float, w)))))
+        runs.append((label, tokens, dict(zip(names, map(float, w)))))
+    specs = []
+    for seed in seeds:
+        for label, tokens, w in runs:
+            digest = hashlib.sha256(json.dumps(tokens, sort_keys=True).encode()).hexdigest()[:8]
+            specs.append(RunSpec(f"validate-{label}-seed{seed}-{digest}", "validate", tokens, w, seed=seed, label=label))
     return specs, skipped
-
-
-def validation_label(run_name: str) -> str:
-    return run_name.removeprefix("validate-").rsplit("-", 1)[0]
 
 
 # ---------------------------------------------------------------------- the pipeline
@@ -298,12 +311,36 @@ class Pipeline:
             raise ConfigError("validate: no solution.json; run the solve stage first")
         return solution
 
+    def available(self) -> np.ndarray:
+        """Training tokens per domain (domain order), as the plan stage recorded them; counted
+        from the data (tokenizing it) only for an experiment planned before they were recorded."""
+        recorded = self.store.available()
+        if recorded is not None and set(recorded) == set(self.config.domain_names):
+            return np.array([recorded[n] for n in self.config.domain_names], np.float64)
+        return self.inputs().available
+
+    def constraints(self) -> Constraints:
+        return self.config.constraints(self.available())
+
     def validation(self) -> tuple[list[RunSpec], dict[str, str]]:
-        inputs = self.inputs()
-        optimum = np.asarray(self.solution()["weights"][f"{self.validate_budget:g}"])
+        """The validation runs (every mixture at every validation seed) and the skipped mixtures,
+        from validation_plan.json; made (and written) once per solution and validate config."""
+        solution = self.solution()
+        cfg = self.config
+        made_from = normalise({
+            "solution": {k: solution.get(k) for k in ("weights", "probes")}, "validate": config_dict(cfg.validate), "seed": cfg.seed,
+            "budget": self.validate_budget, "available": self.available().tolist(), "bounds": [cfg.lower, cfg.upper],
+        })
+        recorded = self.store.read_json("validation_plan.json")
+        if recorded is not None and recorded["made_from"] == made_from:
+            return [RunSpec(**s) for s in recorded["runs"]], recorded["skipped"]
+        optimum = np.asarray(solution["weights"][f"{self.validate_budget:g}"])
         v = self.config.validate
-        mixtures = validation_mixtures(optimum, v.baselines, v.grid_step, inputs.available)
-        return validation_plan(self.config.domain_names, self.validate_budget, mixtures, inputs.constraints())
+        mixtures = validation_mixtures(optimum, v.baselines, v.grid_step, self.available(), solution.get("probes"))
+        seeds = validation_seeds(self.config.seed, v.seeds)
+        specs, skipped = validation_plan(self.config.domain_names, self.validate_budget, mixtures, self.constraints(), seeds)
+        self.store.write_json("validation_plan.json", {"made_from": made_from, "runs": [dataclasses.asdict(s) for s in specs], "skipped": skipped})
+        return specs, skipped
 
     def write_tables(self) -> None:
         names = self.config.domain_names
@@ -333,11 +370,12 @@ class Pipeline:
 
     def stage_plan(self) -> None:
         cfg = self.config
-        specs = plan_runs(cfg.domain_names, cfg.base_tokens, cfg.scales, self.inputs().available, cfg.target_budgets)
+        available = self.inputs().available
+        specs = plan_runs(cfg.domain_names, cfg.base_tokens, cfg.scales, available, cfg.target_budgets)
         for domain in self.inputs().domains.values():
             if domain.skipped:
                 self.store.log(f"plan: domain {domain.name}: skipped {len(domain.skipped)} unusable records: " + "; ".join(domain.skipped[:5]))
-        self.store.write_plan(specs)
+        self.store.write_plan(specs, dict(zip(cfg.domain_names, map(int, available))))
         self.store.log(f"plan: {len(specs)} perturbation runs (4k+1 with k={len(cfg.domain_names)}), base {cfg.base_tokens:,} tokens per domain")
 
     def stage_perturb(self) -> None:
@@ -357,18 +395,46 @@ class Pipeline:
         fit_json = self.store.read_json("fit.json")
         if fit_json is None:
             raise ConfigError("solve: no fit.json; run the fit stage first")
-        fit = FitResult.from_dict(fit_json)
-        solution = solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], self.inputs().constraints(), self.config.seed)
+        fit = load_fit(fit_json)
+        constraints = self.constraints()
+        solution = solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], constraints, self.config.seed)
+        key = jax.random.fold_in(jax.random.key(self.config.seed), 1)
+        probes = selection.propose_probes(fit, float(self.validate_budget), constraints, key)
+        solution["probes"] = {name: np.asarray(w, np.float64).tolist() for name, w in probes.items()}
         self.store.write_json("solution.json", solution)
         for budget, w in solution["weights"].items():
             self.store.log(f"solve N={float(budget):,.0f}: " + ", ".join(f"{n}={x:.3f}" for n, x in zip(fit.domains, w)))
+        for name, w in solution["probes"].items():
+            self.store.log(f"solve: the fit variants disagree; probe {name} at N={self.validate_budget:,}: " + ", ".join(f"{n}={x:.3f}" for n, x in zip(fit.domains, w)))
+        self.validation()  # validation_plan.json, read by the validate stage, its job-array tasks and the report
 
     def stage_validate(self) -> None:
         specs, skipped = self.validation()
         for label, why in skipped.items():
             self.store.log(f"validate: skipping {label}: {why}")
         self.store.write_json("validation_skipped.json", skipped)
-        self._train(specs, "validation runs")
+        failed = self._train(specs, "validation runs")
+        probes = [s for s in specs if s.label.startswith("probe-")]
+        if probes and not any(s.name in failed for s in probes):
+            self.settle(probes)
+
+    def settle(self, probes: Sequence[RunSpec]) -> None:
+        """The probe runs choose between the fit variants: refit on runs.csv + probes.csv
+        (every probe mixture at every seed), solve again; fit_final.json, solution_final.json
+        and selection.json record the outcome."""
+        names = self.config.domain_names
+        self.store.write_table("probes.csv", probes, names)
+        train, measured = read_run_table(self.store.path("runs.csv")), read_run_table(self.store.path("probes.csv"))
+        key = jax.random.fold_in(jax.random.key(self.config.seed), 2)
+        fit, report = selection.settle_with_probes(train, measured, self.config.fit, key)
+        solution = solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], self.constraints(), self.config.seed)
+        self.store.write_json("fit_final.json", fit.to_dict())
+        self.store.write_json("solution_final.json", solution)
+        self.store.write_json("selection.json", {**report, "probe_runs": len(measured.tokens)})
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in sorted(report["scores"].items(), key=lambda kv: kv[1]))
+        self.store.log(f"validate: {len(measured.tokens)} probe runs chose the fit variant {report['chosen']} (probe RMSE: {scores or 'none'})")
+        w = solution["weights"][f"{self.validate_budget:g}"]
+        self.store.log(f"validate: refit with the probes, N={self.validate_budget:,}: " + ", ".join(f"{n}={x:.3f}" for n, x in zip(names, w)))
 
     def stage_report(self) -> None:
         from mixjax.pipeline.report import ReportInputs, write_report
@@ -378,18 +444,20 @@ class Pipeline:
             self.store.log("report: skipped, no fit/solution")
             return
         names = self.config.domain_names
-        measured = {}
+        measured: dict[str, tuple[list[float], dict[int, list[float]]]] = {}
         specs, skipped = (self.validation() if self.store.read_json("validation_skipped.json") is not None else ([], {}))
         for spec in specs:
             result = self.store.result(spec.name)
             if result is not None:
-                measured[validation_label(spec.name)] = ([spec.weights[n] for n in names], [result["best_losses"][n] for n in names])
+                weights, by_seed = measured.setdefault(spec.label, ([spec.weights[n] for n in names], {}))
+                by_seed[spec.seed] = [result["best_losses"][n] for n in names]
         run_names = [s.name for s in self.store.plan()] + [s.name for s in specs]
         report = ReportInputs(
-            name=self.config.name, domains=names, fit=FitResult.from_dict(fit_json), solution=solution,
+            name=self.config.name, domains=names, fit=load_fit(fit_json), solution=solution,
             runs_csv=self.store.path("runs.csv"), target_budgets=tuple(self.config.target_budgets),
-            validate_budget=self.validate_budget, constraints=self.inputs().constraints(), measured=measured, skipped=skipped,
+            validate_budget=self.validate_budget, constraints=self.constraints(), measured=measured, skipped=skipped,
             histories=self.store.histories(run_names), base_model=self.inputs().config.checkpoint, failed=dict(self.failed),
+            selection=self.store.read_json("selection.json"), solution_final=self.store.read_json("solution_final.json"),
         )
         if self.store.primary:
             write_report(report, self.store.dir)
@@ -407,14 +475,19 @@ class Pipeline:
         if self.failed:
             raise RunsFailed(self.failed)
 
-    def run_one(self, index: int) -> None:
-        """Train one planned perturbation run (a SLURM array task); plans first if needed."""
-        if not self.store.plan():
-            self.stage_plan()
-        specs = [s for s in self.store.plan() if s.kind == "perturb"]
+    def run_one(self, index: int, kind: str = "perturb") -> None:
+        """Train one run (a SLURM array task): perturbation run ``index`` of plan.json (plans
+        first if needed), or with ``kind="validate"`` validation run ``index`` (every mixture
+        at every seed; needs solution.json). A later ``--stages validate,report`` reuses them."""
+        if kind == "validate":
+            specs = self.validation()[0]
+        else:
+            if not self.store.plan():
+                self.stage_plan()
+            specs = [s for s in self.store.plan() if s.kind == "perturb"]
         if not 0 <= index < len(specs):
-            raise ConfigError(f"--run {index}: the plan has runs 0..{len(specs) - 1}")
-        self._train([specs[index]], f"run {index}")
+            raise ConfigError(f"--run {kind}:{index}: there are {kind} runs 0..{len(specs) - 1}")
+        self._train([specs[index]], f"{kind} run {index}")
         if self.failed:
             raise RunsFailed(self.failed)
 

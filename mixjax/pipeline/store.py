@@ -1,6 +1,9 @@
 """The run store: an experiment directory and the files in it.
 
-    plan.json            the planned perturbation runs (name, tokens per domain)
+    plan.json            the planned perturbation runs (name, tokens per domain) and the
+                         training tokens available per domain
+    validation_plan.json the validation runs (every mixture at every seed), the skipped
+                         mixtures, and the solution and validate config they were made from
     runs/<name>/         one directory per training run:
         spec.json        the run's spec, fingerprint and the tokens actually selected
         result.json      written by the trainer when the run finished
@@ -39,6 +42,8 @@ class RunSpec:
     kind: str  # "perturb" or "validate"
     tokens: dict[str, int]  # planned tokens per domain
     weights: dict[str, float] | None = None
+    seed: int | None = None  # None: the config's seed (validation runs repeat a mixture at several seeds)
+    label: str | None = None  # validation runs: the mixture's name ("optimal", "uniform", "grid-...", "probe-...")
 
 
 class RunStore:
@@ -71,9 +76,16 @@ class RunStore:
 
     # ------------------------------------------------------------------ plan
 
-    def write_plan(self, specs: Sequence[RunSpec]) -> None:
-        self.write_json("plan.json", {"runs": [dataclasses.asdict(s) for s in specs]})
+    def write_plan(self, specs: Sequence[RunSpec], available: dict[str, int] | None = None) -> None:
+        """plan.json: the perturbation runs and the training tokens each domain has (counted
+        once here; later stages read them instead of tokenizing the data again)."""
+        self.write_json("plan.json", {"runs": [dataclasses.asdict(s) for s in specs], "available": available})
         barrier("mixjax-plan")
+
+    def available(self) -> dict[str, int] | None:
+        """The training tokens per domain recorded by the plan stage (None: no plan, or an old one)."""
+        plan = self.read_json("plan.json")
+        return plan.get("available") if plan else None
 
     def plan(self) -> list[RunSpec]:
         plan = self.read_json("plan.json")
