@@ -124,6 +124,15 @@ class FitConfig:
     # Stage 3 (repair) runs when stage 1's beta is on a bound or stage 2 misses a loss by
     # more than this fraction of the losses' range.
     refine_residual: float = 0.05
+    # Law families (mixjax.mixing.families.fit_table): "auto" keeps the extrapolating
+    # family with the lowest out-of-fold RMSE; "paper" / "transfer" / "exp" force one.
+    family: str = "auto"
+    families: tuple[str, ...] = ("paper", "transfer", "exp")
+    transfer_prior: float = 1.0  # prior std of log t_ij (toward the paper's law, t = 1)
+    kfold: int = 10  # folds of whole runs for tables with more than max_folds runs
+    num_family_starts: int = 4
+    family_iterations: int = 40
+    reference_gbm: bool = False  # also score LightGBM out-of-fold (a reference, never solved)
 
     def __post_init__(self) -> None:
         if self.procedure not in PROCEDURES:

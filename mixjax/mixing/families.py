@@ -1,0 +1,469 @@
+"""Law families fitted to a run table and chosen by out-of-fold error (issue #14, item 3).
+
+Families (every one fitted per measured domain i on every run where loss.i was measured):
+
+- ``"paper"``: the paper's law (arXiv 2508.11953, Sec. 3),
+  ``L_i = e_i + c_i (x_i + gamma_i M_i^alpha_i)^(-beta_i)`` with ``M_i = sum_{j != i} x_j``,
+  fitted jointly (all five parameters, Huber least squares).
+- ``"transfer"``: the transfer-matrix extension, ``M_i = sum_{j != i} t_ij x_j`` with
+  ``t_ij = exp(u_ij) / mean_{j != i} exp(u_ij)`` (mean 1) and a Gaussian prior
+  ``u_ij ~ N(0, transfer_prior^2)``: a ridge toward the paper's law (``t_ij = 1``), which
+  keeps fits from the 4k+1 design (one free ``t`` per other domain, each seen only
+  through the runs that perturb that domain) stable. It keeps the budget as a variable.
+- ``"exp"``: the Data Mixing Laws form (Ye et al. 2024, arXiv 2403.16952, eq. 6),
+  ``L_i = c_i + exp(log k_i + sum_j t_ij r_j)`` on the mixture proportions ``r``: a
+  comparator; it ignores the budget and so cannot extrapolate in N.
+
+Every family is scored on the same folds (leave-one-run-out up to ``FitConfig.max_folds``
+runs, else ``FitConfig.kfold`` random folds of whole runs) and the default
+(``FitConfig.family = "auto"``) is the extrapolating family with the lowest out-of-fold
+RMSE; a note says when the best non-extrapolating one is clearly better. Optional
+reference: gradient-boosted trees (LightGBM) on the proportions, out-of-fold only.
+
+Speed: every fit of every domain x family x start x fold is one call of one jitted,
+vmapped projected Levenberg-Marquardt minimiser (:func:`mixjax.mixing.optim.box_lm`);
+fold refits start from the full fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixjax.mixing.fit import DomainDiagnostics, FitConfig, FitResult, spearman
+from mixjax.mixing.law import AnyLawParams, LawParams, TransferLawParams, rescale_units, token_losses
+from mixjax.mixing.optim import box_lm
+from mixjax.mixing.runs import RunTable
+
+Array = jax.Array
+FAMILIES = ("paper", "transfer", "exp")
+EXTRAPOLATES = {"paper": True, "transfer": True, "exp": False, "gbm": False}
+_LAW_FIXED = 5  # log c, log beta, log gamma, alpha, log e; then u (k)
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyFitResult(FitResult):
+    """A :class:`FitResult` of one chosen family, with the other families' scores and fits.
+
+    ``params`` holds k entries (every trained domain); a domain whose loss was never
+    measured (``measured[i]`` False) has ``c = e = 0`` (no law, loss 0, importance 0) and
+    still transfers tokens to the others. ``scores[family]``: out-of-fold ``rmse`` (all
+    measured cells), ``total_rmse`` / ``total_spearman`` (per-run sum over the measured
+    domains), ``domain_spearman`` (mean over domains), ``extrapolates``, ``seconds``.
+    ``variants``: every extrapolating family's full fit (for probes and comparison);
+    ``candidates``: the extrapolating families within out-of-fold noise of the best.
+    """
+
+    family: str = "paper"
+    scores: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    variants: dict[str, Any] = dataclasses.field(default_factory=dict)
+    candidates: tuple[str, ...] = ()
+    exp_params: dict[str, np.ndarray] | None = None
+    measured: tuple[bool, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["params"] = _law_to_dict(self.params)
+        d.update(
+            family=self.family,
+            scores=self.scores,
+            variants={name: _law_to_dict(p) for name, p in self.variants.items()},
+            candidates=list(self.candidates),
+            exp_params=None if self.exp_params is None else {k: np.asarray(v).tolist() for k, v in self.exp_params.items()},
+            measured=list(self.measured),
+            notes=list(self.notes),
+        )
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FamilyFitResult":
+        base = FitResult.from_dict({**d, "params": {f: d["params"][f] for f in LawParams._fields}})
+        return cls(
+            **{f.name: getattr(base, f.name) for f in dataclasses.fields(FitResult)} | {"params": _law_from_dict(d["params"])},
+            family=d["family"],
+            scores=d["scores"],
+            variants={name: _law_from_dict(p) for name, p in d["variants"].items()},
+            candidates=tuple(d["candidates"]),
+            exp_params=None if d["exp_params"] is None else {k: np.asarray(v, np.float64) for k, v in d["exp_params"].items()},
+            measured=tuple(d["measured"]),
+            notes=tuple(d["notes"]),
+        )
+
+    def score_table(self) -> str:
+        """The out-of-fold table, one line per family (the chosen one marked)."""
+        lines = [f"{'family':10s} {'extrap. N':>9s} {'RMSE':>9s} {'total RMSE':>10s} {'total Spearman':>14s} {'domain Spearman':>15s}"]
+        for name, s in self.scores.items():
+            mark = "*" if name == self.family else " "
+            lines.append(
+                f"{mark}{name:9s} {'yes' if s['extrapolates'] else 'no':>9s} {s['rmse']:9.4f} {s['total_rmse']:10.4f}"
+                f" {s['total_spearman']:14.4f} {s['domain_spearman']:15.4f}"
+            )
+        return "\n".join(lines)
+
+
+def _law_to_dict(p: AnyLawParams) -> dict[str, Any]:
+    return {f: np.asarray(getattr(p, f)).tolist() for f in p._fields}
+
+
+def _law_from_dict(d: dict[str, Any]) -> AnyLawParams:
+    cls = TransferLawParams if "transfer" in d else LawParams
+    return cls(*(np.asarray(d[f], np.float64) for f in cls._fields))
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+def predict_losses(fit: FitResult, tokens: np.ndarray) -> np.ndarray:
+    """Predicted validation loss (nats) of every run and domain.
+
+    Args:
+      fit: any fit (:func:`fit_table`'s or :func:`mixjax.mixing.fit.fit_law`'s).
+      tokens: (R, k) per-domain tokens of each run, in the table's units, ``fit.domains`` order.
+    Returns:
+      (R, k) losses; NaN for domains without a law (never measured).
+    Raises:
+      ValueError: if ``tokens`` does not have k columns or has negative entries.
+    """
+    tokens = np.asarray(tokens, np.float64)
+    k = len(fit.domains)
+    if tokens.ndim != 2 or tokens.shape[1] != k:
+        raise ValueError(f"tokens must have shape (R, {k}), got {tokens.shape}")
+    if np.any(tokens < 0) or not np.all(np.isfinite(tokens)):
+        raise ValueError("tokens must be finite and >= 0")
+    family = getattr(fit, "family", "paper")
+    with jax.enable_x64(True):
+        if family == "exp":
+            p = fit.exp_params
+            r = tokens / tokens.sum(axis=1, keepdims=True)
+            out = p["c"][None] + np.exp(p["log_k"][None] + r @ p["t"].T)
+        else:
+            out = np.asarray(token_losses(jax.tree.map(jnp.asarray, fit.params), jnp.asarray(tokens)))
+    measured = np.asarray(getattr(fit, "measured", ()) or [True] * k, bool)
+    return np.where(measured[None], out, np.nan)
+
+
+# --------------------------------------------------------------------------- jitted fits
+
+
+def _law_predict(theta: Array, tokens: Array, onehot: Array) -> Array:
+    """The paper/transfer law of one domain (``onehot`` marks it) on (R, k) tokens."""
+    c, beta, gamma, alpha, e = jnp.exp(theta[0]), jnp.exp(theta[1]), jnp.exp(theta[2]), theta[3], jnp.exp(theta[4])
+    u = theta[_LAW_FIXED:]
+    off = 1.0 - onehot
+    w = jnp.exp(u - jnp.max(jnp.where(off > 0, u, -jnp.inf))) * off
+    t = w / (jnp.sum(w) / jnp.maximum(jnp.sum(off), 1.0))
+    x, m = tokens @ onehot, tokens @ t
+    positive = m > 0
+    transferred = jnp.where(positive, jnp.where(positive, m, 1.0) ** alpha, 0.0)
+    return c * (x + gamma * transferred) ** (-beta) + e
+
+
+def _exp_predict(theta: Array, tokens: Array, onehot: Array) -> Array:
+    del onehot
+    r = tokens / jnp.sum(tokens, axis=1, keepdims=True)
+    return theta[0] + jnp.exp(theta[1] + r @ theta[2:])
+
+
+def _linear_c_e(f: Array, loss: Array, mask: Array) -> tuple[Array, Array]:
+    """Least squares ``loss = c f + e`` with ``c > 0`` and ``0 < e < min loss``."""
+    w = mask.astype(f.dtype)
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    fm, lm = jnp.sum(w * f) / n, jnp.sum(w * loss) / n
+    c = jnp.sum(w * (f - fm) * (loss - lm)) / jnp.maximum(jnp.sum(w * (f - fm) ** 2), 1e-300)
+    low = jnp.min(jnp.where(mask, loss, jnp.inf))
+    e = jnp.clip(lm - c * fm, 1e-3 * low, 0.95 * low)
+    c = jnp.maximum(jnp.sum(w * f * (loss - e)) / jnp.maximum(jnp.sum(w * f * f), 1e-300), 1e-6)
+    return c, e
+
+
+@functools.partial(jax.jit, static_argnames=("family", "iterations", "delta", "k"))
+def _fit_batch(tokens, losses, masks, onehots, starts, warm, prior_prec, *, family, iterations, delta, k):
+    """One minimisation per instance (vmapped). ``tokens`` (R, k) shared; per instance:
+    ``losses``/``masks`` (R,), ``onehots`` (k,), ``starts`` (n,) draws in [0, 1), ``warm``
+    (n,) (NaN: use the start), ``prior_prec`` scalar (precision scale of the transfer prior)."""
+
+    def one(loss, mask, onehot, u, w0, prec):
+        n_fit = jnp.maximum(jnp.sum(mask), 1.0)
+        low = jnp.min(jnp.where(mask, loss, jnp.inf))
+        if family == "exp":
+            predict = _exp_predict
+            lo = jnp.concatenate([jnp.array([0.0, -20.0]), jnp.full(k, -30.0)])
+            hi = jnp.concatenate([jnp.stack([0.999 * low, 10.0]), jnp.full(k, 30.0)])
+            c0 = u[0] * 0.9 * low
+            t0 = (u[2:] - 0.5) * 2.0 * (u[1] > 0.3)
+            mean_loss = jnp.sum(jnp.where(mask, loss, 0.0)) / n_fit
+            x0 = jnp.concatenate([jnp.stack([c0, jnp.log(jnp.maximum(mean_loss - c0, 1e-6))]), t0])
+            precision = jnp.concatenate([jnp.zeros(2), jnp.full(k, 1e-3 / n_fit)])
+            mean = jnp.zeros(k + 2)
+        else:
+            predict = _law_predict
+            free_u = (family == "transfer") & (onehot < 1)
+            ub = jnp.where(free_u, 8.0, 0.0)
+            lo = jnp.concatenate([jnp.array([-30.0, np.log(0.01), -15.0, 0.0]), jnp.log(jnp.stack([1e-4 * low])), -ub])
+            hi = jnp.concatenate([jnp.array([30.0, np.log(5.0), 8.0, 1.0]), jnp.log(jnp.stack([0.999 * low])), ub])
+            beta0 = jnp.exp(jnp.log(0.1) + u[0] * jnp.log(30.0))
+            gamma0 = jnp.exp(jnp.log(0.01) + u[1] * jnp.log(300.0))
+            alpha0 = 0.2 + 0.7 * u[2]
+            f = (tokens @ onehot + gamma0 * jnp.sum(tokens * (1.0 - onehot), axis=1) ** alpha0) ** (-beta0)
+            c, e = _linear_c_e(f, loss, mask)
+            x0 = jnp.concatenate([jnp.log(jnp.stack([c, beta0, gamma0])), jnp.stack([alpha0, jnp.log(e)]), jnp.zeros(k)])
+            # Priors: u toward 0 (the paper's law); weak ones on log beta and alpha.
+            precision = jnp.concatenate([jnp.array([0.0, 0.05, 0.0, 0.05, 0.0]) / n_fit, jnp.where(free_u, prec, 0.0)])
+            mean = jnp.concatenate([jnp.array([0.0, np.log(0.5), 0.0, 0.5, 0.0]), jnp.zeros(k)])
+        x0 = jnp.where(jnp.isfinite(w0), w0, x0)
+        residuals = lambda th: (predict(th, tokens, onehot) - loss, mask.astype(loss.dtype))
+        return box_lm(residuals, x0, lo, hi, iterations, delta, prior=(precision, mean))
+
+    return jax.vmap(one)(losses, masks, onehots, starts, warm, prior_prec)
+
+
+# --------------------------------------------------------------------------- folds and fits
+
+
+def run_folds(num_runs: int, cfg: FitConfig, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Fold of every run: leave-one-run-out up to ``cfg.max_folds`` runs, else ``cfg.kfold``
+    random folds of whole runs. Returns (fold id per run (R,), number of folds)."""
+    if num_runs <= cfg.max_folds:
+        return np.arange(num_runs), num_runs
+    folds = min(cfg.kfold, num_runs)
+    return rng.permutation(num_runs) % folds, folds
+
+
+def _fit_family(family: str, tokens, losses, measured_cols, folds, num_folds, cfg: FitConfig, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Full fit (``num_starts`` starts) and out-of-fold refits (warm) of every measured domain.
+
+    Returns (full parameters (D, n), out-of-fold predictions (R, D)).
+    """
+    r, k = tokens.shape
+    d_idx = np.flatnonzero(measured_cols)
+    num_d = len(d_idx)
+    n = 2 + k if family == "exp" else _LAW_FIXED + k
+    onehot = np.eye(k)[d_idx]
+    measured = ~np.isnan(losses[:, d_idx]).T  # (D, R)
+    loss = np.where(measured, losses[:, d_idx].T, np.nanmean(losses[:, d_idx], axis=0)[:, None])
+    prec = 1.0 / (max(cfg.transfer_prior, 1e-6) ** 2 * np.maximum(measured.sum(axis=1), 1))  # (D,)
+    delta = float(cfg.huber_delta_loss)
+    kw = dict(family=family, delta=delta, k=k)
+
+    def call(rows, mask, start, warm, iterations):
+        args = (jnp.asarray(tokens), jnp.asarray(loss[rows]), jnp.asarray(mask), jnp.asarray(onehot[rows]),
+                jnp.asarray(start), jnp.asarray(warm), jnp.asarray(prec[rows]))
+        x, v = _fit_batch(*args, iterations=iterations, **kw)
+        return np.asarray(x), np.asarray(v)
+
+    s = max(1, cfg.num_family_starts)
+    rows = np.repeat(np.arange(num_d), s)
+    start = rng.uniform(size=(num_d * s, n))
+    start[::s] = 0.5  # one central start per domain
+    x, v = call(rows, measured[rows], start, np.full((num_d * s, n), np.nan), cfg.family_iterations)
+    v = np.where(np.isfinite(v), v, np.inf).reshape(num_d, s)
+    full = x.reshape(num_d, s, n)[np.arange(num_d), np.argmin(v, axis=1)]
+    oof = np.full((r, num_d), np.nan)
+    if num_folds:
+        rows = np.repeat(np.arange(num_d), num_folds)
+        fold_id = np.tile(np.arange(num_folds), num_d)
+        mask = measured[rows] & (folds[None] != fold_id[:, None])
+        xf, _ = call(rows, mask, np.full((len(rows), n), 0.5), full[rows], max(8, cfg.family_iterations // 2))
+        predict = _exp_predict if family == "exp" else _law_predict
+        with jax.enable_x64(True):
+            pred = np.asarray(jax.vmap(predict, in_axes=(0, None, 0))(jnp.asarray(xf), jnp.asarray(tokens), jnp.asarray(onehot[rows])))
+        for row, (d, f) in enumerate(zip(rows, fold_id)):
+            held = folds == f
+            oof[held, d] = pred[row, held]
+    return full, oof
+
+
+def _gbm_oof(tokens, losses, measured_cols, folds, num_folds, seed: int) -> np.ndarray:
+    """Out-of-fold LightGBM predictions on the proportions (a reference only; never solved)."""
+    import lightgbm
+
+    r = tokens / tokens.sum(axis=1, keepdims=True)
+    d_idx = np.flatnonzero(measured_cols)
+    oof = np.full((len(r), len(d_idx)), np.nan)
+    for col, d in enumerate(d_idx):
+        ok = ~np.isnan(losses[:, d])
+        for f in range(num_folds):
+            train, test = ok & (folds != f), folds == f
+            model = lightgbm.LGBMRegressor(n_estimators=1000, learning_rate=0.01, num_leaves=31, random_state=seed,
+                                           verbose=-1, n_jobs=2)
+            model.fit(r[train], losses[train, d])
+            oof[test, col] = model.predict(r[test])
+    return oof
+
+
+def score(measured: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Out-of-fold (or test) scores of predictions (R, D) against measured losses (R, D, NaN: not measured)."""
+    ok = ~np.isnan(measured)
+    err = (predicted - measured)[ok]
+    full_rows = np.all(ok, axis=1)
+    total_m, total_p = measured[full_rows].sum(axis=1), predicted[full_rows].sum(axis=1)
+    rhos = [spearman(measured[ok[:, d], d], predicted[ok[:, d], d]) for d in range(measured.shape[1])]
+    return {
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "total_rmse": float(np.sqrt(np.mean((total_p - total_m) ** 2))) if full_rows.any() else float("nan"),
+        "total_spearman": spearman(total_m, total_p),
+        "domain_spearman": float(np.nanmean(rhos)) if np.any(np.isfinite(rhos)) else float("nan"),
+    }
+
+
+def _within_noise(errors: dict[str, np.ndarray], best: str, z: float = 2.0) -> list[str]:
+    """Families whose per-run squared error is not worse than ``best``'s by more than ``z``
+    standard errors (paired over runs): the data cannot tell them apart."""
+    out = []
+    base = np.nansum(errors[best] ** 2, axis=1)
+    for name, e in errors.items():
+        d = np.nansum(e**2, axis=1) - base
+        se = np.std(d, ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+        if name == best or np.mean(d) <= z * se:
+            out.append(name)
+    return out
+
+
+def _to_law(family: str, theta: np.ndarray, measured_cols: np.ndarray, scale: float) -> AnyLawParams:
+    """Stacked per-domain vectors -> k-entry law params in the table's token units."""
+    k = len(measured_cols)
+    beta, c, gamma, alpha, e = np.ones(k), np.zeros(k), np.ones(k), np.full(k, 0.5), np.zeros(k)
+    t = np.ones((k, k)) - np.eye(k)
+    for row, i in enumerate(np.flatnonzero(measured_cols)):
+        th = theta[row]
+        c[i], beta[i], gamma[i], alpha[i], e[i] = np.exp(th[0]), np.exp(th[1]), np.exp(th[2]), th[3], np.exp(th[4])
+        u = np.where(np.arange(k) == i, -np.inf, th[_LAW_FIXED:])
+        w = np.exp(u - u.max())
+        t[i] = w / (w.sum() / (k - 1))
+    if family == "paper":
+        law = LawParams(beta, c, gamma, alpha, e)
+    else:
+        law = TransferLawParams(beta, c, gamma, alpha, e, t)
+    return rescale_units(law, scale)
+
+
+def fit_table(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> FamilyFitResult:
+    """Fit every law family to a run table, score them on the same folds, keep the best.
+
+    Args:
+      table: runs (R, k) of tokens (>= 0, any unit; a 0 is a domain left out of a run) and
+        losses (nats; NaN where not measured). A domain never measured gets no law.
+      key: PRNG key (starts and folds).
+      cfg: ``family`` ("auto" or one of :data:`FAMILIES`), ``families`` (scored),
+        ``transfer_prior`` (std of log t), ``max_folds``/``kfold`` (folds),
+        ``num_family_starts``, ``family_iterations``, ``huber_delta_loss``, ``reference_gbm``.
+    Returns:
+      :class:`FamilyFitResult` with the chosen family's parameters (table units), every
+      family's out-of-fold scores, the extrapolating families' fits and notes.
+    Raises:
+      ValueError: negative or non-finite tokens, a run with no tokens, no domain with >= 3
+        measured runs, or an unknown family.
+    """
+    tokens = np.asarray(table.tokens, np.float64)
+    losses = np.asarray(table.losses, np.float64)
+    families = tuple(cfg.families)
+    for f in families + ((cfg.family,) if cfg.family != "auto" else ()):
+        if f not in FAMILIES:
+            raise ValueError(f"unknown law family {f!r}; choose from {FAMILIES}")
+    if cfg.family != "auto" and cfg.family not in families:
+        families = families + (cfg.family,)
+    if np.any(tokens < 0) or not np.all(np.isfinite(tokens)):
+        raise ValueError(f"{table.source}: tokens must be finite and >= 0")
+    if np.any(tokens.sum(axis=1) <= 0):
+        raise ValueError(f"{table.source}: a run has no tokens")
+    measured_cols = np.sum(~np.isnan(losses), axis=0) >= 3
+    if not measured_cols.any():
+        raise ValueError(f"{table.source}: no domain has >= 3 runs with a measured loss")
+    notes = [f"{d}: loss never measured (or < 3 runs): no law, importance 0; its tokens still transfer to the others"
+             for d, ok in zip(table.domains, measured_cols) if not ok]
+    scale = float(np.median(tokens.sum(axis=1)))
+    x = tokens / scale
+    key_fold, key_fit = jax.random.split(key)
+    rng_fold = np.random.default_rng(np.asarray(jax.random.key_data(key_fold)).ravel())
+    rng_fit = np.random.default_rng(np.asarray(jax.random.key_data(key_fit)).ravel())
+    folds, num_folds = run_folds(len(x), cfg, rng_fold) if cfg.leave_one_out else (np.zeros(len(x), int), 0)
+    target = losses[:, measured_cols]
+    fulls, scores, errors = {}, {}, {}
+    with jax.enable_x64(True):
+        for family in families:
+            start = time.perf_counter()
+            full, oof = _fit_family(family, x, losses, measured_cols, folds, num_folds, cfg, rng_fit)
+            fulls[family] = full
+            scores[family] = score(target, oof) | {"extrapolates": EXTRAPOLATES[family], "seconds": time.perf_counter() - start}
+            errors[family] = oof - target
+    if cfg.reference_gbm and num_folds:
+        start = time.perf_counter()
+        oof = _gbm_oof(x, losses, measured_cols, folds, num_folds, int(rng_fit.integers(2**31)))
+        scores["gbm"] = score(target, oof) | {"extrapolates": False, "seconds": time.perf_counter() - start,
+                                              "reference_only": True}
+    extrapolating = [f for f in families if EXTRAPOLATES[f]]
+    if cfg.family != "auto":
+        chosen = cfg.family
+    elif not num_folds:
+        chosen = "transfer" if "transfer" in extrapolating else (extrapolating or list(families))[0]
+    else:
+        chosen = min(extrapolating or families, key=lambda f: scores[f]["rmse"])
+    candidates = tuple(_within_noise({f: errors[f] for f in extrapolating}, chosen)) if num_folds and chosen in extrapolating else (chosen,)
+    if num_folds:
+        others = [f for f in families if not EXTRAPOLATES[f]]
+        if others:
+            best_other = min(others, key=lambda f: scores[f]["rmse"])
+            if chosen in errors and best_other not in _within_noise({chosen: errors[chosen], best_other: errors[best_other]}, best_other) \
+                    and scores[best_other]["rmse"] < scores[chosen]["rmse"]:
+                notes.append(
+                    f"the {best_other!r} family (no budget dependence: it cannot extrapolate in N) predicts held-out runs clearly"
+                    f" better (out-of-fold RMSE {scores[best_other]['rmse']:.4g} vs {scores[chosen]['rmse']:.4g}); weights at"
+                    " budgets far from the table's are the extrapolating law's"
+                )
+    notes.insert(0, f"law family: {chosen!r}" + (f" (lowest out-of-fold RMSE of the families that extrapolate in N, {num_folds} folds)" if cfg.family == "auto" and num_folds else ""))
+    variants = {f: _to_law(f, fulls[f], measured_cols, scale) for f in extrapolating}
+    exp_params = None
+    if "exp" in fulls:
+        th = fulls["exp"]
+        k = len(measured_cols)
+        exp_params = {"c": np.zeros(k), "log_k": np.full(k, -np.inf), "t": np.zeros((k, k))}
+        rows = np.flatnonzero(measured_cols)
+        exp_params["c"][rows], exp_params["log_k"][rows], exp_params["t"][rows] = th[:, 0], th[:, 1], th[:, 2:]
+    params = variants.get(chosen) if chosen in variants else _to_law("paper", np.zeros((0, 0)), np.zeros(len(measured_cols), bool), 1.0)
+    result = FamilyFitResult(
+        domains=tuple(table.domains),
+        params=params,
+        diagnostics=(),
+        validation={"oof_rmse": scores[chosen]["rmse"], "oof_spearman": scores[chosen]["domain_spearman"],
+                    "num_points": int((~np.isnan(target)).sum()), "folds": int(num_folds)},
+        family=chosen,
+        scores=scores,
+        variants=variants,
+        candidates=candidates,
+        exp_params=exp_params,
+        measured=tuple(bool(m) for m in measured_cols),
+        notes=tuple(notes),
+    )
+    diagnostics = _diagnostics(result, table, errors.get(chosen), measured_cols)
+    return dataclasses.replace(result, diagnostics=diagnostics)
+
+
+def _diagnostics(fit: FamilyFitResult, table: RunTable, oof, measured_cols) -> tuple[DomainDiagnostics, ...]:
+    pred = predict_losses(fit, table.tokens)
+    out = []
+    for col, i in enumerate(np.flatnonzero(measured_cols)):
+        ok = ~np.isnan(table.losses[:, i])
+        res = pred[ok, i] - table.losses[ok, i]
+        err = oof[ok, col] if oof is not None else np.full(ok.sum(), np.nan)
+        rel = np.abs(err) / table.losses[ok, i]
+        out.append(DomainDiagnostics(
+            name=table.domains[i], residuals=res.tolist(), rmse=float(np.sqrt(np.mean(res**2))),
+            max_abs_residual=float(np.max(np.abs(res))), loo_errors=err.tolist(),
+            loo_max_rel_error=float(np.nanmax(rel)) if np.any(np.isfinite(rel)) else float("nan"),
+            stage1_objective=float("nan"), beta_start_spread=0.0, transfer_start_spread=0.0,
+            transferred_fraction=float("nan"), alpha_identified=True, refined=False, notes=[], poorly_identified=False,
+            procedure=f"family:{fit.family}", alpha_choice="fitted",
+            oof_rmse=float(np.sqrt(np.nanmean(err**2))) if np.any(np.isfinite(err)) else float("nan"),
+            oof_spearman=spearman(table.losses[ok, i], table.losses[ok, i] + err), num_runs=int(ok.sum()),
+        ))
+    return tuple(out)
