@@ -186,45 +186,67 @@ def _linear_c_e(f: Array, loss: Array, mask: Array) -> tuple[Array, Array]:
     return c, e
 
 
-@functools.partial(jax.jit, static_argnames=("family", "iterations", "delta", "k"))
-def _fit_batch(tokens, losses, masks, onehots, starts, warm, prior_prec, *, family, iterations, delta, k):
-    """One minimisation per instance (vmapped). ``tokens`` (R, k) shared; per instance:
-    ``losses``/``masks`` (R,), ``onehots`` (k,), ``starts`` (n,) draws in [0, 1), ``warm``
-    (n,) (NaN: use the start), ``prior_prec`` scalar (precision scale of the transfer prior)."""
+def _setup(family: str, tokens, loss, mask, onehot, u, free_u, prec):
+    """Box, start and prior of one fit. ``u`` (n,): draws in [0, 1) (0.5: the central start)."""
+    k = tokens.shape[1]
+    n_fit = jnp.maximum(jnp.sum(mask), 1.0)
+    low = jnp.min(jnp.where(mask, loss, jnp.inf))
+    if family == "exp":
+        lo = jnp.concatenate([jnp.stack([-2.0 * low, -20.0]), jnp.full(k, -30.0)])
+        hi = jnp.concatenate([jnp.stack([0.999 * low, 10.0]), jnp.full(k, 30.0)])
+        c0 = u[0] * 0.9 * low
+        t0 = (u[2:] - 0.5) * 2.0
+        mean_loss = jnp.sum(jnp.where(mask, loss, 0.0)) / n_fit
+        x0 = jnp.concatenate([jnp.stack([c0, jnp.log(jnp.maximum(mean_loss - c0, 1e-6))]), t0])
+        # A weak ridge on t fixes the direction sum_j r_j = 1 leaves free (t + a, k e^-a).
+        return x0, lo, hi, (jnp.concatenate([jnp.zeros(2), jnp.full(k, 1e-3 / n_fit)]), jnp.zeros(k + 2))
+    free_u = free_u & (onehot < 1)
+    ub = jnp.where(free_u, 8.0, 0.0)
+    lo = jnp.concatenate([jnp.array([-30.0, np.log(0.01), -15.0, 0.0]), jnp.log(jnp.stack([1e-4 * low])), -ub])
+    hi = jnp.concatenate([jnp.array([30.0, np.log(5.0), 8.0, 1.0]), jnp.log(jnp.stack([0.999 * low])), ub])
+    beta0 = jnp.exp(jnp.log(0.1) + u[0] * jnp.log(30.0))
+    gamma0 = jnp.exp(jnp.log(0.01) + u[1] * jnp.log(300.0))
+    alpha0 = 0.2 + 0.7 * u[2]
+    f = (tokens @ onehot + gamma0 * (tokens @ (1.0 - onehot)) ** alpha0) ** (-beta0)
+    c, e = _linear_c_e(f, loss, mask)
+    x0 = jnp.concatenate([jnp.log(jnp.stack([c, beta0, gamma0])), jnp.stack([alpha0, jnp.log(e)]), jnp.zeros(k)])
+    # Priors: u toward 0 (the paper's law, precision 1 / (transfer_prior^2 n)); weak ones
+    # on log beta (toward log 0.5) and alpha (toward 0.5).
+    precision = jnp.concatenate([jnp.array([0.0, 0.05, 0.0, 0.05, 0.0]) / n_fit, jnp.where(free_u, prec, 0.0)])
+    mean = jnp.concatenate([jnp.array([0.0, np.log(0.5), 0.0, 0.5, 0.0]), jnp.zeros(k)])
+    return x0, lo, hi, (precision, mean)
 
-    def one(loss, mask, onehot, u, w0, prec):
-        n_fit = jnp.maximum(jnp.sum(mask), 1.0)
-        low = jnp.min(jnp.where(mask, loss, jnp.inf))
-        if family == "exp":
-            predict = _exp_predict
-            lo = jnp.concatenate([jnp.array([0.0, -20.0]), jnp.full(k, -30.0)])
-            hi = jnp.concatenate([jnp.stack([0.999 * low, 10.0]), jnp.full(k, 30.0)])
-            c0 = u[0] * 0.9 * low
-            t0 = (u[2:] - 0.5) * 2.0 * (u[1] > 0.3)
-            mean_loss = jnp.sum(jnp.where(mask, loss, 0.0)) / n_fit
-            x0 = jnp.concatenate([jnp.stack([c0, jnp.log(jnp.maximum(mean_loss - c0, 1e-6))]), t0])
-            precision = jnp.concatenate([jnp.zeros(2), jnp.full(k, 1e-3 / n_fit)])
-            mean = jnp.zeros(k + 2)
-        else:
-            predict = _law_predict
-            free_u = (family == "transfer") & (onehot < 1)
-            ub = jnp.where(free_u, 8.0, 0.0)
-            lo = jnp.concatenate([jnp.array([-30.0, np.log(0.01), -15.0, 0.0]), jnp.log(jnp.stack([1e-4 * low])), -ub])
-            hi = jnp.concatenate([jnp.array([30.0, np.log(5.0), 8.0, 1.0]), jnp.log(jnp.stack([0.999 * low])), ub])
-            beta0 = jnp.exp(jnp.log(0.1) + u[0] * jnp.log(30.0))
-            gamma0 = jnp.exp(jnp.log(0.01) + u[1] * jnp.log(300.0))
-            alpha0 = 0.2 + 0.7 * u[2]
-            f = (tokens @ onehot + gamma0 * jnp.sum(tokens * (1.0 - onehot), axis=1) ** alpha0) ** (-beta0)
-            c, e = _linear_c_e(f, loss, mask)
-            x0 = jnp.concatenate([jnp.log(jnp.stack([c, beta0, gamma0])), jnp.stack([alpha0, jnp.log(e)]), jnp.zeros(k)])
-            # Priors: u toward 0 (the paper's law); weak ones on log beta and alpha.
-            precision = jnp.concatenate([jnp.array([0.0, 0.05, 0.0, 0.05, 0.0]) / n_fit, jnp.where(free_u, prec, 0.0)])
-            mean = jnp.concatenate([jnp.array([0.0, np.log(0.5), 0.0, 0.5, 0.0]), jnp.zeros(k)])
-        x0 = jnp.where(jnp.isfinite(w0), w0, x0)
+
+@functools.partial(jax.jit, static_argnames=("family", "iterations", "fold_iterations", "delta"))
+def _fit_all(tokens, losses, masks, onehots, free_u, prec, starts, fold_masks, *, family, iterations, fold_iterations, delta):
+    """Every fit of one family group in one program.
+
+    Args (V: law variants x measured domains, S: starts, F: folds; ``tokens`` (R, k) shared):
+      losses/masks (V, R); onehots (V, k); free_u (V,) (transfer matrix free); prec (V,);
+      starts (V, S, n) draws in [0, 1); fold_masks (F, R) (True: the run is trained on).
+    Returns:
+      (full parameters (V, n), objective values (V,), fold parameters (V, F, n)).
+    """
+    predict = _exp_predict if family == "exp" else _law_predict
+
+    def fit(loss, mask, onehot, free, pr, u, warm, its):
+        x0, lo, hi, prior = _setup(family, tokens, loss, mask, onehot, u, free, pr)
+        x0 = jnp.where(jnp.isfinite(warm), warm, x0)
         residuals = lambda th: (predict(th, tokens, onehot) - loss, mask.astype(loss.dtype))
-        return box_lm(residuals, x0, lo, hi, iterations, delta, prior=(precision, mean))
+        return box_lm(residuals, x0, lo, hi, its, delta, prior=prior)
 
-    return jax.vmap(one)(losses, masks, onehots, starts, warm, prior_prec)
+    nan = jnp.full(starts.shape[-1], jnp.nan, tokens.dtype)
+    over_starts = jax.vmap(lambda *a: fit(*a, nan, iterations), in_axes=(None, None, None, None, None, 0))
+    xs, values = jax.vmap(over_starts)(losses, masks, onehots, free_u, prec, starts)  # (V, S, n), (V, S)
+    values = jnp.where(jnp.isfinite(values), values, jnp.inf)
+    best = jnp.argmin(values, axis=1)
+    full = jnp.take_along_axis(xs, best[:, None, None], axis=1)[:, 0]
+    centre = jnp.full(starts.shape[-1], 0.5, tokens.dtype)
+    over_folds = jax.vmap(lambda loss, mask, onehot, free, pr, warm: fit(loss, mask, onehot, free, pr, centre, warm, fold_iterations)[0],
+                          in_axes=(None, 0, None, None, None, None))
+    folds = jax.vmap(lambda loss, mask, onehot, free, pr, warm: over_folds(loss, mask[None] & fold_masks, onehot, free, pr, warm))(
+        losses, masks, onehots, free_u, prec, full)
+    return full, jnp.min(values, axis=1), folds
 
 
 # --------------------------------------------------------------------------- folds and fits
@@ -239,48 +261,62 @@ def run_folds(num_runs: int, cfg: FitConfig, rng: np.random.Generator) -> tuple[
     return rng.permutation(num_runs) % folds, folds
 
 
-def _fit_family(family: str, tokens, losses, measured_cols, folds, num_folds, cfg: FitConfig, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Full fit (``num_starts`` starts) and out-of-fold refits (warm) of every measured domain.
+def _bucket(n: int) -> int:
+    """Pad sizes to a few buckets so tables of similar size share one compiled program."""
+    return max(16, int(2 ** np.ceil(np.log2(n)))) if n <= 64 else int(32 * np.ceil(n / 32))
 
-    Returns (full parameters (D, n), out-of-fold predictions (R, D)).
+
+def _fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num_folds, cfg: FitConfig, rng) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Full fit (``num_family_starts`` starts) and warm out-of-fold refits of every measured
+    domain for the families of one group (("paper", "transfer") share a program; "exp").
+
+    Returns family -> (full parameters (D, n), out-of-fold predictions (R, D)).
     """
     r, k = tokens.shape
     d_idx = np.flatnonzero(measured_cols)
     num_d = len(d_idx)
+    family = "exp" if group == ("exp",) else "law"
     n = 2 + k if family == "exp" else _LAW_FIXED + k
-    onehot = np.eye(k)[d_idx]
-    measured = ~np.isnan(losses[:, d_idx]).T  # (D, R)
-    loss = np.where(measured, losses[:, d_idx].T, np.nanmean(losses[:, d_idx], axis=0)[:, None])
-    prec = 1.0 / (max(cfg.transfer_prior, 1e-6) ** 2 * np.maximum(measured.sum(axis=1), 1))  # (D,)
-    delta = float(cfg.huber_delta_loss)
-    kw = dict(family=family, delta=delta, k=k)
-
-    def call(rows, mask, start, warm, iterations):
-        args = (jnp.asarray(tokens), jnp.asarray(loss[rows]), jnp.asarray(mask), jnp.asarray(onehot[rows]),
-                jnp.asarray(start), jnp.asarray(warm), jnp.asarray(prec[rows]))
-        x, v = _fit_batch(*args, iterations=iterations, **kw)
-        return np.asarray(x), np.asarray(v)
-
+    rp, fp = _bucket(r), _bucket(num_folds) if num_folds else 1
+    pad_tokens = np.concatenate([tokens, np.broadcast_to(tokens.mean(axis=0), (rp - r, k))])
+    measured = np.zeros((num_d, rp), bool)
+    measured[:, :r] = ~np.isnan(losses[:, d_idx]).T
+    loss = np.full((num_d, rp), 1.0)
+    loss[:, :r] = np.where(measured[:, :r], losses[:, d_idx].T, np.nanmean(losses[:, d_idx], axis=0)[:, None])
+    prec = 1.0 / (max(cfg.transfer_prior, 1e-6) ** 2 * np.maximum(measured.sum(axis=1), 1))
+    fold_masks = np.ones((fp, rp), bool)
+    fold_masks[:num_folds, :r] = folds[None] != np.arange(num_folds)[:, None]
+    v = len(group)
+    rep = lambda a: np.concatenate([a] * v)
+    free = np.repeat(np.array([g == "transfer" for g in group]), num_d)
     s = max(1, cfg.num_family_starts)
-    rows = np.repeat(np.arange(num_d), s)
-    start = rng.uniform(size=(num_d * s, n))
-    start[::s] = 0.5  # one central start per domain
-    x, v = call(rows, measured[rows], start, np.full((num_d * s, n), np.nan), cfg.family_iterations)
-    v = np.where(np.isfinite(v), v, np.inf).reshape(num_d, s)
-    full = x.reshape(num_d, s, n)[np.arange(num_d), np.argmin(v, axis=1)]
-    oof = np.full((r, num_d), np.nan)
-    if num_folds:
-        rows = np.repeat(np.arange(num_d), num_folds)
-        fold_id = np.tile(np.arange(num_folds), num_d)
-        mask = measured[rows] & (folds[None] != fold_id[:, None])
-        xf, _ = call(rows, mask, np.full((len(rows), n), 0.5), full[rows], max(8, cfg.family_iterations // 2))
-        predict = _exp_predict if family == "exp" else _law_predict
-        with jax.enable_x64(True):
-            pred = np.asarray(jax.vmap(predict, in_axes=(0, None, 0))(jnp.asarray(xf), jnp.asarray(tokens), jnp.asarray(onehot[rows])))
-        for row, (d, f) in enumerate(zip(rows, fold_id)):
-            held = folds == f
-            oof[held, d] = pred[row, held]
-    return full, oof
+    starts = rng.uniform(size=(v * num_d, s, n))
+    starts[:, 0] = 0.5  # one central start per fit
+    full, _, fold_x = _fit_all(
+        jnp.asarray(pad_tokens), jnp.asarray(rep(loss)), jnp.asarray(rep(measured)), jnp.asarray(rep(np.eye(k)[d_idx])),
+        jnp.asarray(free), jnp.asarray(rep(prec)), jnp.asarray(starts), jnp.asarray(fold_masks),
+        family=family, iterations=cfg.family_iterations, fold_iterations=max(8, cfg.family_iterations // 2),
+        delta=float(cfg.huber_delta_loss))
+    full, fold_x = np.asarray(full).reshape(v, num_d, n), np.asarray(fold_x).reshape(v, num_d, fp, n)
+    out = {}
+    predict = _exp_predict if family == "exp" else _law_predict
+    for g, name in enumerate(group):
+        oof = np.full((r, num_d), np.nan)
+        if num_folds:
+            xf = fold_x[g, :, :num_folds].reshape(-1, n)
+            onehot = np.repeat(np.eye(k)[d_idx], num_folds, axis=0)
+            pred = np.asarray(_predict_many(xf, tokens, onehot, family=family)).reshape(num_d, num_folds, r)
+            for f in range(num_folds):
+                held = folds == f
+                oof[held] = pred[:, f, held].T
+        out[name] = (full[g], oof)
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("family",))
+def _predict_many(thetas, tokens, onehots, *, family):
+    predict = _exp_predict if family == "exp" else _law_predict
+    return jax.vmap(predict, in_axes=(0, None, 0))(thetas, tokens, onehots)
 
 
 def _gbm_oof(tokens, losses, measured_cols, folds, num_folds, seed: int) -> np.ndarray:
@@ -390,12 +426,16 @@ def fit_table(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> Fami
     target = losses[:, measured_cols]
     fulls, scores, errors = {}, {}, {}
     with jax.enable_x64(True):
-        for family in families:
+        groups = [g for g in (tuple(f for f in families if f != "exp"), ("exp",) if "exp" in families else ()) if g]
+        for group in groups:
             start = time.perf_counter()
-            full, oof = _fit_family(family, x, losses, measured_cols, folds, num_folds, cfg, rng_fit)
-            fulls[family] = full
-            scores[family] = score(target, oof) | {"extrapolates": EXTRAPOLATES[family], "seconds": time.perf_counter() - start}
-            errors[family] = oof - target
+            fitted = _fit_group(group, x, losses, measured_cols, folds, num_folds, cfg, rng_fit)
+            seconds = (time.perf_counter() - start) / len(group)
+            for family, (full, oof) in fitted.items():
+                fulls[family] = full
+                scores[family] = score(target, oof) | {"extrapolates": EXTRAPOLATES[family], "seconds": seconds}
+                errors[family] = oof - target
+        scores = {f: scores[f] for f in families}
     if cfg.reference_gbm and num_folds:
         start = time.perf_counter()
         oof = _gbm_oof(x, losses, measured_cols, folds, num_folds, int(rng_fit.integers(2**31)))
