@@ -5,9 +5,10 @@ Families (every one fitted per measured domain i on every run where loss.i was m
 - ``"paper"``: the paper's law (arXiv 2508.11953, Sec. 3),
   ``L_i = e_i + c_i (x_i + gamma_i M_i^alpha_i)^(-beta_i)`` with ``M_i = sum_{j != i} x_j``,
   fitted jointly (all five parameters, Huber least squares).
-- ``"transfer"``: the transfer-matrix extension, ``M_i = sum_{j != i} t_ij x_j`` with
-  ``t_ij = exp(u_ij) / mean_{j != i} exp(u_ij)`` (mean 1) and a Gaussian prior
-  ``u_ij ~ N(0, transfer_prior^2)``: a ridge toward the paper's law (``t_ij = 1``), which
+- ``"transfer"``: the transfer-matrix extension (:class:`~mixjax.mixing.law.TransferLawParams`),
+  ``M_i = (sum_{j != i} t_ij x_j^rho_i)^(1/rho_i)`` with ``t_ij = exp(u_ij) / mean_{j != i}
+  exp(u_ij)`` (mean 1), ``rho_i`` in ``[transfer_rho_min, 1]`` and a Gaussian prior
+  ``u_ij ~ N(0, transfer_prior^2)`` (against loss noise ``huber_delta_loss``): a ridge toward the paper's law (``t_ij = 1``), which
   keeps fits from the 4k+1 design (one free ``t`` per other domain, each seen only
   through the runs that perturb that domain) stable. It keeps the budget as a variable.
 - ``"exp"``: the Data Mixing Laws form (Ye et al. 2024, arXiv 2403.16952, eq. 6),
@@ -44,7 +45,7 @@ from mixjax.mixing.runs import RunTable
 Array = jax.Array
 FAMILIES = ("paper", "transfer", "exp")
 EXTRAPOLATES = {"paper": True, "transfer": True, "exp": False, "gbm": False}
-_LAW_FIXED = 5  # log c, log beta, log gamma, alpha, log e; then u (k)
+_LAW_FIXED = 6  # log c, log beta, log gamma, alpha, log e, rho; then u (k)
 
 
 # --------------------------------------------------------------------------- result
@@ -158,12 +159,16 @@ def predict_losses(fit: FitResult, tokens: np.ndarray) -> np.ndarray:
 def _law_predict(theta: Array, tokens: Array, onehot: Array) -> Array:
     """The paper/transfer law of one domain (``onehot`` marks it) on (R, k) tokens."""
     c, beta, gamma, alpha, e = jnp.exp(theta[0]), jnp.exp(theta[1]), jnp.exp(theta[2]), theta[3], jnp.exp(theta[4])
+    rho = theta[5]
     u = theta[_LAW_FIXED:]
     off = 1.0 - onehot
     w = jnp.exp(u - jnp.max(jnp.where(off > 0, u, -jnp.inf))) * off
     t = w / (jnp.sum(w) / jnp.maximum(jnp.sum(off), 1.0))
-    x, m = tokens @ onehot, tokens @ t
+    x = tokens @ onehot
+    pos = tokens > 0
+    m = jnp.where(pos, jnp.where(pos, tokens, 1.0) ** rho, 0.0) @ t
     positive = m > 0
+    m = jnp.where(positive, jnp.where(positive, m, 1.0) ** (1.0 / rho), 0.0)
     transferred = jnp.where(positive, jnp.where(positive, m, 1.0) ** alpha, 0.0)
     return c * (x + gamma * transferred) ** (-beta) + e
 
@@ -186,7 +191,7 @@ def _linear_c_e(f: Array, loss: Array, mask: Array) -> tuple[Array, Array]:
     return c, e
 
 
-def _setup(family: str, tokens, loss, mask, onehot, u, free_u, prec):
+def _setup(family: str, tokens, loss, mask, onehot, u, free_u, prec, rho_min: float):
     """Box, start and prior of one fit. ``u`` (n,): draws in [0, 1) (0.5: the central start)."""
     k = tokens.shape[1]
     n_fit = jnp.maximum(jnp.sum(mask), 1.0)
@@ -202,23 +207,24 @@ def _setup(family: str, tokens, loss, mask, onehot, u, free_u, prec):
         return x0, lo, hi, (jnp.concatenate([jnp.zeros(2), jnp.full(k, 1e-3 / n_fit)]), jnp.zeros(k + 2))
     free_u = free_u & (onehot < 1)
     ub = jnp.where(free_u, 8.0, 0.0)
-    lo = jnp.concatenate([jnp.array([-30.0, np.log(0.01), -15.0, 0.0]), jnp.log(jnp.stack([1e-4 * low])), -ub])
-    hi = jnp.concatenate([jnp.array([30.0, np.log(5.0), 8.0, 1.0]), jnp.log(jnp.stack([0.999 * low])), ub])
+    rho_lo = jnp.where(jnp.any(free_u), rho_min, 1.0)
+    lo = jnp.concatenate([jnp.array([-30.0, np.log(0.01), -15.0, 0.0]), jnp.log(jnp.stack([1e-4 * low])), rho_lo[None], -ub])
+    hi = jnp.concatenate([jnp.array([30.0, np.log(5.0), 8.0, 1.0]), jnp.log(jnp.stack([0.999 * low])), jnp.ones(1), ub])
     beta0 = jnp.exp(jnp.log(0.1) + u[0] * jnp.log(30.0))
     gamma0 = jnp.exp(jnp.log(0.01) + u[1] * jnp.log(300.0))
     alpha0 = 0.2 + 0.7 * u[2]
     f = (tokens @ onehot + gamma0 * (tokens @ (1.0 - onehot)) ** alpha0) ** (-beta0)
     c, e = _linear_c_e(f, loss, mask)
-    x0 = jnp.concatenate([jnp.log(jnp.stack([c, beta0, gamma0])), jnp.stack([alpha0, jnp.log(e)]), jnp.zeros(k)])
+    x0 = jnp.concatenate([jnp.log(jnp.stack([c, beta0, gamma0])), jnp.stack([alpha0, jnp.log(e), 1.0]), jnp.zeros(k)])
     # Priors: u toward 0 (the paper's law, precision 1 / (transfer_prior^2 n)); weak ones
     # on log beta (toward log 0.5) and alpha (toward 0.5).
-    precision = jnp.concatenate([jnp.array([0.0, 0.05, 0.0, 0.05, 0.0]) / n_fit, jnp.where(free_u, prec, 0.0)])
-    mean = jnp.concatenate([jnp.array([0.0, np.log(0.5), 0.0, 0.5, 0.0]), jnp.zeros(k)])
+    precision = jnp.concatenate([jnp.array([0.0, 0.05, 0.0, 0.05, 0.0, 0.0]) / n_fit, jnp.where(free_u, prec, 0.0)])
+    mean = jnp.concatenate([jnp.array([0.0, np.log(0.5), 0.0, 0.5, 0.0, 1.0]), jnp.zeros(k)])
     return x0, lo, hi, (precision, mean)
 
 
-@functools.partial(jax.jit, static_argnames=("family", "iterations", "fold_iterations", "delta"))
-def _fit_all(tokens, losses, masks, onehots, free_u, prec, starts, fold_masks, *, family, iterations, fold_iterations, delta):
+@functools.partial(jax.jit, static_argnames=("family", "iterations", "fold_iterations", "delta", "rho_min"))
+def _fit_all(tokens, losses, masks, onehots, free_u, prec, starts, fold_masks, *, family, iterations, fold_iterations, delta, rho_min):
     """Every fit of one family group in one program.
 
     Args (V: law variants x measured domains, S: starts, F: folds; ``tokens`` (R, k) shared):
@@ -230,7 +236,7 @@ def _fit_all(tokens, losses, masks, onehots, free_u, prec, starts, fold_masks, *
     predict = _exp_predict if family == "exp" else _law_predict
 
     def fit(loss, mask, onehot, free, pr, u, warm, its):
-        x0, lo, hi, prior = _setup(family, tokens, loss, mask, onehot, u, free, pr)
+        x0, lo, hi, prior = _setup(family, tokens, loss, mask, onehot, u, free, pr, rho_min)
         x0 = jnp.where(jnp.isfinite(warm), warm, x0)
         residuals = lambda th: (predict(th, tokens, onehot) - loss, mask.astype(loss.dtype))
         return box_lm(residuals, x0, lo, hi, its, delta, prior=prior)
@@ -277,13 +283,17 @@ def _fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num
     num_d = len(d_idx)
     family = "exp" if group == ("exp",) else "law"
     n = 2 + k if family == "exp" else _LAW_FIXED + k
-    rp, fp = _bucket(r), _bucket(num_folds) if num_folds else 1
+    # Leave-one-run-out folds grow with the table: pad them with the rows (k-fold: exact).
+    rp, fp = _bucket(r), (_bucket(num_folds) if num_folds == r else num_folds) if num_folds else 1
     pad_tokens = np.concatenate([tokens, np.broadcast_to(tokens.mean(axis=0), (rp - r, k))])
     measured = np.zeros((num_d, rp), bool)
     measured[:, :r] = ~np.isnan(losses[:, d_idx]).T
     loss = np.full((num_d, rp), 1.0)
     loss[:, :r] = np.where(measured[:, :r], losses[:, d_idx].T, np.nanmean(losses[:, d_idx], axis=0)[:, None])
-    prec = 1.0 / (max(cfg.transfer_prior, 1e-6) ** 2 * np.maximum(measured.sum(axis=1), 1))
+    # Prior u ~ N(0, transfer_prior^2) against losses with noise ~huber_delta_loss (nats), in
+    # the units of the objective (mean Huber / delta^2 over the n fitted runs).
+    noise = cfg.huber_delta_loss / cfg.family_huber_delta
+    prec = noise**2 / (max(cfg.transfer_prior, 1e-6) ** 2 * np.maximum(measured.sum(axis=1), 1))
     fold_masks = np.ones((fp, rp), bool)
     fold_masks[:num_folds, :r] = folds[None] != np.arange(num_folds)[:, None]
     v = len(group)
@@ -296,7 +306,7 @@ def _fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num
         jnp.asarray(pad_tokens), jnp.asarray(rep(loss)), jnp.asarray(rep(measured)), jnp.asarray(rep(np.eye(k)[d_idx])),
         jnp.asarray(free), jnp.asarray(rep(prec)), jnp.asarray(starts), jnp.asarray(fold_masks),
         family=family, iterations=cfg.family_iterations, fold_iterations=max(8, cfg.family_iterations // 2),
-        delta=float(cfg.huber_delta_loss))
+        delta=float(cfg.family_huber_delta), rho_min=float(cfg.transfer_rho_min))
     full, fold_x = np.asarray(full).reshape(v, num_d, n), np.asarray(fold_x).reshape(v, num_d, fp, n)
     out = {}
     predict = _exp_predict if family == "exp" else _law_predict
@@ -368,18 +378,19 @@ def _within_noise(errors: dict[str, np.ndarray], best: str, z: float = 2.0) -> l
 def _to_law(family: str, theta: np.ndarray, measured_cols: np.ndarray, scale: float) -> AnyLawParams:
     """Stacked per-domain vectors -> k-entry law params in the table's token units."""
     k = len(measured_cols)
-    beta, c, gamma, alpha, e = np.ones(k), np.zeros(k), np.ones(k), np.full(k, 0.5), np.zeros(k)
+    beta, c, gamma, alpha, e, rho = np.ones(k), np.zeros(k), np.ones(k), np.full(k, 0.5), np.zeros(k), np.ones(k)
     t = np.ones((k, k)) - np.eye(k)
     for row, i in enumerate(np.flatnonzero(measured_cols)):
         th = theta[row]
         c[i], beta[i], gamma[i], alpha[i], e[i] = np.exp(th[0]), np.exp(th[1]), np.exp(th[2]), th[3], np.exp(th[4])
+        rho[i] = th[5]
         u = np.where(np.arange(k) == i, -np.inf, th[_LAW_FIXED:])
         w = np.exp(u - u.max())
         t[i] = w / (w.sum() / (k - 1))
     if family == "paper":
         law = LawParams(beta, c, gamma, alpha, e)
     else:
-        law = TransferLawParams(beta, c, gamma, alpha, e, t)
+        law = TransferLawParams(beta, c, gamma, alpha, e, t, rho)
     return rescale_units(law, scale)
 
 

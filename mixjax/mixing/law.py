@@ -3,12 +3,19 @@
     L_i(w, N) = c_i * (w_i N + gamma_i ((1 - w_i) N)^alpha_i)^(-beta_i) + e_i
 
 and its transfer-matrix extension (:class:`TransferLawParams`), in which every other
-domain transfers with its own weight ``t_ij >= 0`` (each row's off-diagonal mean is 1):
+domain transfers with its own weight ``t_ij >= 0`` (each row's off-diagonal mean is 1),
+aggregated with constant elasticity of substitution ``rho_i`` in (0, 1]:
 
-    L_i(w, N) = c_i * (w_i N + gamma_i (sum_{j != i} t_ij w_j N)^alpha_i)^(-beta_i) + e_i
+    M_i = (sum_{j != i} t_ij (w_j N)^rho_i)^(1 / rho_i)
+    L_i(w, N) = c_i * (w_i N + gamma_i M_i^alpha_i)^(-beta_i) + e_i
 
-which is the paper's law (arXiv 2508.11953, Sec. 3) when every ``t_ij = 1`` and, like it,
-keeps the budget N as a variable (it extrapolates across budgets).
+With ``rho_i = 1`` the transferred data is a weighted sum of the other domains' tokens;
+``rho_i < 1`` makes sources complements (a mix of other domains transfers more than the
+same tokens from one). It is the paper's law (arXiv 2508.11953, Sec. 3) when every
+``t_ij = 1`` and ``rho_i = 1`` and, like it, keeps the budget N as a variable (``M_i`` is
+homogeneous of degree 1 in the tokens, so it extrapolates across budgets). Each ``L_i``
+stays convex in ``w``: ``M_i`` is concave for ``rho <= 1``, so the effective data is
+concave and ``(.)^(-beta)`` convex decreasing.
 
 Every function here is pure and works on any float dtype; fitting calls them under
 float64. Parameters are arrays of shape (k,), one entry per domain, so the functions
@@ -56,6 +63,7 @@ class TransferLawParams(NamedTuple):
     alpha: Array
     e: Array
     transfer: Array
+    rho: Array  # (k,), in (0, 1]
 
     @property
     def num_domains(self) -> int:
@@ -63,10 +71,11 @@ class TransferLawParams(NamedTuple):
 
     @classmethod
     def from_paper(cls, params: LawParams) -> "TransferLawParams":
-        """The paper's law as a transfer law (every off-diagonal ``t_ij = 1``)."""
+        """The paper's law as a transfer law (every off-diagonal ``t_ij = 1``, ``rho = 1``)."""
         k = params.beta.shape[-1]
+        dtype = jnp.result_type(params.beta)
         ones = jnp.ones((k, k)) - jnp.eye(k)
-        return cls(*params, transfer=jnp.asarray(ones, jnp.result_type(params.beta)))
+        return cls(*params, transfer=jnp.asarray(ones, dtype), rho=jnp.ones(k, dtype))
 
 
 AnyLawParams = LawParams | TransferLawParams
@@ -97,12 +106,15 @@ def domain_loss(params: AnyLawParams, in_domain_tokens: Array, other_tokens: Arr
 
 def other_tokens(params: AnyLawParams, tokens: Array) -> Array:
     """Other-domain tokens each domain sees: ``(1 - w_i) N`` for the paper's law,
-    ``sum_{j != i} t_ij w_j N`` for the transfer law. ``tokens``: (..., k) -> (..., k)."""
+    ``(sum_{j != i} t_ij (w_j N)^rho_i)^(1/rho_i)`` for the transfer law.
+    ``tokens``: (..., k) -> (..., k)."""
     if not has_transfer(params):
         return jnp.sum(tokens, axis=-1, keepdims=True) - tokens
     k = params.transfer.shape[-1]
     off = params.transfer * (1.0 - jnp.eye(k, dtype=params.transfer.dtype))
-    return jnp.einsum("...j,ij->...i", tokens, off)
+    rho = params.rho[..., :, None]  # (k_i, 1)
+    powered = safe_power(tokens[..., None, :], rho)  # (..., k_i, k_j)
+    return safe_power(jnp.sum(powered * off, axis=-1), 1.0 / params.rho)
 
 
 def token_losses(params: AnyLawParams, tokens: Array) -> Array:
