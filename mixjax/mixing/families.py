@@ -8,8 +8,9 @@ Families (every one fitted per measured domain i on every run where loss.i was m
 - ``"transfer"``: the transfer-matrix extension (:class:`~mixjax.mixing.law.TransferLawParams`),
   ``M_i = (sum_{j != i} t_ij x_j^rho_i)^(1/rho_i)`` with ``t_ij = exp(u_ij) / mean_{j != i}
   exp(u_ij)`` (mean 1), ``rho_i`` in ``[transfer_rho_min, 1]`` and a Gaussian prior
-  ``u_ij ~ N(0, transfer_prior^2)`` (against loss noise ``huber_delta_loss``): a ridge toward the paper's law (``t_ij = 1``), which
-  keeps fits from the 4k+1 design (one free ``t`` per other domain, each seen only
+  ``u_ij ~ N(0, transfer_prior^2)`` against loss noise at the paper's law's residual scale
+  (an empirical-Bayes ridge toward the paper's law, ``t_ij = 1``), which keeps fits from
+  the 4k+1 design (one free ``t`` per other domain, each seen only
   through the runs that perturb that domain) stable. It keeps the budget as a variable.
 - ``"exp"``: the Data Mixing Laws form (Ye et al. 2024, arXiv 2403.16952, eq. 6),
   ``L_i = c_i + exp(log k_i + sum_j t_ij r_j)`` on the mixture proportions ``r``: a
@@ -156,27 +157,69 @@ def predict_losses(fit: FitResult, tokens: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- jitted fits
 
 
-def _law_predict(theta: Array, tokens: Array, onehot: Array) -> Array:
-    """The paper/transfer law of one domain (``onehot`` marks it) on (R, k) tokens."""
+def _law_terms(theta: Array, tokens: Array, onehot: Array):
+    """Shared pieces of the law and its Jacobian for one domain (``onehot`` marks it)."""
     c, beta, gamma, alpha, e = jnp.exp(theta[0]), jnp.exp(theta[1]), jnp.exp(theta[2]), theta[3], jnp.exp(theta[4])
     rho = theta[5]
     u = theta[_LAW_FIXED:]
     off = 1.0 - onehot
+    count = jnp.maximum(jnp.sum(off), 1.0)
     w = jnp.exp(u - jnp.max(jnp.where(off > 0, u, -jnp.inf))) * off
-    t = w / (jnp.sum(w) / jnp.maximum(jnp.sum(off), 1.0))
+    t = w / (jnp.sum(w) / count)
     x = tokens @ onehot
     pos = tokens > 0
-    m = jnp.where(pos, jnp.where(pos, tokens, 1.0) ** rho, 0.0) @ t
-    positive = m > 0
-    m = jnp.where(positive, jnp.where(positive, m, 1.0) ** (1.0 / rho), 0.0)
-    transferred = jnp.where(positive, jnp.where(positive, m, 1.0) ** alpha, 0.0)
-    return c * (x + gamma * transferred) ** (-beta) + e
+    safe_tokens = jnp.where(pos, tokens, 1.0)
+    powered = jnp.where(pos, safe_tokens**rho, 0.0)  # x_j^rho (R, k)
+    total = powered @ t  # S = sum_j t_j x_j^rho
+    ok = total > 0
+    log_s = jnp.log(jnp.where(ok, total, 1.0))
+    m = jnp.where(ok, jnp.exp(log_s / rho), 0.0)
+    log_m = log_s / rho
+    transferred = jnp.where(ok, jnp.exp(alpha * log_m), 0.0)
+    effective = x + gamma * transferred
+    f = effective ** (-beta)
+    return locals()
+
+
+def _law_predict(theta: Array, tokens: Array, onehot: Array) -> Array:
+    """The paper/transfer law of one domain (``onehot`` marks it) on (R, k) tokens."""
+    v = _law_terms(theta, tokens, onehot)
+    return v["c"] * v["f"] + v["e"]
+
+
+def _law_jacobian(theta: Array, tokens: Array, onehot: Array) -> tuple[Array, Array]:
+    """The law and its analytic Jacobian (R, n) in ``theta`` (a few (R, k) passes instead of
+    n forward-mode ones)."""
+    v = _law_terms(theta, tokens, onehot)
+    c, beta, gamma, alpha, rho, t, ok = v["c"], v["beta"], v["gamma"], v["alpha"], v["rho"], v["t"], v["ok"]
+    cf = c * v["f"]
+    d_eff = -beta * cf / v["effective"]  # d pred / d effective
+    g = d_eff * gamma * v["transferred"]  # d pred / d log gamma
+    d_log_m = jnp.where(ok, g * alpha, 0.0)  # d pred / d log M
+    log_x = jnp.where(v["pos"], jnp.log(v["safe_tokens"]), 0.0)
+    safe_s = jnp.where(ok, v["total"], 1.0)
+    # log M = log S / rho: d/d rho = -log S / rho^2 + (sum_j t_j x_j^rho log x_j) / (rho S).
+    d_rho = d_log_m * (-v["log_s"] / rho**2 + ((v["powered"] * log_x) @ t) / (rho * safe_s))
+    # t_j = count w_j / sum w: d S / d u_j = t_j x_j^rho - t_j S / count.
+    d_u = (d_log_m / (rho * safe_s))[:, None] * (v["powered"] - (v["total"] / v["count"])[:, None]) * t[None, :]
+    jac = jnp.concatenate(
+        [jnp.stack([cf, -beta * cf * jnp.log(v["effective"]), g, g * v["log_m"], v["e"] * jnp.ones_like(cf), d_rho], axis=1), d_u],
+        axis=1,
+    )
+    return cf + v["e"], jac
 
 
 def _exp_predict(theta: Array, tokens: Array, onehot: Array) -> Array:
     del onehot
     r = tokens / jnp.sum(tokens, axis=1, keepdims=True)
     return theta[0] + jnp.exp(theta[1] + r @ theta[2:])
+
+
+def _exp_jacobian(theta: Array, tokens: Array, onehot: Array) -> tuple[Array, Array]:
+    del onehot
+    r = tokens / jnp.sum(tokens, axis=1, keepdims=True)
+    grow = jnp.exp(theta[1] + r @ theta[2:])
+    return theta[0] + grow, jnp.concatenate([jnp.ones_like(grow)[:, None], grow[:, None], grow[:, None] * r], axis=1)
 
 
 def _linear_c_e(f: Array, loss: Array, mask: Array) -> tuple[Array, Array]:
@@ -234,12 +277,14 @@ def _fit_all(tokens, losses, masks, onehots, free_u, prec, starts, fold_masks, *
       (full parameters (V, n), objective values (V,), fold parameters (V, F, n)).
     """
     predict = _exp_predict if family == "exp" else _law_predict
+    jacobian_of = _exp_jacobian if family == "exp" else _law_jacobian
 
     def fit(loss, mask, onehot, free, pr, u, warm, its):
         x0, lo, hi, prior = _setup(family, tokens, loss, mask, onehot, u, free, pr, rho_min)
         x0 = jnp.where(jnp.isfinite(warm), warm, x0)
         residuals = lambda th: (predict(th, tokens, onehot) - loss, mask.astype(loss.dtype))
-        return box_lm(residuals, x0, lo, hi, its, delta, prior=prior)
+        jacobian = lambda th: jacobian_of(th, tokens, onehot)[1]
+        return box_lm(residuals, x0, lo, hi, its, delta, prior=prior, jacobian=jacobian)
 
     nan = jnp.full(starts.shape[-1], jnp.nan, tokens.dtype)
     over_starts = jax.vmap(lambda *a: fit(*a, nan, iterations), in_axes=(None, None, None, None, None, 0))
@@ -272,7 +317,8 @@ def _bucket(n: int) -> int:
     return max(16, int(2 ** np.ceil(np.log2(n)))) if n <= 64 else int(32 * np.ceil(n / 32))
 
 
-def _fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num_folds, cfg: FitConfig, rng) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num_folds, cfg: FitConfig, rng,
+               noise: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Full fit (``num_family_starts`` starts) and warm out-of-fold refits of every measured
     domain for the families of one group (("paper", "transfer") share a program; "exp").
 
@@ -290,10 +336,10 @@ def _fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num
     measured[:, :r] = ~np.isnan(losses[:, d_idx]).T
     loss = np.full((num_d, rp), 1.0)
     loss[:, :r] = np.where(measured[:, :r], losses[:, d_idx].T, np.nanmean(losses[:, d_idx], axis=0)[:, None])
-    # Prior u ~ N(0, transfer_prior^2) against losses with noise ~huber_delta_loss (nats), in
-    # the units of the objective (mean Huber / delta^2 over the n fitted runs).
-    noise = cfg.huber_delta_loss / cfg.family_huber_delta
-    prec = noise**2 / (max(cfg.transfer_prior, 1e-6) ** 2 * np.maximum(measured.sum(axis=1), 1))
+    # Prior u ~ N(0, transfer_prior^2) against losses with noise ``noise`` (nats, per domain;
+    # default huber_delta_loss), in the units of the objective (mean Huber / delta^2 over n runs).
+    noise = np.full(num_d, cfg.huber_delta_loss) if noise is None else np.maximum(noise, cfg.huber_delta_loss)
+    prec = (noise / cfg.family_huber_delta) ** 2 / (max(cfg.transfer_prior, 1e-6) ** 2 * np.maximum(measured.sum(axis=1), 1))
     fold_masks = np.ones((fp, rp), bool)
     fold_masks[:num_folds, :r] = folds[None] != np.arange(num_folds)[:, None]
     v = len(group)
@@ -321,6 +367,13 @@ def _fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num
                 oof[held] = pred[:, f, held].T
         out[name] = (full[g], oof)
     return out
+
+
+def _residual_rms(full: np.ndarray, tokens, losses, measured_cols) -> np.ndarray:
+    """RMS residual (nats) of each measured domain's full law fit, over its measured runs."""
+    d_idx = np.flatnonzero(measured_cols)
+    pred = np.asarray(_predict_many(full, tokens, np.eye(tokens.shape[1])[d_idx], family="law")).T  # (R, D)
+    return np.sqrt(np.nanmean((pred - losses[:, d_idx]) ** 2, axis=0))
 
 
 @functools.partial(jax.jit, static_argnames=("family",))
@@ -437,15 +490,21 @@ def fit_table(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> Fami
     target = losses[:, measured_cols]
     fulls, scores, errors = {}, {}, {}
     with jax.enable_x64(True):
-        groups = [g for g in (tuple(f for f in families if f != "exp"), ("exp",) if "exp" in families else ()) if g]
-        for group in groups:
+        # The paper's law first: its residuals set the noise scale of the transfer law's
+        # prior (an empirical-Bayes ridge: the worse the lumped law fits, the more freedom).
+        order = [f for f in ("paper", "transfer", "exp") if f in families or (f == "paper" and "transfer" in families)]
+        noise = None
+        for family in order:
             start = time.perf_counter()
-            fitted = _fit_group(group, x, losses, measured_cols, folds, num_folds, cfg, rng_fit)
-            seconds = (time.perf_counter() - start) / len(group)
-            for family, (full, oof) in fitted.items():
-                fulls[family] = full
-                scores[family] = score(target, oof) | {"extrapolates": EXTRAPOLATES[family], "seconds": seconds}
-                errors[family] = oof - target
+            full, oof = _fit_group((family,), x, losses, measured_cols, folds, num_folds, cfg, rng_fit, noise)[family]
+            seconds = time.perf_counter() - start
+            if family == "paper":
+                noise = _residual_rms(full, x, losses, measured_cols)
+            if family not in families:
+                continue
+            fulls[family] = full
+            scores[family] = score(target, oof) | {"extrapolates": EXTRAPOLATES[family], "seconds": seconds}
+            errors[family] = oof - target
         scores = {f: scores[f] for f in families}
     if cfg.reference_gbm and num_folds:
         start = time.perf_counter()

@@ -47,11 +47,13 @@ def box_lm(
     iterations: int,
     delta: float,
     prior: tuple[Array, Array] | None = None,
+    jacobian: Callable[[Array], Array] | None = None,
 ) -> tuple[Array, Array]:
     """Minimise ``huber_objective(*residuals(x), delta)`` over ``lo <= x <= hi``; returns (x, value).
 
     ``prior``: optional (precision, mean), each (n,): adds the Gaussian penalty
     ``0.5 * sum(precision * (x - mean)^2)`` (a ridge toward ``mean``) to the objective.
+    ``jacobian``: optional x -> (R, n) Jacobian of the residuals (default: forward mode).
     """
     x0 = jnp.clip(x0, lo, hi)
     precision, mean = prior if prior is not None else (jnp.zeros_like(x0), jnp.zeros_like(x0))
@@ -61,7 +63,7 @@ def box_lm(
     def body(carry, _):
         x, fx, lam = carry
         r, w = residuals(x)
-        jac = jax.jacfwd(lambda y: residuals(y)[0])(x)  # (R, n)
+        jac = jacobian(x) if jacobian is not None else jax.jacfwd(lambda y: residuals(y)[0])(x)  # (R, n)
         w = jnp.where(w > 0, w, 0.0) / jnp.maximum(jnp.sum(jnp.where(w > 0, w, 0.0)), 1.0)
         inlier = jnp.abs(r) <= delta
         g = jac.T @ (w * jnp.clip(r, -delta, delta)) / delta**2
