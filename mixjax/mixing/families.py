@@ -351,7 +351,7 @@ def _fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num
     full, _, fold_x = _fit_all(
         jnp.asarray(pad_tokens), jnp.asarray(rep(loss)), jnp.asarray(rep(measured)), jnp.asarray(rep(np.eye(k)[d_idx])),
         jnp.asarray(free), jnp.asarray(rep(prec)), jnp.asarray(starts), jnp.asarray(fold_masks),
-        family=family, iterations=cfg.family_iterations, fold_iterations=max(8, cfg.family_iterations // 2),
+        family=family, iterations=cfg.family_iterations, fold_iterations=max(8, cfg.family_iterations // 4),
         delta=float(cfg.family_huber_delta), rho_min=float(cfg.transfer_rho_min))
     full, fold_x = np.asarray(full).reshape(v, num_d, n), np.asarray(fold_x).reshape(v, num_d, fp, n)
     out = {}
@@ -523,7 +523,7 @@ def fit_table(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> Fami
         others = [f for f in families if not EXTRAPOLATES[f]]
         if others:
             best_other = min(others, key=lambda f: scores[f]["rmse"])
-            if chosen in errors and best_other not in _within_noise({chosen: errors[chosen], best_other: errors[best_other]}, best_other) \
+            if chosen in errors and chosen not in _within_noise({chosen: errors[chosen], best_other: errors[best_other]}, best_other) \
                     and scores[best_other]["rmse"] < scores[chosen]["rmse"]:
                 notes.append(
                     f"the {best_other!r} family (no budget dependence: it cannot extrapolate in N) predicts held-out runs clearly"

@@ -133,7 +133,7 @@ class FitConfig:
     family_huber_delta: float = 0.2  # Huber delta of the family fits (nats; ~least squares)
     kfold: int = 10  # folds of whole runs for tables with more than max_folds runs
     num_family_starts: int = 4
-    family_iterations: int = 40
+    family_iterations: int = 80  # LM steps of the full fits (fold refits, warm: a quarter)
     reference_gbm: bool = False  # also score LightGBM out-of-fold (a reference, never solved)
 
     def __post_init__(self) -> None:
