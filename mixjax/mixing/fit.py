@@ -128,7 +128,7 @@ class FitConfig:
     # family with the lowest out-of-fold RMSE; "paper" / "transfer" / "exp" force one.
     family: str = "auto"
     families: tuple[str, ...] = ("paper", "transfer", "exp")
-    transfer_prior: float = 1.0  # prior std of log t_ij (toward the paper's law, t = 1)
+    transfer_prior: float = 2.0  # prior std of log t_ij (toward the paper's law, t = 1); 2 by RegMix out-of-fold error
     transfer_rho_min: float = 0.1  # lower bound of the transfer law's CES exponent (1: linear sum)
     family_huber_delta: float = 0.2  # Huber delta of the family fits (nats; ~least squares)
     kfold: int = 10  # folds of whole runs for tables with more than max_folds runs
