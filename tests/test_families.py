@@ -159,19 +159,19 @@ def test_one_non_monotone_run_does_not_produce_a_wild_extrapolation():
 
 @pytest.mark.slow
 def test_probes_settle_a_disagreement():
-    """Issue #14 item 4. 4k+1 runs (noise 0.025 nats) of a transfer law; target budget 10x the
+    """Issue #14 item 4. 4k+1 runs (noise 0.03 nats) of a transfer law; target budget 10x the
     table's. The paper's law and the extension are within out-of-fold noise of each other
-    and their optima differ (half-L1 0.06); the probes (each candidate's optimum and a
+    and their optima differ; the chosen fit misses the true optimum by 0.09; the probes (each candidate's optimum and a
     discriminating mixture, trained at the target budget) pick the transfer law, and the
     final weights are within 0.01 (half-L1) of the true optimum."""
     from mixjax.mixing.selection import propose_probes, settle_with_probes, variant_disagreement
 
     t0 = np.array([[0.0, 1.8, 0.2], [0.3, 0.0, 1.7], [1.0, 1.0, 0.0]])
-    true = TransferLawParams(beta=np.array([0.5, 0.6, 0.4]), c=np.array([3.0, 2.5, 3.5]), gamma=0.7 * np.array([0.4, 0.3, 0.5]),
+    true = TransferLawParams(beta=np.array([0.5, 0.6, 0.4]), c=np.array([3.0, 2.5, 3.5]), gamma=0.8 * np.array([0.4, 0.3, 0.5]),
                              alpha=np.array([0.6, 0.5, 0.7]), e=np.array([1.0, 1.2, 0.8]),
-                             transfer=np.where(np.eye(3) > 0, 0.0, 1.0 + 0.6 * (t0 - 1.0)), rho=np.ones(3))
-    noise, budget = 0.025, 30.0
-    cfg = dataclasses.replace(CFG, transfer_prior=1.0)
+                             transfer=np.where(np.eye(3) > 0, 0.0, 1.0 + 0.8 * (t0 - 1.0)), rho=np.ones(3))
+    noise, budget = 0.03, 30.0
+    cfg = CFG
     train = table_4k1(true, noise=noise, seed=1)
     fit = fit_table(train, jax.random.key(0), cfg)
     assert set(fit.candidates) == {"paper", "transfer"}
@@ -187,5 +187,5 @@ def test_probes_settle_a_disagreement():
     probe_table = RunTable(DOMAINS, tokens, loss, tuple(range(len(tokens))), "probes")
     final, settle = settle_with_probes(train, probe_table, cfg, jax.random.key(2))
     assert settle["chosen"] == "transfer" and final.family == "transfer"
-    assert settle["scores"]["transfer"] < 0.7 * settle["scores"]["paper"]
+    assert settle["scores"]["transfer"] < 0.5 * settle["scores"]["paper"]
     assert half_l1(solve_sweep(final.params, [budget], cons)[0], truth) < 0.01
