@@ -132,7 +132,7 @@ class FitConfig:
     transfer_rho_min: float = 0.1  # lower bound of the transfer law's CES exponent (1: linear sum)
     family_huber_delta: float = 0.2  # Huber delta of the family fits (nats; ~least squares)
     kfold: int = 10  # folds of whole runs for tables with more than max_folds runs
-    num_family_starts: int = 4
+    num_family_starts: int = 2
     family_iterations: int = 80  # LM steps of the full fits (fold refits, warm: a quarter)
     reference_gbm: bool = False  # also score LightGBM out-of-fold (a reference, never solved)
 
