@@ -94,7 +94,7 @@ def test_cli_export_and_poorly_determined_message(capsys):
     assert main(["--runs", str(EXAMPLE), "--budget", "20", "--export", "levanter", "--bootstrap", "0"]) == 0
     weights = yaml.safe_load(capsys.readouterr().out)["data"]["train_weights"]
     assert set(weights) == {"if", "math", "code"} and sum(weights.values()) == pytest.approx(1.0, abs=1e-9)
-    assert main(["--runs", str(EXAMPLE), "--budget", "5", "20", "200", "--bootstrap", "8"]) == 0
+    assert main(["--runs", str(EXAMPLE), "--budget", "5", "20", "200", "--family", "two-stage", "--bootstrap", "8"]) == 0
     out = capsys.readouterr().out
     # The worked example's optimum is flat: bootstrap intervals far wider than 0.1.
     assert "POORLY DETERMINED OPTIMUM" in out and "gain of the optimum over uniform" in out

@@ -11,7 +11,8 @@ from mixjax.fit import main
 from mixjax.mixing.baselines import grid_candidates, simplex_grid
 from mixjax.mixing.design import law_losses, perturbation_runs
 from mixjax.mixing.fit import FitConfig, FitResult
-from mixjax.mixing.fit.table import UNMEASURED_NOTE, fit_run_table, predict_table
+from mixjax.mixing.fit.diagnostics import UNMEASURED_NOTE
+from mixjax.mixing.fit.table import fit_run_table, predict_table
 from mixjax.mixing.law import LawParams
 from mixjax.mixing.runs import RunTable, domain_data, read_run_table, write_run_table
 from mixjax.mixing.solve import Constraints

@@ -32,7 +32,7 @@ from mixjax.data.pipeline import mixture_selection
 from mixjax.mixing.baselines import feasible_mask, proportional_weights, simplex_grid, uniform_weights
 from mixjax.mixing.design import perturbation_runs
 from mixjax.mixing.fit import FitConfig, FitResult
-from mixjax.mixing.fit.table import fit_run_table
+from mixjax.mixing.fit.table import fit_run_table, load_fit
 from mixjax.mixing.mixture import report_for_params
 from mixjax.mixing.runs import read_run_table
 from mixjax.mixing.solve import Constraints
@@ -357,7 +357,7 @@ class Pipeline:
         fit_json = self.store.read_json("fit.json")
         if fit_json is None:
             raise ConfigError("solve: no fit.json; run the fit stage first")
-        fit = FitResult.from_dict(fit_json)
+        fit = load_fit(fit_json)
         solution = solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], self.inputs().constraints(), self.config.seed)
         self.store.write_json("solution.json", solution)
         for budget, w in solution["weights"].items():
@@ -386,7 +386,7 @@ class Pipeline:
                 measured[validation_label(spec.name)] = ([spec.weights[n] for n in names], [result["best_losses"][n] for n in names])
         run_names = [s.name for s in self.store.plan()] + [s.name for s in specs]
         report = ReportInputs(
-            name=self.config.name, domains=names, fit=FitResult.from_dict(fit_json), solution=solution,
+            name=self.config.name, domains=names, fit=load_fit(fit_json), solution=solution,
             runs_csv=self.store.path("runs.csv"), target_budgets=tuple(self.config.target_budgets),
             validate_budget=self.validate_budget, constraints=self.inputs().constraints(), measured=measured, skipped=skipped,
             histories=self.store.histories(run_names), base_model=self.inputs().config.checkpoint, failed=dict(self.failed),
