@@ -46,7 +46,7 @@ def test_zero_token_run_is_data_not_an_error(tmp_path):
     assert table.tokens[-1, 0] == 0.0
     a = domain_data(table)[0]
     assert 0.0 in a.in_domain  # in a's own series (others at base)
-    fit = fit_run_table(table, jax.random.key(0), FitConfig(num_starts=8, bootstrap_samples=0, alpha_mode="prior"))
+    fit = fit_run_table(table, jax.random.key(0), FitConfig(family="two-stage", num_starts=8, bootstrap_samples=0, alpha_mode="prior"))
     # The transfer-only point is fitted like any other: residual at the noise level (1e-5).
     assert abs(fit.diagnostics[0].residuals[0]) < 3e-5
     assert fit.diagnostics[0].num_runs == 14  # 6 own-series points (0 included) + 8 cross runs

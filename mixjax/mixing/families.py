@@ -38,11 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixjax.mixing.fit import DomainDiagnostics, FitConfig, FitResult, spearman
+from mixjax.mixing.fit import DomainDiagnostics, FitConfig, FitResult, fit_law, spearman
 from mixjax.mixing.fit.diagnostics import unmeasured_diagnostics
 from mixjax.mixing.law import AnyLawParams, LawParams, TransferLawParams, rescale_units, token_losses
 from mixjax.mixing.optim import box_lm
-from mixjax.mixing.runs import RunTable
+from mixjax.mixing.runs import RunTable, RunTableError, domain_data
 
 Array = jax.Array
 FAMILIES = ("paper", "transfer", "exp")
@@ -235,8 +235,10 @@ def _linear_c_e(f: Array, loss: Array, mask: Array) -> tuple[Array, Array]:
     return c, e
 
 
-def _setup(family: str, tokens, loss, mask, onehot, u, free_u, prec, rho_min: float):
-    """Box, start and prior of one fit. ``u`` (n,): draws in [0, 1) (0.5: the central start)."""
+def _setup(family: str, tokens, loss, mask, onehot, u, free_u, prec, weak, rho_min: float):
+    """Box, start and prior of one fit. ``u`` (n,): draws in [0, 1) (0.5: the central start);
+    ``weak``: the scale of the weak beta/alpha priors, (loss noise / Huber delta)^2, so they
+    stay weak against the data at any noise level."""
     k = tokens.shape[1]
     n_fit = jnp.maximum(jnp.sum(mask), 1.0)
     low = jnp.min(jnp.where(mask, loss, jnp.inf))
@@ -262,42 +264,45 @@ def _setup(family: str, tokens, loss, mask, onehot, u, free_u, prec, rho_min: fl
     x0 = jnp.concatenate([jnp.log(jnp.stack([c, beta0, gamma0])), jnp.stack([alpha0, jnp.log(e), 1.0]), jnp.zeros(k)])
     # Priors: u toward 0 (the paper's law, precision 1 / (transfer_prior^2 n)); weak ones
     # on log beta (toward log 0.5) and alpha (toward 0.5).
-    precision = jnp.concatenate([jnp.array([0.0, 0.05, 0.0, 0.05, 0.0, 0.0]) / n_fit, jnp.where(free_u, prec, 0.0)])
+    precision = jnp.concatenate([jnp.array([0.0, 0.05, 0.0, 0.05, 0.0, 0.0]) * weak / n_fit, jnp.where(free_u, prec, 0.0)])
     mean = jnp.concatenate([jnp.array([0.0, np.log(0.5), 0.0, 0.5, 0.0, 1.0]), jnp.zeros(k)])
     return x0, lo, hi, (precision, mean)
 
 
 @functools.partial(jax.jit, static_argnames=("family", "iterations", "fold_iterations", "delta", "rho_min"))
-def _fit_all(tokens, losses, masks, onehots, free_u, prec, starts, fold_masks, *, family, iterations, fold_iterations, delta, rho_min):
+def _fit_all(tokens, losses, masks, onehots, free_u, prec, weak, starts, warm_full, fold_masks, *, family, iterations, fold_iterations, delta, rho_min):
     """Every fit of one family group in one program.
 
     Args (V: law variants x measured domains, S: starts, F: folds; ``tokens`` (R, k) shared):
-      losses/masks (V, R); onehots (V, k); free_u (V,) (transfer matrix free); prec (V,);
-      starts (V, S, n) draws in [0, 1); fold_masks (F, R) (True: the run is trained on).
+      losses/masks (V, R); onehots (V, k); free_u (V,) (transfer matrix free); prec, weak (V,);
+      starts (V, S, n) draws in [0, 1); warm_full (V, n): replaces the first start where
+      finite (the two-stage fit's parameters); fold_masks (F, R) (True: the run is trained on).
     Returns:
       (full parameters (V, n), objective values (V,), fold parameters (V, F, n)).
     """
     predict = _exp_predict if family == "exp" else _law_predict
     jacobian_of = _exp_jacobian if family == "exp" else _law_jacobian
 
-    def fit(loss, mask, onehot, free, pr, u, warm, its):
-        x0, lo, hi, prior = _setup(family, tokens, loss, mask, onehot, u, free, pr, rho_min)
+    def fit(loss, mask, onehot, free, pr, wk, u, warm, its):
+        x0, lo, hi, prior = _setup(family, tokens, loss, mask, onehot, u, free, pr, wk, rho_min)
         x0 = jnp.where(jnp.isfinite(warm), warm, x0)
         residuals = lambda th: (predict(th, tokens, onehot) - loss, mask.astype(loss.dtype))
         jacobian = lambda th: jacobian_of(th, tokens, onehot)[1]
         return box_lm(residuals, x0, lo, hi, its, delta, prior=prior, jacobian=jacobian)
 
-    nan = jnp.full(starts.shape[-1], jnp.nan, tokens.dtype)
-    over_starts = jax.vmap(lambda *a: fit(*a, nan, iterations), in_axes=(None, None, None, None, None, 0))
-    xs, values = jax.vmap(over_starts)(losses, masks, onehots, free_u, prec, starts)  # (V, S, n), (V, S)
+    first = jnp.arange(starts.shape[1]) == 0
+    over_starts = jax.vmap(lambda loss, mask, onehot, free, pr, wk, u, is_first, warm: fit(
+        loss, mask, onehot, free, pr, wk, u, jnp.where(is_first, warm, jnp.nan), iterations), in_axes=(None, None, None, None, None, None, 0, 0, None))
+    xs, values = jax.vmap(over_starts, in_axes=(0, 0, 0, 0, 0, 0, 0, None, 0))(
+        losses, masks, onehots, free_u, prec, weak, starts, first, warm_full)  # (V, S, n), (V, S)
     values = jnp.where(jnp.isfinite(values), values, jnp.inf)
     best = jnp.argmin(values, axis=1)
     full = jnp.take_along_axis(xs, best[:, None, None], axis=1)[:, 0]
     centre = jnp.full(starts.shape[-1], 0.5, tokens.dtype)
-    over_folds = jax.vmap(lambda loss, mask, onehot, free, pr, warm: fit(loss, mask, onehot, free, pr, centre, warm, fold_iterations)[0],
-                          in_axes=(None, 0, None, None, None, None))
-    folds = jax.vmap(lambda loss, mask, onehot, free, pr, warm: over_folds(loss, mask[None] & fold_masks, onehot, free, pr, warm))(
-        losses, masks, onehots, free_u, prec, full)
+    over_folds = jax.vmap(lambda loss, mask, onehot, free, pr, wk, warm: fit(loss, mask, onehot, free, pr, wk, centre, warm, fold_iterations)[0],
+                          in_axes=(None, 0, None, None, None, None, None))
+    folds = jax.vmap(lambda loss, mask, onehot, free, pr, wk, warm: over_folds(loss, mask[None] & fold_masks, onehot, free, pr, wk, warm))(
+        losses, masks, onehots, free_u, prec, weak, full)
     return full, jnp.min(values, axis=1), folds
 
 
@@ -319,7 +324,7 @@ def _bucket(n: int) -> int:
 
 
 def _fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num_folds, cfg: FitConfig, rng,
-               noise: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+               noise: np.ndarray | None = None, warm: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Full fit (``num_family_starts`` starts) and warm out-of-fold refits of every measured
     domain for the families of one group (("paper", "transfer") share a program; "exp").
 
@@ -339,8 +344,10 @@ def _fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num
     loss[:, :r] = np.where(measured[:, :r], losses[:, d_idx].T, np.nanmean(losses[:, d_idx], axis=0)[:, None])
     # Prior u ~ N(0, transfer_prior^2) against losses with noise ``noise`` (nats, per domain;
     # default huber_delta_loss), in the units of the objective (mean Huber / delta^2 over n runs).
-    noise = np.full(num_d, cfg.huber_delta_loss) if noise is None else np.maximum(noise, cfg.huber_delta_loss)
+    raw = np.full(num_d, cfg.huber_delta_loss) if noise is None else np.asarray(noise, np.float64)
+    noise = np.maximum(raw, cfg.huber_delta_loss)
     prec = (noise / cfg.family_huber_delta) ** 2 / (max(cfg.transfer_prior, 1e-6) ** 2 * np.maximum(measured.sum(axis=1), 1))
+    weak = np.minimum((np.maximum(raw, 1e-6) / cfg.family_huber_delta) ** 2, 1.0)
     fold_masks = np.ones((fp, rp), bool)
     fold_masks[:num_folds, :r] = folds[None] != np.arange(num_folds)[:, None]
     v = len(group)
@@ -349,9 +356,10 @@ def _fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num
     s = max(1, cfg.num_family_starts)
     starts = rng.uniform(size=(v * num_d, s, n))
     starts[:, 0] = 0.5  # one central start per fit
+    warm_full = np.full((v * num_d, n), np.nan) if warm is None or family == "exp" else rep(warm)
     full, _, fold_x = _fit_all(
         jnp.asarray(pad_tokens), jnp.asarray(rep(loss)), jnp.asarray(rep(measured)), jnp.asarray(rep(np.eye(k)[d_idx])),
-        jnp.asarray(free), jnp.asarray(rep(prec)), jnp.asarray(starts), jnp.asarray(fold_masks),
+        jnp.asarray(free), jnp.asarray(rep(prec)), jnp.asarray(rep(weak)), jnp.asarray(starts), jnp.asarray(warm_full), jnp.asarray(fold_masks),
         family=family, iterations=cfg.family_iterations, fold_iterations=max(8, cfg.family_iterations // 4),
         delta=float(cfg.family_huber_delta), rho_min=float(cfg.transfer_rho_min))
     full, fold_x = np.asarray(full).reshape(v, num_d, n), np.asarray(fold_x).reshape(v, num_d, fp, n)
@@ -489,15 +497,15 @@ def fit_table(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> Fami
     rng_fit = np.random.default_rng(np.asarray(jax.random.key_data(key_fit)).ravel())
     folds, num_folds = run_folds(len(x), cfg, rng_fold) if cfg.leave_one_out else (np.zeros(len(x), int), 0)
     target = losses[:, measured_cols]
+    warm, noise = _two_stage_start(table, measured_cols, scale, key_fit, cfg)
     fulls, scores, errors = {}, {}, {}
     with jax.enable_x64(True):
         # The paper's law first: its residuals set the noise scale of the transfer law's
         # prior (an empirical-Bayes ridge: the worse the lumped law fits, the more freedom).
         order = [f for f in ("paper", "transfer", "exp") if f in families or (f == "paper" and "transfer" in families)]
-        noise = None
         for family in order:
             start = time.perf_counter()
-            full, oof = _fit_group((family,), x, losses, measured_cols, folds, num_folds, cfg, rng_fit, noise)[family]
+            full, oof = _fit_group((family,), x, losses, measured_cols, folds, num_folds, cfg, rng_fit, noise, warm)[family]
             seconds = time.perf_counter() - start
             if family == "paper":
                 noise = _residual_rms(full, x, losses, measured_cols)
@@ -557,6 +565,27 @@ def fit_table(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> Fami
     )
     diagnostics = _diagnostics(result, table, errors.get(chosen), measured_cols)
     return dataclasses.replace(result, diagnostics=diagnostics)
+
+
+def _two_stage_start(table: RunTable, measured_cols: np.ndarray, scale: float, key: Array, cfg: FitConfig):
+    """The paper's two-stage fit (:func:`mixjax.mixing.fit.fit_law`) as the first start of the
+    paper and transfer fits (t = 1, rho = 1: the same law), in the normalised units, when
+    every measured domain has an own series (a 4k+1 design): the joint fit of five
+    parameters from few runs is ill-conditioned, stage 1's ratios are not. Returns (starts
+    (D, n), its residual RMS per domain (nats): the noise scale of the paper fit's priors),
+    or (None, None)."""
+    try:
+        data = [d for d in domain_data(table) if d.name in np.asarray(table.domains)[measured_cols]]
+    except RunTableError:
+        return None, None
+    if len(data) != int(measured_cols.sum()) or not all(d.has_series for d in data):
+        return None, None
+    fit = fit_law(data, key, dataclasses.replace(cfg, leave_one_out=False, bootstrap_samples=0))
+    p = rescale_units(fit.params, 1.0 / scale)
+    k = len(table.domains)
+    fixed = np.stack([np.log(np.maximum(p.c, 1e-300)), np.log(p.beta), np.log(np.maximum(p.gamma, 1e-300)), p.alpha,
+                      np.log(np.maximum(p.e, 1e-300)), np.ones_like(p.beta)], axis=1)
+    return np.concatenate([fixed, np.zeros((len(data), k))], axis=1), np.array([d.rmse for d in fit.diagnostics])
 
 
 def _diagnostics(fit: FamilyFitResult, table: RunTable, oof, measured_cols) -> tuple[DomainDiagnostics, ...]:
