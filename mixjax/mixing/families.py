@@ -402,8 +402,9 @@ def _gbm_oof(tokens, losses, measured_cols, folds, num_folds, seed: int) -> np.n
         ok = ~np.isnan(losses[:, d])
         for f in range(num_folds):
             train, test = ok & (folds != f), folds == f
+            # min_child_samples: LightGBM's default 20 makes no split at all on small tables.
             model = lightgbm.LGBMRegressor(n_estimators=1000, learning_rate=0.01, num_leaves=31, random_state=seed,
-                                           verbose=-1, n_jobs=2)
+                                           min_child_samples=int(max(2, min(20, train.sum() // 5))), verbose=-1, n_jobs=2)
             model.fit(r[train], losses[train, d])
             oof[test, col] = model.predict(r[test])
     return oof
