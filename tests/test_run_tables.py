@@ -141,6 +141,8 @@ def test_predictions_follow_the_other_tables_row_order(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["predictions"]["domains"] == ["a", "b", "c"]
     np.testing.assert_allclose(out["predictions"]["losses"], law_losses(TRUTH, other), atol=2e-3)
-    fit = FitResult.from_dict({**out, "params": {f: [out["params"][d][f] for d in "abc"] for f in LawParams._fields},
-                               "diagnostics": list(out["diagnostics"]["domains"].values()), "bootstrap_params": None})
-    np.testing.assert_allclose(out["predictions"]["losses"], predict_table(fit, ("a", "b", "c"), other), rtol=1e-9)
+    from mixjax.fit import fit_config, parse_args
+
+    cfg = fit_config(parse_args(["--runs", "x", "--budget", "1", "--bootstrap", "0", "--starts", "8"]))
+    fit = fit_run_table(read_run_table(tmp_path / "train.csv"), jax.random.key(0), cfg)
+    np.testing.assert_allclose(out["predictions"]["losses"], predict_table(fit, ("c", "a", "b"), other[:, [2, 0, 1]]), rtol=1e-9)

@@ -486,10 +486,14 @@ def fit_table(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> Fami
         raise ValueError(f"{table.source}: tokens must be finite and >= 0")
     if np.any(tokens.sum(axis=1) <= 0):
         raise ValueError(f"{table.source}: a run has no tokens")
-    measured_cols = np.sum(~np.isnan(losses), axis=0) >= 3
+    counts = np.sum(~np.isnan(losses), axis=0)
+    few = [(d, int(c)) for d, c in zip(table.domains, counts) if 0 < c < 3]
+    if few:
+        raise ValueError(f"{table.source}: domain {few[0][0]} has {few[0][1]} runs with a measured loss; the fit needs >= 3")
+    measured_cols = counts >= 3
     if not measured_cols.any():
-        raise ValueError(f"{table.source}: no domain has >= 3 runs with a measured loss")
-    notes = [f"{d}: loss never measured (or < 3 runs): no law, importance 0; its tokens still transfer to the others"
+        raise ValueError(f"{table.source}: no domain has a measured loss")
+    notes = [f"{d}: loss never measured: no law, importance 0; its tokens still transfer to the others"
              for d, ok in zip(table.domains, measured_cols) if not ok]
     scale = float(np.median(tokens.sum(axis=1)))
     x = tokens / scale
@@ -563,6 +567,7 @@ def fit_table(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> Fami
         exp_params=exp_params,
         measured=tuple(bool(m) for m in measured_cols),
         notes=tuple(notes),
+        config=cfg,
     )
     diagnostics = _diagnostics(result, table, errors.get(chosen), measured_cols)
     return dataclasses.replace(result, diagnostics=diagnostics)
