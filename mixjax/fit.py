@@ -26,10 +26,13 @@ import numpy as np
 
 from mixjax.cache import enable_compilation_cache
 from mixjax.mixing.export import FORMATS, export_weights
+from mixjax.mixing.families import FamilyFitResult
 from mixjax.mixing.fit import ALPHA_MODES, PROCEDURES, FitConfig
+from mixjax.mixing.fit.types import FAMILY_CHOICES
 from mixjax.mixing.fit.table import fit_run_table, predict_table
 from mixjax.mixing.mixture import MixtureReport, report_for_params
 from mixjax.mixing.runs import RunTableError, read_run_table
+from mixjax.mixing.selection import propose_probes, variant_disagreement
 from mixjax.mixing.solve import Constraints, check_feasible
 
 
@@ -64,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--upper", nargs="*", metavar="D=W", help="upper bound on a weight")
     p.add_argument("--grid-step", type=float, default=0.05, help="step of the grid baseline (0: off)")
     p.add_argument("--fit-config", metavar="JSON", help="the fit's config: a pipeline's fit.json or a JSON of FitConfig fields")
+    p.add_argument("--family", choices=FAMILY_CHOICES,
+                   help=f"law family: auto (the extrapolating family with the lowest out-of-fold error), paper, transfer, exp, or two-stage (the paper's own procedure, with bootstrap intervals); default {FitConfig.family}")
     p.add_argument("--starts", type=int, help=f"random starts per fit (default {FitConfig.num_starts})")
     p.add_argument("--bootstrap", type=int, help=f"bootstrap refits for weight intervals, 0: off (default {FitConfig.bootstrap_samples})")
     p.add_argument("--procedure", choices=PROCEDURES,
@@ -77,11 +82,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def format_report(report: MixtureReport) -> str:
+def variant_reports(fit, budgets, constraints: Constraints, key: jax.Array) -> dict[float, dict]:
+    """Per budget where the law variants within out-of-fold noise disagree: their optima,
+    mutual regrets and the probe mixtures that would settle it (README, "Law families")."""
+    if not isinstance(fit, FamilyFitResult) or len(fit.candidates) < 2:
+        return {}
+    out = {}
+    for budget, subkey in zip(budgets, jax.random.split(key, len(budgets))):
+        report = variant_disagreement(fit, float(budget), constraints)
+        if report["disagree"]:
+            probes = propose_probes(fit, float(budget), constraints, subkey)
+            out[float(budget)] = report | {"probes": {n: np.asarray(w).tolist() for n, w in probes.items()}}
+    return out
+
+
+def format_report(report: MixtureReport, disagreement: dict[float, dict] | None = None) -> str:
+    disagreement = disagreement or {}
     fit, names = report.fit, report.fit.domains
     width = max(8, *(len(n) for n in names))
-    procedure = fit.diagnostics[0].procedure if fit.diagnostics else "mixjax"
-    lines = [f"Fitted parameters (L = c (x + gamma M^alpha)^-beta + e; procedure {procedure}):"]
+    lines = []
+    if isinstance(fit, FamilyFitResult):
+        lines += [f"Law families, out-of-fold over {fit.validation['folds']} folds of whole runs (* = used):"]
+        lines += ["  " + row for row in fit.score_table().splitlines()]
+        lines += [f"  {note}" for note in fit.notes] + [""]
+        how = f"family {fit.family}" + ("; M_i = (sum_j t_ij x_j^rho_i)^(1/rho_i)" if fit.family == "transfer" else "")
+    else:
+        how = "two-stage procedure " + (fit.diagnostics[0].procedure if fit.diagnostics else "mixjax")
+    lines.append(f"Fitted parameters (L = c (x + gamma M^alpha)^-beta + e; {how}):")
     lines.append(
         f"  {'domain':<{width}} {'beta':>9} {'c':>9} {'gamma':>9} {'alpha':>7} {'e':>9} {'runs':>4} {'rmse':>9}"
         f" {'OOF rmse':>9} {'LOO max':>8} {'alpha':>7}"
@@ -116,6 +143,10 @@ def format_report(report: MixtureReport) -> str:
             lo, hi = b.interval
             lines.append("  90% bootstrap interval: " + ", ".join(f"{n} [{l:.3f}, {h:.3f}]" for n, l, h in zip(names, lo, hi)))
         lines.append("  dw/dN: " + ", ".join(f"{n} {d:+.2e}" for n, d in zip(names, b.d_weights_d_budget)))
+        if report_disagreement := disagreement.get(b.budget):
+            lines += ["  " + line for line in report_disagreement["message"].splitlines()]
+            for name, w in report_disagreement["probes"].items():
+                lines.append(f"  probe {name}: " + ", ".join(f"{n}={x:.3f}" for n, x in zip(names, w)))
         if not b.convex:
             lines.append(f"  WARNING: objective not convex here (min Hessian eigenvalue {b.min_hessian_eigenvalue:.3g})")
     poorly = [(b.budget, b.warnings) for b in report.budgets if b.warnings]
@@ -146,7 +177,7 @@ def fit_config(args: argparse.Namespace) -> FitConfig:
             raise ValueError(f"--fit-config {args.fit_config}: {err}") from None
         cfg = FitConfig.from_dict(recorded.get("config", recorded) if "params" in recorded else recorded)
     changes = {
-        "num_starts": args.starts, "bootstrap_samples": args.bootstrap, "procedure": args.procedure,
+        "family": args.family, "num_starts": args.starts, "bootstrap_samples": args.bootstrap, "procedure": args.procedure,
         "alpha_mode": "prior" if args.alpha_prior is not None else args.alpha_mode, "alpha_prior": args.alpha_prior,
     }
     return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
@@ -184,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always")
             fit = fit_run_table(table, key, cfg)
             report = report_for_params(fit, args.budget, constraints, key, args.grid_step or None)
+            disagreement = variant_reports(fit, args.budget, constraints, key)
             predicted = predictions(fit, args.predict) if args.predict else None
     except (RunTableError, ValueError) as err:
         print(f"mixjax.fit: error: {err}", file=sys.stderr)
@@ -195,11 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.json:
         out = report.to_dict()
         out["config"] = cfg.to_dict()
+        if isinstance(fit, FamilyFitResult):
+            out["family"] = {"chosen": fit.family, "scores": fit.scores, "candidates": list(fit.candidates), "notes": list(fit.notes)}
+        out["disagreement"] = {f"{b:g}": r for b, r in disagreement.items()}
         if predicted is not None:
             out["predictions"] = predicted
         print(json.dumps(out))
     else:
-        print(format_report(report))
+        print(format_report(report, disagreement))
         if predicted is not None:
             print(f"\nPredicted losses for {args.predict} (one row per run):")
             print("  " + " ".join(f"{n:>10}" for n in predicted["domains"]))

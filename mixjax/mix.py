@@ -51,7 +51,7 @@ def optimal_weights(fit_path: Path, budget: float, names, constraints) -> np.nda
 
     if not fit_path.exists():
         raise ValueError(f"{fit_path}: no fit.json (run the fit stage, or give --weights)")
-    fit = FitResult.from_dict(json.loads(fit_path.read_text()))
+    fit = load_fit(json.loads(fit_path.read_text()))
     if tuple(fit.domains) != tuple(names):
         raise ValueError(f"{fit_path}: domains {list(fit.domains)} differ from the config's {list(names)}")
     return solve_sweep(fit.params, [budget], constraints, names)[0]

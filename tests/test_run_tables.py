@@ -11,7 +11,8 @@ from mixjax.fit import main
 from mixjax.mixing.baselines import grid_candidates, simplex_grid
 from mixjax.mixing.design import law_losses, perturbation_runs
 from mixjax.mixing.fit import FitConfig, FitResult
-from mixjax.mixing.fit.table import UNMEASURED_NOTE, fit_run_table, predict_table
+from mixjax.mixing.fit.diagnostics import UNMEASURED_NOTE
+from mixjax.mixing.fit.table import fit_run_table, predict_table
 from mixjax.mixing.law import LawParams
 from mixjax.mixing.runs import RunTable, domain_data, read_run_table, write_run_table
 from mixjax.mixing.solve import Constraints
@@ -45,7 +46,7 @@ def test_zero_token_run_is_data_not_an_error(tmp_path):
     assert table.tokens[-1, 0] == 0.0
     a = domain_data(table)[0]
     assert 0.0 in a.in_domain  # in a's own series (others at base)
-    fit = fit_run_table(table, jax.random.key(0), FitConfig(num_starts=8, bootstrap_samples=0, alpha_mode="prior"))
+    fit = fit_run_table(table, jax.random.key(0), FitConfig(family="two-stage", num_starts=8, bootstrap_samples=0, alpha_mode="prior"))
     # The transfer-only point is fitted like any other: residual at the noise level (1e-5).
     assert abs(fit.diagnostics[0].residuals[0]) < 3e-5
     assert fit.diagnostics[0].num_runs == 14  # 6 own-series points (0 included) + 8 cross runs
@@ -140,6 +141,8 @@ def test_predictions_follow_the_other_tables_row_order(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["predictions"]["domains"] == ["a", "b", "c"]
     np.testing.assert_allclose(out["predictions"]["losses"], law_losses(TRUTH, other), atol=2e-3)
-    fit = FitResult.from_dict({**out, "params": {f: [out["params"][d][f] for d in "abc"] for f in LawParams._fields},
-                               "diagnostics": list(out["diagnostics"]["domains"].values()), "bootstrap_params": None})
-    np.testing.assert_allclose(out["predictions"]["losses"], predict_table(fit, ("a", "b", "c"), other), rtol=1e-9)
+    from mixjax.fit import fit_config, parse_args
+
+    cfg = fit_config(parse_args(["--runs", "x", "--budget", "1", "--bootstrap", "0", "--starts", "8"]))
+    fit = fit_run_table(read_run_table(tmp_path / "train.csv"), jax.random.key(0), cfg)
+    np.testing.assert_allclose(out["predictions"]["losses"], predict_table(fit, ("c", "a", "b"), other[:, [2, 0, 1]]), rtol=1e-9)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixjax.cache import cached_call
-from mixjax.mixing.law import LawParams, total_loss
+from mixjax.mixing.law import AnyLawParams, LawParams, total_loss
 from mixjax.mixing.solve import Constraints, solve_weights
 
 
@@ -28,7 +28,7 @@ def _x64(tree):
 _jacobians = jax.jit(jax.jacobian(solve_weights, argnums=(0, 1)))
 
 
-def weight_jacobians(params: LawParams, budget: float, constraints: Constraints) -> tuple[LawParams, np.ndarray]:
+def weight_jacobians(params: AnyLawParams, budget: float, constraints: Constraints) -> tuple[AnyLawParams, np.ndarray]:
     """d w* / d theta for each law field (each (k, k): [weight, domain]) and d w* / d N (k,)."""
     with jax.enable_x64(True):
         d_params, d_budget = cached_call("jacobians", _jacobians, (_x64(params), jnp.float64(budget), _x64(constraints)))
@@ -57,7 +57,7 @@ class ConvexityReport:
 
 
 def check_convexity(
-    params: LawParams,
+    params: AnyLawParams,
     budget: float,
     weights_opt,
     key: jax.Array,

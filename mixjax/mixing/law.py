@@ -3,6 +3,21 @@ README, "The method, as implemented").
 
     L_i(w, N) = c_i * (w_i N + gamma_i ((1 - w_i) N)^alpha_i)^(-beta_i) + e_i
 
+and its transfer-matrix extension (:class:`TransferLawParams`), in which every other
+domain transfers with its own weight ``t_ij >= 0`` (each row's off-diagonal mean is 1),
+aggregated with constant elasticity of substitution ``rho_i`` in (0, 1]:
+
+    M_i = (sum_{j != i} t_ij (w_j N)^rho_i)^(1 / rho_i)
+    L_i(w, N) = c_i * (w_i N + gamma_i M_i^alpha_i)^(-beta_i) + e_i
+
+With ``rho_i = 1`` the transferred data is a weighted sum of the other domains' tokens;
+``rho_i < 1`` makes sources complements (a mix of other domains transfers more than the
+same tokens from one). It is the paper's law (arXiv 2508.11953, Sec. 3) when every
+``t_ij = 1`` and ``rho_i = 1`` and, like it, keeps the budget N as a variable (``M_i`` is
+homogeneous of degree 1 in the tokens, so it extrapolates across budgets). Each ``L_i``
+stays convex in ``w``: ``M_i`` is concave for ``rho <= 1``, so the effective data is
+concave and ``(.)^(-beta)`` convex decreasing.
+
 Every function here is pure and works on any float dtype; fitting calls them under
 float64. Parameters are arrays of shape (k,), one entry per domain, so the functions
 broadcast and vmap over domains, budgets and parameter samples.
@@ -35,6 +50,43 @@ class LawParams(NamedTuple):
         return int(jnp.shape(self.beta)[-1])
 
 
+class TransferLawParams(NamedTuple):
+    """The paper's per-domain parameters (each (k,)) plus a transfer matrix ``transfer`` (k, k).
+
+    ``transfer[i, j]`` (j != i) is how much a token of domain j counts towards domain i's
+    transferred data; the diagonal is ignored (set to 0). A domain with ``c == 0`` has no
+    law (its loss was never measured); it still transfers tokens to the others.
+    """
+
+    beta: Array
+    c: Array
+    gamma: Array
+    alpha: Array
+    e: Array
+    transfer: Array
+    rho: Array  # (k,), in (0, 1]
+
+    @property
+    def num_domains(self) -> int:
+        return int(jnp.shape(self.beta)[-1])
+
+    @classmethod
+    def from_paper(cls, params: LawParams) -> "TransferLawParams":
+        """The paper's law as a transfer law (every off-diagonal ``t_ij = 1``, ``rho = 1``)."""
+        k = params.beta.shape[-1]
+        dtype = jnp.result_type(params.beta)
+        ones = jnp.ones((k, k)) - jnp.eye(k)
+        return cls(*params, transfer=jnp.asarray(ones, dtype), rho=jnp.ones(k, dtype))
+
+
+AnyLawParams = LawParams | TransferLawParams
+
+
+def has_transfer(params: AnyLawParams) -> bool:
+    """True for :class:`TransferLawParams` (a Python-level, trace-time dispatch)."""
+    return isinstance(params, TransferLawParams)
+
+
 def safe_power(base: Array, exponent: Array) -> Array:
     """``base ** exponent`` for ``base >= 0`` with finite gradients at ``base == 0``."""
     positive = base > 0
@@ -42,25 +94,45 @@ def safe_power(base: Array, exponent: Array) -> Array:
     return jnp.where(positive, safe_base**exponent, 0.0)
 
 
-def transferred_data(params: LawParams, other_tokens: Array) -> Array:
+def transferred_data(params: AnyLawParams, other_tokens: Array) -> Array:
     """Effective data transferred from the other domains: ``gamma * M^alpha``."""
     return params.gamma * safe_power(other_tokens, params.alpha)
 
 
-def domain_loss(params: LawParams, in_domain_tokens: Array, other_tokens: Array) -> Array:
+def domain_loss(params: AnyLawParams, in_domain_tokens: Array, other_tokens: Array) -> Array:
     """Validation loss of each domain given its own and the other domains' tokens."""
     effective = in_domain_tokens + transferred_data(params, other_tokens)
     return params.c * effective ** (-params.beta) + params.e
 
 
-def mixture_losses(params: LawParams, weights: Array, budget: Array | float) -> Array:
+def other_tokens(params: AnyLawParams, tokens: Array) -> Array:
+    """Other-domain tokens each domain sees: ``(1 - w_i) N`` for the paper's law,
+    ``(sum_{j != i} t_ij (w_j N)^rho_i)^(1/rho_i)`` for the transfer law.
+    ``tokens``: (..., k) -> (..., k)."""
+    if not has_transfer(params):
+        return jnp.sum(tokens, axis=-1, keepdims=True) - tokens
+    k = params.transfer.shape[-1]
+    off = params.transfer * (1.0 - jnp.eye(k, dtype=params.transfer.dtype))
+    rho = params.rho[..., :, None]  # (k_i, 1)
+    powered = safe_power(tokens[..., None, :], rho)  # (..., k_i, k_j)
+    return safe_power(jnp.sum(powered * off, axis=-1), 1.0 / params.rho)
+
+
+def token_losses(params: AnyLawParams, tokens: Array) -> Array:
+    """Per-domain validation losses of runs with per-domain ``tokens`` (..., k) (any mix)."""
+    return domain_loss(params, tokens, other_tokens(params, tokens))
+
+
+def mixture_losses(params: AnyLawParams, weights: Array, budget: Array | float) -> Array:
     """Per-domain validation losses of the mixture ``weights`` at token budget ``budget``."""
+    if has_transfer(params):
+        return token_losses(params, weights * budget)
     return domain_loss(params, weights * budget, (1.0 - weights) * budget)
 
 
 def total_loss(
     weights: Array,
-    params: LawParams,
+    params: AnyLawParams,
     budget: Array | float,
     importance: Array | None = None,
 ) -> Array:
@@ -71,7 +143,7 @@ def total_loss(
     return jnp.sum(importance * losses, axis=-1)
 
 
-def rescale_units(params: LawParams, scale: Array | float) -> LawParams:
+def rescale_units(params: AnyLawParams, scale: Array | float) -> AnyLawParams:
     """Express parameters fitted on tokens ``t / scale`` in the units of ``t``.
 
     With x' = x / scale: c (x' + g M'^a)^-b = c scale^b (x + g scale^(1-a) M^a)^-b.

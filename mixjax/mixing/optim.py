@@ -39,20 +39,37 @@ def _solve_small(a: Array, b: Array) -> Array:
     return a[:, n]
 
 
-def box_lm(residuals: Residuals, x0: Array, lo: Array, hi: Array, iterations: int, delta: float) -> tuple[Array, Array]:
-    """Minimise ``huber_objective(*residuals(x), delta)`` over ``lo <= x <= hi``; returns (x, value)."""
+def box_lm(
+    residuals: Residuals,
+    x0: Array,
+    lo: Array,
+    hi: Array,
+    iterations: int,
+    delta: float,
+    prior: tuple[Array, Array] | None = None,
+    jacobian: Callable[[Array], Array] | None = None,
+) -> tuple[Array, Array]:
+    """Minimise ``huber_objective(*residuals(x), delta)`` over ``lo <= x <= hi``; returns (x, value).
+
+    ``prior``: optional (precision, mean), each (n,): adds the Gaussian penalty
+    ``0.5 * sum(precision * (x - mean)^2)`` (a ridge toward ``mean``) to the objective.
+    ``jacobian``: optional x -> (R, n) Jacobian of the residuals (default: forward mode).
+    """
     x0 = jnp.clip(x0, lo, hi)
-    value = lambda x: huber_objective(*residuals(x), delta)
+    precision, mean = prior if prior is not None else (jnp.zeros_like(x0), jnp.zeros_like(x0))
+    penalty = lambda x: 0.5 * jnp.sum(precision * (x - mean) ** 2)
+    value = lambda x: huber_objective(*residuals(x), delta) + penalty(x)
 
     def body(carry, _):
         x, fx, lam = carry
         r, w = residuals(x)
-        jac = jax.jacfwd(lambda y: residuals(y)[0])(x)  # (R, n)
+        jac = jacobian(x) if jacobian is not None else jax.jacfwd(lambda y: residuals(y)[0])(x)  # (R, n)
         w = jnp.where(w > 0, w, 0.0) / jnp.maximum(jnp.sum(jnp.where(w > 0, w, 0.0)), 1.0)
         inlier = jnp.abs(r) <= delta
         g = jac.T @ (w * jnp.clip(r, -delta, delta)) / delta**2
-        h = (jac * (w * inlier)[:, None]).T @ jac / delta**2
-        scale = jnp.diagonal((jac * w[:, None]).T @ jac) / delta**2
+        g = g + precision * (x - mean)
+        h = (jac * (w * inlier)[:, None]).T @ jac / delta**2 + jnp.diag(precision)
+        scale = jnp.diagonal((jac * w[:, None]).T @ jac) / delta**2 + precision
         finite = jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(h))
         g, h, scale = jnp.nan_to_num(g), jnp.nan_to_num(h), jnp.nan_to_num(scale)
         free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0)))

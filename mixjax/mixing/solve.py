@@ -8,6 +8,14 @@ so ``w_i(mu)`` is found by bisection per domain and ``sum_i w_i(mu) = 1`` by bis
 ``mu`` (:func:`solve_weights`): exact to float64 rounding, a fixed number of steps, and
 differentiable through a custom JVP from the KKT conditions (implicit differentiation).
 
+The transfer-matrix law (:class:`~mixjax.mixing.law.TransferLawParams`) is not separable:
+``L_i`` depends on ``w_i`` and on ``sum_j t_ij w_j``. Each ``L_i`` is still convex in ``w``
+(a convex decreasing function of the effective data, which is concave in ``w``), so the
+objective is convex and :func:`solve_weights` runs a fixed number of projected Newton
+steps on the bounded simplex (Newton on the free coordinates under ``sum w = 1``, with
+projected-gradient candidates as a safeguard, the best of all kept), differentiable
+through a custom JVP from the KKT conditions with the full Hessian.
+
 The reference solver (:func:`solve_weights_pg`, the tests compare the two) is projected
 gradient (FISTA with backtracking, jaxopt) with an exact projection onto
 ``{w : lo <= w <= hi, sum w = 1}`` (:func:`project_bounded_simplex`). ``hi`` folds the per-domain upper bound and the
@@ -27,7 +35,7 @@ from jaxopt import linear_solve
 import numpy as np
 
 from mixjax.cache import cached_call
-from mixjax.mixing.law import LawParams, total_loss
+from mixjax.mixing.law import AnyLawParams, LawParams, has_transfer, total_loss
 
 Array = jax.Array
 
@@ -183,22 +191,92 @@ def _solve_separable_jvp(primals, tangents):
     return w, jnp.where(free, (d_mu - dg) * inv, d_fixed)
 
 
-def solve_weights(params: LawParams, budget, constraints: Constraints) -> Array:
-    """Optimal weights at one budget, by bisection on the KKT multiplier (module docstring).
+def _newton(params: AnyLawParams, budget, lo: Array, hi: Array, importance: Array, iterations: int) -> Array:
+    """Projected Newton on the bounded simplex with a projected-gradient safeguard (fixed steps)."""
+    f = lambda w: total_loss(w, params, budget, importance)
+    grad, hess = jax.grad(f), jax.hessian(f)
+    k = lo.shape[-1]
+    safe_f = lambda w: jnp.where(jnp.isfinite(f(w)), f(w), jnp.inf)
+    steps = 2.0 ** -jnp.arange(16, dtype=lo.dtype)
+    project = jax.vmap(lambda y: project_bounded_simplex(y, (lo, hi)))
+
+    def body(w, _):
+        g, h = jnp.nan_to_num(grad(w)), jnp.nan_to_num(hess(w))
+        inside = (w > lo) & (w < hi)
+        mu = jnp.sum(jnp.where(inside, g, 0.0)) / jnp.maximum(jnp.sum(inside), 1)
+        mu = jnp.where(jnp.any(inside), mu, jnp.median(g))
+        free = inside | ((w <= lo) & (g < mu)) | ((w >= hi) & (g > mu))
+        both = free[:, None] & free[None, :]
+        ridge = 1e-12 * jnp.maximum(jnp.max(jnp.abs(jnp.diagonal(h))), 1e-300)
+        a = jnp.where(both, h, 0.0) + jnp.diag(jnp.where(free, ridge, 1.0))
+        border = jnp.where(free, 1.0, 0.0)
+        kkt = jnp.block([[a, border[:, None]], [border[None, :], jnp.zeros((1, 1), h.dtype)]])
+        d = jnp.linalg.solve(kkt, jnp.concatenate([-jnp.where(free, g, 0.0), jnp.zeros(1, h.dtype)]))[:k]
+        curvature = jnp.maximum(jnp.max(jnp.abs(jnp.diagonal(h))), 1e-300)
+        candidates = jnp.concatenate([
+            project(w[None] + steps[:, None] * jnp.nan_to_num(d)[None]),
+            project(w[None] - (steps * 4.0 / curvature)[:, None] * g[None]),
+            w[None],
+        ])
+        values = jax.vmap(safe_f)(candidates)
+        return candidates[jnp.argmin(values)], None
+
+    w0 = project_bounded_simplex(jnp.full(k, 1.0 / k, lo.dtype), (lo, hi))
+    w, _ = jax.lax.scan(body, w0, None, length=iterations)
+    return w
+
+
+@jax.custom_jvp
+def _solve_general(params: AnyLawParams, budget, lo: Array, hi: Array, importance: Array) -> Array:
+    return _newton(params, budget, lo, hi, importance, iterations=60)
+
+
+@_solve_general.defjvp
+def _solve_general_jvp(primals, tangents):
+    """Implicit differentiation of the KKT conditions with the full Hessian.
+
+    Free weights: ``grad_i f(w; theta) = mu``; weights at a bound move with the bound;
+    ``sum dw = 0``.
+    """
+    params, budget, lo, hi, importance = primals
+    d_params, d_budget, d_lo, d_hi, d_importance = tangents
+    w = _solve_general(params, budget, lo, hi, importance)
+    grad = lambda v, p, n, s: jax.grad(total_loss)(v, p, n, s)
+    _, dg = jax.jvp(lambda p, n, s: grad(w, p, n, s), (params, budget, importance), (d_params, d_budget, d_importance))
+    h = jax.hessian(total_loss)(w, params, budget, importance)
+    k = w.shape[-1]
+    at_lo, at_hi = w <= lo + 1e-11, w >= hi - 1e-11
+    free = ~(at_lo | at_hi)
+    d_fixed = jnp.where(at_lo, d_lo, 0.0) + jnp.where(at_hi & ~at_lo, d_hi, 0.0)
+    a = jnp.where(free[:, None], jnp.where(free[None, :], h, 0.0), jnp.eye(k, dtype=h.dtype))
+    col = jnp.where(free, -1.0, 0.0)
+    any_free = jnp.any(free)
+    last = jnp.where(any_free, jnp.concatenate([jnp.ones(k, h.dtype), jnp.zeros(1, h.dtype)]),
+                     jnp.concatenate([jnp.zeros(k, h.dtype), jnp.ones(1, h.dtype)]))
+    kkt = jnp.concatenate([jnp.concatenate([a, col[:, None]], axis=1), last[None]], axis=0)
+    rhs = jnp.where(free, -(dg + h @ jnp.where(free, 0.0, d_fixed)), d_fixed)
+    dw = jnp.linalg.solve(kkt, jnp.concatenate([rhs, jnp.zeros(1, h.dtype)]))[:k]
+    return w, dw
+
+
+def solve_weights(params: AnyLawParams, budget, constraints: Constraints) -> Array:
+    """Optimal weights at one budget (module docstring): bisection on the KKT multiplier for
+    the paper's (separable) law, projected Newton for the transfer-matrix law.
 
     Pure, jittable, vmappable, and differentiable (implicit) in params, budget and the
-    constraints; the bisection runs a fixed number of steps to float64 precision.
+    constraints; both run a fixed number of steps to float64 precision.
     """
     lo, hi = weight_bounds(constraints, budget)
     dtype = jnp.result_type(params.beta, lo, float)
     cast = lambda a: jnp.asarray(a, dtype)
-    return _solve_separable(
+    solver = _solve_general if has_transfer(params) else _solve_separable
+    return solver(
         jax.tree.map(cast, params), cast(budget), cast(lo), cast(hi), cast(constraints.importance)
     )
 
 
 def solve_weights_pg(
-    params: LawParams,
+    params: AnyLawParams,
     budget,
     constraints: Constraints,
     *,
@@ -223,7 +301,7 @@ def solve_weights_pg(
 _solve_budgets = jax.jit(jax.vmap(solve_weights, in_axes=(None, 0, None)))
 
 
-def solve_sweep(params: LawParams, budgets, constraints: Constraints | None = None, domains=None) -> np.ndarray:
+def solve_sweep(params: AnyLawParams, budgets, constraints: Constraints | None = None, domains=None) -> np.ndarray:
     """Optimal weights for each budget, shape (len(budgets), k); float64, checked feasible."""
     budgets = np.atleast_1d(np.asarray(budgets, np.float64))
     constraints = constraints or Constraints.create(len(params.beta))

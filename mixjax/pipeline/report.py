@@ -21,7 +21,8 @@ import numpy as np  # noqa: E402
 
 from mixjax.io import write_json_atomic  # noqa: E402
 from mixjax.mixing.fit import FitResult  # noqa: E402
-from mixjax.mixing.law import domain_loss, mixture_losses, total_loss  # noqa: E402
+from mixjax.mixing.law import LawParams, mixture_losses, total_loss  # noqa: E402
+from mixjax.mixing.fit.table import predict_table  # noqa: E402
 from mixjax.mixing.runs import domain_data, read_run_table  # noqa: E402
 from mixjax.mixing.solve import Constraints, solve_sweep  # noqa: E402
 from mixjax.pipeline.paired import mean_sd, paired_difference  # noqa: E402
@@ -48,19 +49,25 @@ class ReportInputs:
 
 
 def plot_fits(runs_csv: Path, fit: FitResult, path) -> None:
-    data = domain_data(read_run_table(runs_csv))
-    fig, axes = plt.subplots(1, len(data), figsize=(4 * len(data), 3.2), squeeze=False)
-    for i, (ax, d) in enumerate(zip(axes[0], data)):
-        p = jax.tree.map(lambda a: a[i], fit.params)
-        x = np.geomspace(d.in_domain.min() * 0.5, d.in_domain.max() * 2, 100)
-        with jax.enable_x64(True):
-            ax.plot(x, np.asarray(domain_loss(p, x, d.other)), label="fitted law")
+    """Per domain: the fitted law along that domain's tokens (others at the base run) and
+    the measured runs (those perturbing it, and the others)."""
+    table = read_run_table(runs_csv)
+    data = {d.name: d for d in domain_data(table)}
+    names = [n for n in fit.domains if n in data]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    base = table.base_tokens
+    for ax, name in zip(axes[0], names):
+        d, i = data[name], fit.domains.index(name)
+        x = np.geomspace(max(table.tokens[:, i][table.tokens[:, i] > 0].min(), 1e-9) * 0.5, table.tokens[:, i].max() * 2, 100)
+        grid = np.repeat(base[None], len(x), 0)
+        grid[:, i] = x
+        ax.plot(x, predict_table(fit, fit.domains, grid)[:, i], label="fitted law")
         ax.scatter(d.in_domain, d.loss, color="C1", zorder=3, label="runs perturbing it")
         if d.cross_loss.size:
             ax.scatter(d.cross_in_domain, d.cross_loss, color="C2", marker="x", zorder=3, label="others perturbed")
         ax.set_xscale("log")
-        ax.set_title(f"{d.name}: beta={float(p.beta):.3g}, alpha={float(p.alpha):.2f}")
-        ax.set_xlabel(f"{d.name} tokens")
+        ax.set_title(f"{name}: beta={float(fit.params.beta[i]):.3g}, alpha={float(fit.params.alpha[i]):.2f}")
+        ax.set_xlabel(f"{name} tokens")
         ax.set_ylabel("validation loss")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
@@ -317,11 +324,14 @@ def write_report(r: ReportInputs, out: Path) -> dict:
         lines.append(f"| {float(budget):,.0f} | " + " | ".join(f"{x:.3f}" for x in w) + f" | {objective:.4f} |")
     lines += ["", "## Fitted law", "", "| domain | beta | c | gamma | alpha | e | rmse | LOO max | notes |", "|---|---|---|---|---|---|---|---|---|"]
     for i, d in enumerate(fit.diagnostics):
-        p = jax.tree.map(lambda a: float(a[i]), fit.params)
+        p = LawParams(*(float(getattr(fit.params, f)[i]) for f in LawParams._fields))
         lines.append(
             f"| {d.name} | {p.beta:.4g} | {p.c:.4g} | {p.gamma:.4g} | {p.alpha:.3f} | {p.e:.4g} | {d.rmse:.2e} |"
             f" {d.loo_max_rel_error:.2%} | {'; '.join(d.notes) or '-'} |"
         )
+    if hasattr(fit, "score_table"):
+        lines += ["", "Law families, out-of-fold on the same folds (* = used):", "", "```", fit.score_table(), "```", ""]
+        lines += [f"- {note}" for note in fit.notes]
     if validation["mixtures"]:
         lines += validation_lines(validation, names)
     if r.selection is not None:

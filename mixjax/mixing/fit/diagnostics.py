@@ -14,6 +14,18 @@ from mixjax.mixing.fit.types import DomainDiagnostics, FitResult
 from mixjax.mixing.law import LawParams, rescale_units
 
 
+UNMEASURED_NOTE = "trained but never measured: no law of its own (importance 0); its tokens count in the others' transfer"
+
+
+def unmeasured_diagnostics(name: str) -> DomainDiagnostics:
+    nan = float("nan")
+    return DomainDiagnostics(
+        name=name, residuals=[], rmse=nan, max_abs_residual=nan, loo_errors=[], loo_max_rel_error=nan,
+        stage1_objective=nan, beta_start_spread=nan, transfer_start_spread=nan, transferred_fraction=nan,
+        alpha_identified=False, refined=False, notes=[UNMEASURED_NOTE], poorly_identified=False, measured=False,
+    )
+
+
 def spearman(a, b) -> float:
     """Spearman rank correlation (average ranks for ties); NaN for fewer than 3 points or a
     constant input."""

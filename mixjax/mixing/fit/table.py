@@ -1,4 +1,7 @@
-"""The paper's law fitted to a whole run table, trained-but-unmeasured domains included.
+"""The fit of a whole run table, the one entry point of the library, ``mixjax.fit`` and the
+pipeline: law families chosen by out-of-fold error (:mod:`mixjax.mixing.families`), or the
+paper's own two-stage procedure (``FitConfig.family="two-stage"``), trained-but-unmeasured
+domains included.
 
 Source: arXiv 2508.11953, Sec. 3 (the law), applied to any run design (README "Fit and
 solve on your own runs").
@@ -10,26 +13,39 @@ import jax
 import numpy as np
 
 from mixjax.mixing.fit import FitConfig, FitResult, fit_law
-from mixjax.mixing.fit.types import DomainDiagnostics
-from mixjax.mixing.law import LawParams, domain_loss
+from mixjax.mixing.families import FamilyFitResult, fit_table, predict_losses
+from mixjax.mixing.fit.diagnostics import unmeasured_diagnostics
+from mixjax.mixing.law import LawParams
 from mixjax.mixing.runs import RunTable, domain_data
 
-UNMEASURED_NOTE = "trained but never measured: no law of its own (importance 0); its tokens count in the others' transfer"
 # A law that predicts loss 0 at any mixture: an unmeasured domain adds nothing to the objective.
 _NO_LAW = dict(beta=1.0, c=0.0, gamma=1.0, alpha=0.5, e=0.0)
 
 
-def unmeasured_diagnostics(name: str) -> DomainDiagnostics:
-    nan = float("nan")
-    return DomainDiagnostics(
-        name=name, residuals=[], rmse=nan, max_abs_residual=nan, loo_errors=[], loo_max_rel_error=nan,
-        stage1_objective=nan, beta_start_spread=nan, transfer_start_spread=nan, transferred_fraction=nan,
-        alpha_identified=False, refined=False, notes=[UNMEASURED_NOTE], poorly_identified=False, measured=False,
-    )
-
-
 def fit_run_table(table: RunTable, key: jax.Array, cfg: FitConfig = FitConfig()) -> FitResult:
-    """Fit the paper's law to every measured domain of ``table``.
+    """Fit ``table`` as ``cfg`` says: law families scored on shared folds (default), or
+    the paper's two-stage procedure (``cfg.family == "two-stage"``).
+
+    Returns:
+      A :class:`FitResult` over every domain of the table (see :func:`fit_two_stage`).
+    Raises:
+      RunTableError / ValueError: a table the fit cannot use.
+    """
+    if cfg.family == "two-stage":
+        return fit_two_stage(table, key, cfg)
+    return fit_table(table, key, cfg)
+
+
+def load_fit(d: dict) -> FitResult:
+    """A fit read back from its ``to_dict`` (``fit.json``), of whichever kind it was."""
+    if "family" in d:
+        return FamilyFitResult.from_dict(d)
+    return FitResult.from_dict(d)
+
+
+def fit_two_stage(table: RunTable, key: jax.Array, cfg: FitConfig = FitConfig()) -> FitResult:
+    """Fit the paper's law to every measured domain of ``table`` with the paper's two-stage
+    procedure (:func:`mixjax.mixing.fit.fit_law`).
 
     Returns:
       A :class:`FitResult` over every domain of the table, in table order; a domain that
@@ -63,26 +79,20 @@ def fit_run_table(table: RunTable, key: jax.Array, cfg: FitConfig = FitConfig())
 
 
 def predict_table(fit: FitResult, domains: tuple[str, ...], tokens: np.ndarray) -> np.ndarray:
-    """The fitted law's loss for each run and each of ``fit.domains``.
+    """The fit's predicted loss for each run and each of ``fit.domains``.
 
     Args:
-      fit: a fit over ``fit.domains``.
-      domains: the token columns of ``tokens``; must contain every one of ``fit.domains``
-        (extra columns count as other-domain tokens).
+      fit: any fit of :func:`fit_run_table` over ``fit.domains``.
+      domains: the token columns of ``tokens``: the fit's domains, in any order.
       tokens: (R, len(domains)) tokens per run, in the fit's token units.
     Returns:
       (R, len(fit.domains)) predicted validation losses (nats), NaN for a domain without
       a law of its own (trained but never measured).
     Raises:
-      ValueError: a domain of the fit missing from ``domains``.
+      ValueError: ``domains`` is not the fit's set of domains.
     """
-    missing = [d for d in fit.domains if d not in domains]
-    if missing:
-        raise ValueError(f"the table to predict has no tokens.{missing[0]} column (the fit's domains: {', '.join(fit.domains)})")
-    tokens = np.asarray(tokens, np.float64)
-    x = tokens[:, [domains.index(d) for d in fit.domains]]
-    m = tokens.sum(axis=1, keepdims=True) - x  # every other column counts in M, as in the fit
-    with jax.enable_x64(True):
-        losses = np.asarray(domain_loss(LawParams(*(np.asarray(a, np.float64) for a in fit.params)), x, m))
-    measured = np.array([d.measured for d in fit.diagnostics])
-    return np.where(measured[None], losses, np.nan)
+    if sorted(domains) != sorted(fit.domains):
+        raise ValueError(f"the table to predict has token columns {', '.join(domains)}; the fit's domains are {', '.join(fit.domains)}")
+    tokens = np.asarray(tokens, np.float64)[:, [domains.index(d) for d in fit.domains]]
+    measured = np.array([d.measured for d in fit.diagnostics]) if fit.diagnostics else np.ones(len(fit.domains), bool)
+    return np.where(measured[None], predict_losses(fit, tokens), np.nan)

@@ -14,9 +14,11 @@ import numpy as np
 from mixjax.mixing.law import LawParams
 
 Procedure = Literal["mixjax", "paper"]
+Family = Literal["auto", "paper", "transfer", "exp", "two-stage"]
 AlphaMode = Literal["auto", "prior", "fitted"]
 PROCEDURES: tuple[str, ...] = get_args(Procedure)
 ALPHA_MODES: tuple[str, ...] = get_args(AlphaMode)
+FAMILY_CHOICES: tuple[str, ...] = get_args(Family)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,12 +101,28 @@ class FitConfig:
     # Stage 3 (repair) runs when stage 1's beta is on a bound or stage 2 misses a loss by
     # more than this fraction of the losses' range.
     refine_residual: float = 0.05
+    # Law families (mixjax.mixing.families.fit_table), every one scored on the same folds:
+    # "auto" keeps the family that extrapolates in N with the lowest out-of-fold RMSE;
+    # "paper" / "transfer" / "exp" force one; "two-stage" is the paper's own per-domain
+    # procedure (stage 1 on ratios of loss differences, ``procedure`` and ``alpha_mode``
+    # above; bootstrap intervals), not scored against the families.
+    family: Family = "auto"
+    families: tuple[str, ...] = ("paper", "transfer", "exp")
+    transfer_prior: float = 2.0  # prior std of log t_ij (toward the paper's law, t = 1); 2 by RegMix out-of-fold error
+    transfer_rho_min: float = 0.1  # lower bound of the transfer law's CES exponent (1: linear sum)
+    family_huber_delta: float = 0.2  # Huber delta of the family fits (nats; ~least squares)
+    kfold: int = 10  # folds of whole runs for tables with more than max_folds runs
+    num_family_starts: int = 2
+    family_iterations: int = 80  # LM steps of the full fits (fold refits, warm: a quarter)
+    reference_gbm: bool = False  # also score LightGBM out-of-fold (a reference, never solved)
 
     def __post_init__(self) -> None:
         if self.procedure not in PROCEDURES:
             raise ValueError(f"fit procedure must be one of {PROCEDURES}, got {self.procedure!r}")
         if self.alpha_mode not in ALPHA_MODES:
             raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {self.alpha_mode!r}")
+        if self.family not in FAMILY_CHOICES:
+            raise ValueError(f"family must be one of {FAMILY_CHOICES}, got {self.family!r}")
 
     def numerics(self) -> "FitConfig":
         """Only the fields the jitted fit depends on (the rest would only cause recompiles)."""
