@@ -29,11 +29,11 @@ from mixjax.mixing.export import FORMATS, export_weights
 from mixjax.mixing.families import FamilyFitResult
 from mixjax.mixing.fit import ALPHA_MODES, PROCEDURES, FitConfig
 from mixjax.mixing.fit.types import FAMILY_CHOICES
-from mixjax.mixing.fit.table import fit_run_table, predict_table
-from mixjax.mixing.mixture import MixtureReport, report_for_params
+from mixjax.mixing.fit.table import predict_table
+from mixjax.mixing.mixture import MixtureReport, optimise_mixture
 from mixjax.mixing.runs import RunTableError, read_run_table
 from mixjax.mixing.selection import propose_probes, variant_disagreement
-from mixjax.mixing.solve import Constraints, check_feasible
+from mixjax.mixing.solve import Constraints
 
 
 def _per_domain(values: list[str] | None, domains: tuple[str, ...], flag: str) -> list[float] | None:
@@ -206,15 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         if any(b <= 0 for b in args.budget):
             raise ValueError(f"--budget must be positive, got {args.budget}")
-        for budget in args.budget:  # fail before the (slow) fit
-            check_feasible(constraints, float(budget), names)
         cfg = fit_config(args)
         enable_compilation_cache()
         key = jax.random.key(args.seed)  # the pipeline's keys: fit.json + --fit-config give its weights
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fit = fit_run_table(table, key, cfg)
-            report = report_for_params(fit, args.budget, constraints, key, args.grid_step or None)
+            report = optimise_mixture(table, args.budget, constraints, cfg, key, args.grid_step or None)
+            fit = report.fit
             disagreement = variant_reports(fit, args.budget, constraints, key)
             predicted = predictions(fit, args.predict) if args.predict else None
     except (RunTableError, ValueError) as err:

@@ -21,7 +21,9 @@ from mixjax.mixing.baselines import (
     grid_candidates,
     uniform_weights,
 )
-from mixjax.mixing.fit import DomainData, FitConfig, FitResult, fit_law
+from mixjax.mixing.fit import FitConfig, FitResult
+from mixjax.mixing.fit.table import fit_run_table
+from mixjax.mixing.runs import RunTable
 from mixjax.mixing.law import LawParams, mixture_losses, total_loss
 from mixjax.mixing.solve import Constraints, check_feasible, solve_sweep, weight_bounds
 
@@ -201,18 +203,22 @@ def _with_warnings(rows, constraints: Constraints, domains, jump: float, max_int
 
 
 def optimise_mixture(
-    domains: Sequence[DomainData],
+    table: RunTable,
     budgets: Sequence[float],
     constraints: Constraints | None = None,
     cfg: FitConfig = FitConfig(),
     key: jax.Array | None = None,
     grid_step: float | None = 0.05,
 ) -> MixtureReport:
-    """Fit the law to the runs, then solve and analyse at every budget."""
+    """Fit the run table, then solve and analyse at every budget: what ``mixjax.fit`` does
+    (same fit, same keys: ``key`` drives both the fit and the analysis).
+
+    Raises:
+      ValueError: an infeasible budget (before the fit) or a table the fit cannot use.
+    """
     key = jax.random.key(0) if key is None else key
-    fit_key, report_key = jax.random.split(key)
-    constraints = constraints or Constraints.create(len(domains))
+    constraints = constraints or Constraints.create(len(table.domains), importance=table.measured.astype(float))
     for budget in budgets:  # fail before the (slow) fit
-        check_feasible(constraints, float(budget), [d.name for d in domains])
-    fit = fit_law(domains, fit_key, cfg)
-    return report_for_params(fit, budgets, constraints, report_key, grid_step)
+        check_feasible(constraints, float(budget), list(table.domains))
+    fit = fit_run_table(table, key, cfg)
+    return report_for_params(fit, budgets, constraints, key, grid_step)
