@@ -1,5 +1,6 @@
 """Which fit settings predict a measured validation grid best: the numbers behind the fit's
-defaults (stage-1 procedure x how alpha is chosen).
+defaults (the law families and the paper's two-stage procedure with each stage-1 statistic
+and alpha mode).
 
     python benchmarks/fit_defaults.py experiments/demo [experiments/demo_seed1 ...]
 
@@ -17,7 +18,6 @@ law on ``runs.csv`` with every variant and prints, over the measured mixtures:
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 from pathlib import Path
 
@@ -25,33 +25,24 @@ import jax
 import numpy as np
 from scipy.stats import spearmanr
 
-from mixjax.mixing.fit import FitConfig, fit_law
-from mixjax.mixing.law import total_loss
-from mixjax.mixing.runs import domain_data, read_run_table
+from mixjax.mixing.fit import FitConfig
+from mixjax.mixing.fit.table import fit_run_table, predict_table
+from mixjax.mixing.runs import read_run_table
 
-VARIANTS = list(itertools.product(("mixjax", "paper"), ("prior", "fitted", "auto")))
-
-
-def validation_table(path: Path, domains) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens, losses) of the validation runs; grid corners have zero-token domains, which
-    the run-table reader (for fitting) rejects."""
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    column = lambda prefix: np.array([[float(r[f"{prefix}.{d}"]) for d in domains] for r in rows])
-    return column("tokens"), column("loss")
+VARIANTS = {"families, auto (default)": FitConfig(), "family paper (joint fit)": FitConfig(family="paper"),
+            "family transfer": FitConfig(family="transfer")} | {
+    f"two-stage, {procedure} stage 1, alpha {alpha}": FitConfig(family="two-stage", procedure=procedure, alpha_mode=alpha)
+    for procedure, alpha in itertools.product(("mixjax", "paper"), ("prior", "fitted", "auto"))
+}
 
 
-def score(experiment: Path, procedure: str, alpha_mode: str) -> tuple[float, float, float]:
-    fit = fit_law(
-        domain_data(read_run_table(experiment / "runs.csv")), jax.random.key(0),
-        FitConfig(procedure=procedure, alpha_mode=alpha_mode),
-    )
-    tokens, losses = validation_table(experiment / "validation.csv", fit.domains)
-    budget = tokens.sum(axis=1)
-    weights = tokens / budget[:, None]
-    measured = losses.sum(axis=1)
-    with jax.enable_x64(True):
-        predicted = np.array([float(total_loss(w, fit.params, n)) for w, n in zip(weights, budget)])
+def score(experiment: Path, cfg: FitConfig) -> tuple[float, float, float]:
+    """(Spearman of predicted vs measured total, regret of the law's pick, mean abs rel. error)
+    over the validation runs (every mixture at every seed)."""
+    fit = fit_run_table(read_run_table(experiment / "runs.csv"), jax.random.key(0), cfg)
+    validation = read_run_table(experiment / "validation.csv")
+    predicted = np.nansum(predict_table(fit, validation.domains, validation.tokens), axis=1)
+    measured = validation.losses.sum(axis=1)
     pick = int(np.argmin(predicted))
     regret = (measured[pick] - measured.min()) / measured.min()
     return float(spearmanr(predicted, measured)[0]), float(regret), float(np.mean(np.abs(predicted / measured - 1)))
@@ -61,12 +52,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiments", nargs="+", type=Path)
     args = parser.parse_args()
-    print("| experiment | procedure | alpha | Spearman | regret of the law's pick | mean abs rel. error |")
-    print("|---|---|---|---|---|---|")
+    print("| experiment | fit | Spearman | regret of the law's pick | mean abs rel. error |")
+    print("|---|---|---|---|---|")
     for experiment in args.experiments:
-        for procedure, alpha_mode in VARIANTS:
-            rho, regret, error = score(experiment, procedure, alpha_mode)
-            print(f"| {experiment.name} | {procedure} | {alpha_mode} | {rho:.3f} | {regret:.2%} | {error:.2%} |")
+        for name, cfg in VARIANTS.items():
+            rho, regret, error = score(experiment, cfg)
+            print(f"| {experiment.name} | {name} | {rho:.3f} | {regret:.2%} | {error:.2%} |")
 
 
 if __name__ == "__main__":

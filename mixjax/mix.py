@@ -46,7 +46,7 @@ def _parse_weights(items: list[str], names: tuple[str, ...]) -> np.ndarray:
 
 
 def optimal_weights(fit_path: Path, budget: float, names, constraints) -> np.ndarray:
-    from mixjax.mixing.fit import FitResult
+    from mixjax.mixing.fit.table import load_fit
     from mixjax.mixing.solve import solve_sweep
 
     if not fit_path.exists():
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             weights = solved
         else:
             fit_path = Path(args.fit) if args.fit else config.experiment_dir / "fit.json"
-            weights = optimal_weights(fit_path, args.budget, names, inputs.constraints())
+            weights = optimal_weights(fit_path, args.budget, names, config.constraints(inputs.available))
         rows = mixture_rows(domains, names, weights, args.budget, config.seed if args.seed is None else args.seed)
     except (ConfigError, BudgetError, DataError, ValueError) as err:
         print(f"mixjax.mix: error: {err}", file=sys.stderr)

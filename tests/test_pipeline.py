@@ -432,7 +432,7 @@ def test_pretrain_saves_a_hf_base_that_the_runs_fine_tune_from(tmp_path, monkeyp
     seeded = dataclasses.replace(config, validate=dataclasses.replace(config.validate, seeds=3))
     fake.calls.clear()
     fake.inits.clear()
-    Pipeline(seeded, Options(train_fn=fake, progress=False), log=logs.append).run(("solve", "validate"))
+    Pipeline(seeded, Options(progress=False), log=logs.append).run(("solve", "validate"))
     runs = [name for name, _ in fake.calls]
     assert len(runs) == 2 * 3 and all(name.startswith("validate-") for name in runs)
     for label in ("optimal", "uniform"):
@@ -555,7 +555,7 @@ def test_plan_records_token_counts_that_solve_and_report_read(tmp_path, monkeypa
     monkeypatch.setattr(ByteTokenizer, "encode_conversations", lambda self, *a, **k: calls.append(1) or encode(self, *a, **k))
     fake = FakeTrain()
     assert _main(["--stages", "plan,perturb"], tmp_path, fake) == 0
-    assert len(calls) == 4  # training and validation sets of the two domains, once per process
+    assert len(calls) == 2  # one batch per domain (all its records), once per process
     exp = tmp_path / "tiny"
     plan = json.loads((exp / "plan.json").read_text())
     assert set(plan["available"]) == {"instruct", "math"} and all(v > 6000 for v in plan["available"].values())
