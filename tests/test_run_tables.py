@@ -14,7 +14,7 @@ from mixjax.mixing.fit import FitConfig, FitResult
 from mixjax.mixing.fit.diagnostics import UNMEASURED_NOTE
 from mixjax.mixing.fit.table import fit_run_table, predict_table
 from mixjax.mixing.law import LawParams
-from mixjax.mixing.runs import RunTable, domain_data, read_run_table, write_run_table
+from mixjax.mixing.runs import domain_data, read_run_table, write_run_table
 from mixjax.mixing.solve import Constraints
 from mixjax.pipeline.stages import fit_runs, solve_mixture
 

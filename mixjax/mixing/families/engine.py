@@ -1,0 +1,247 @@
+"""The family fits as jitted, vmapped programs: every domain x family x start x fold of one
+family group in one call of the projected Levenberg-Marquardt minimiser
+(:func:`mixjax.mixing.optim.box_lm`), with analytic Jacobians; fold refits start from the
+full fit."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixjax.mixing.families.result import LAW_FIXED
+from mixjax.mixing.fit import FitConfig
+from mixjax.mixing.optim import box_lm
+
+Array = jax.Array
+
+
+def _law_terms(theta: Array, tokens: Array, onehot: Array):
+    """Shared pieces of the law and its Jacobian for one domain (``onehot`` marks it)."""
+    c, beta, gamma, alpha, e = jnp.exp(theta[0]), jnp.exp(theta[1]), jnp.exp(theta[2]), theta[3], jnp.exp(theta[4])
+    rho = theta[5]
+    u = theta[LAW_FIXED:]
+    off = 1.0 - onehot
+    count = jnp.maximum(jnp.sum(off), 1.0)
+    w = jnp.exp(u - jnp.max(jnp.where(off > 0, u, -jnp.inf))) * off
+    t = w / (jnp.sum(w) / count)
+    x = tokens @ onehot
+    pos = tokens > 0
+    safe_tokens = jnp.where(pos, tokens, 1.0)
+    powered = jnp.where(pos, safe_tokens**rho, 0.0)  # x_j^rho (R, k)
+    total = powered @ t  # S = sum_j t_j x_j^rho
+    ok = total > 0
+    log_s = jnp.log(jnp.where(ok, total, 1.0))
+    m = jnp.where(ok, jnp.exp(log_s / rho), 0.0)
+    log_m = log_s / rho
+    transferred = jnp.where(ok, jnp.exp(alpha * log_m), 0.0)
+    effective = x + gamma * transferred
+    f = effective ** (-beta)
+    return locals()
+
+
+def _law_predict(theta: Array, tokens: Array, onehot: Array) -> Array:
+    """The paper/transfer law of one domain (``onehot`` marks it) on (R, k) tokens."""
+    v = _law_terms(theta, tokens, onehot)
+    return v["c"] * v["f"] + v["e"]
+
+
+def _law_jacobian(theta: Array, tokens: Array, onehot: Array) -> tuple[Array, Array]:
+    """The law and its analytic Jacobian (R, n) in ``theta`` (a few (R, k) passes instead of
+    n forward-mode ones)."""
+    v = _law_terms(theta, tokens, onehot)
+    c, beta, gamma, alpha, rho, t, ok = v["c"], v["beta"], v["gamma"], v["alpha"], v["rho"], v["t"], v["ok"]
+    cf = c * v["f"]
+    d_eff = -beta * cf / v["effective"]  # d pred / d effective
+    g = d_eff * gamma * v["transferred"]  # d pred / d log gamma
+    d_log_m = jnp.where(ok, g * alpha, 0.0)  # d pred / d log M
+    log_x = jnp.where(v["pos"], jnp.log(v["safe_tokens"]), 0.0)
+    safe_s = jnp.where(ok, v["total"], 1.0)
+    # log M = log S / rho: d/d rho = -log S / rho^2 + (sum_j t_j x_j^rho log x_j) / (rho S).
+    d_rho = d_log_m * (-v["log_s"] / rho**2 + ((v["powered"] * log_x) @ t) / (rho * safe_s))
+    # t_j = count w_j / sum w: d S / d u_j = t_j x_j^rho - t_j S / count.
+    d_u = (d_log_m / (rho * safe_s))[:, None] * (v["powered"] - (v["total"] / v["count"])[:, None]) * t[None, :]
+    jac = jnp.concatenate(
+        [jnp.stack([cf, -beta * cf * jnp.log(v["effective"]), g, g * v["log_m"], v["e"] * jnp.ones_like(cf), d_rho], axis=1), d_u],
+        axis=1,
+    )
+    return cf + v["e"], jac
+
+
+def _exp_predict(theta: Array, tokens: Array, onehot: Array) -> Array:
+    del onehot
+    r = tokens / jnp.sum(tokens, axis=1, keepdims=True)
+    return theta[0] + jnp.exp(theta[1] + r @ theta[2:])
+
+
+def _exp_jacobian(theta: Array, tokens: Array, onehot: Array) -> tuple[Array, Array]:
+    del onehot
+    r = tokens / jnp.sum(tokens, axis=1, keepdims=True)
+    grow = jnp.exp(theta[1] + r @ theta[2:])
+    return theta[0] + grow, jnp.concatenate([jnp.ones_like(grow)[:, None], grow[:, None], grow[:, None] * r], axis=1)
+
+
+def _linear_c_e(f: Array, loss: Array, mask: Array) -> tuple[Array, Array]:
+    """Least squares ``loss = c f + e`` with ``c > 0`` and ``0 < e < min loss``."""
+    w = mask.astype(f.dtype)
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    fm, lm = jnp.sum(w * f) / n, jnp.sum(w * loss) / n
+    c = jnp.sum(w * (f - fm) * (loss - lm)) / jnp.maximum(jnp.sum(w * (f - fm) ** 2), 1e-300)
+    low = jnp.min(jnp.where(mask, loss, jnp.inf))
+    e = jnp.clip(lm - c * fm, 1e-3 * low, 0.95 * low)
+    c = jnp.maximum(jnp.sum(w * f * (loss - e)) / jnp.maximum(jnp.sum(w * f * f), 1e-300), 1e-6)
+    return c, e
+
+
+def _setup(family: str, tokens, loss, mask, onehot, u, free_u, prec, weak, rho_min: float):
+    """Box, start and prior of one fit. ``u`` (n,): draws in [0, 1) (0.5: the central start);
+    ``weak``: the scale of the weak beta/alpha priors, (loss noise / Huber delta)^2, so they
+    stay weak against the data at any noise level."""
+    k = tokens.shape[1]
+    n_fit = jnp.maximum(jnp.sum(mask), 1.0)
+    low = jnp.min(jnp.where(mask, loss, jnp.inf))
+    if family == "exp":
+        lo = jnp.concatenate([jnp.stack([-2.0 * low, -20.0]), jnp.full(k, -30.0)])
+        hi = jnp.concatenate([jnp.stack([0.999 * low, 10.0]), jnp.full(k, 30.0)])
+        c0 = u[0] * 0.9 * low
+        t0 = (u[2:] - 0.5) * 2.0
+        mean_loss = jnp.sum(jnp.where(mask, loss, 0.0)) / n_fit
+        x0 = jnp.concatenate([jnp.stack([c0, jnp.log(jnp.maximum(mean_loss - c0, 1e-6))]), t0])
+        # A weak ridge on t fixes the direction sum_j r_j = 1 leaves free (t + a, k e^-a).
+        return x0, lo, hi, (jnp.concatenate([jnp.zeros(2), jnp.full(k, 1e-3 / n_fit)]), jnp.zeros(k + 2))
+    free_u = free_u & (onehot < 1)
+    ub = jnp.where(free_u, 8.0, 0.0)
+    rho_lo = jnp.where(jnp.any(free_u), rho_min, 1.0)
+    lo = jnp.concatenate([jnp.array([-30.0, np.log(0.01), -15.0, 0.0]), jnp.log(jnp.stack([1e-4 * low])), rho_lo[None], -ub])
+    hi = jnp.concatenate([jnp.array([30.0, np.log(5.0), 8.0, 1.0]), jnp.log(jnp.stack([0.999 * low])), jnp.ones(1), ub])
+    beta0 = jnp.exp(jnp.log(0.1) + u[0] * jnp.log(30.0))
+    gamma0 = jnp.exp(jnp.log(0.01) + u[1] * jnp.log(300.0))
+    alpha0 = 0.2 + 0.7 * u[2]
+    f = (tokens @ onehot + gamma0 * (tokens @ (1.0 - onehot)) ** alpha0) ** (-beta0)
+    c, e = _linear_c_e(f, loss, mask)
+    x0 = jnp.concatenate([jnp.log(jnp.stack([c, beta0, gamma0])), jnp.stack([alpha0, jnp.log(e), 1.0]), jnp.zeros(k)])
+    # Priors: u toward 0 (the paper's law, precision 1 / (transfer_prior^2 n)); weak ones
+    # on log beta (toward log 0.5) and alpha (toward 0.5).
+    precision = jnp.concatenate([jnp.array([0.0, 0.05, 0.0, 0.05, 0.0, 0.0]) * weak / n_fit, jnp.where(free_u, prec, 0.0)])
+    mean = jnp.concatenate([jnp.array([0.0, np.log(0.5), 0.0, 0.5, 0.0, 1.0]), jnp.zeros(k)])
+    return x0, lo, hi, (precision, mean)
+
+
+@functools.partial(jax.jit, static_argnames=("family", "iterations", "fold_iterations", "delta", "rho_min"))
+def _fit_all(tokens, losses, masks, onehots, free_u, prec, weak, starts, warm_full, fold_masks, *, family, iterations, fold_iterations, delta, rho_min):
+    """Every fit of one family group in one program.
+
+    Args (V: law variants x measured domains, S: starts, F: folds; ``tokens`` (R, k) shared):
+      losses/masks (V, R); onehots (V, k); free_u (V,) (transfer matrix free); prec, weak (V,);
+      starts (V, S, n) draws in [0, 1); warm_full (V, n): replaces the first start where
+      finite (the two-stage fit's parameters); fold_masks (F, R) (True: the run is trained on).
+    Returns:
+      (full parameters (V, n), objective values (V,), fold parameters (V, F, n)).
+    """
+    predict = _exp_predict if family == "exp" else _law_predict
+    jacobian_of = _exp_jacobian if family == "exp" else _law_jacobian
+
+    def fit(loss, mask, onehot, free, pr, wk, u, warm, its):
+        x0, lo, hi, prior = _setup(family, tokens, loss, mask, onehot, u, free, pr, wk, rho_min)
+        x0 = jnp.where(jnp.isfinite(warm), warm, x0)
+        residuals = lambda th: (predict(th, tokens, onehot) - loss, mask.astype(loss.dtype))
+        jacobian = lambda th: jacobian_of(th, tokens, onehot)[1]
+        return box_lm(residuals, x0, lo, hi, its, delta, prior=prior, jacobian=jacobian)
+
+    first = jnp.arange(starts.shape[1]) == 0
+    over_starts = jax.vmap(lambda loss, mask, onehot, free, pr, wk, u, is_first, warm: fit(
+        loss, mask, onehot, free, pr, wk, u, jnp.where(is_first, warm, jnp.nan), iterations), in_axes=(None, None, None, None, None, None, 0, 0, None))
+    xs, values = jax.vmap(over_starts, in_axes=(0, 0, 0, 0, 0, 0, 0, None, 0))(
+        losses, masks, onehots, free_u, prec, weak, starts, first, warm_full)  # (V, S, n), (V, S)
+    values = jnp.where(jnp.isfinite(values), values, jnp.inf)
+    best = jnp.argmin(values, axis=1)
+    full = jnp.take_along_axis(xs, best[:, None, None], axis=1)[:, 0]
+    centre = jnp.full(starts.shape[-1], 0.5, tokens.dtype)
+    over_folds = jax.vmap(lambda loss, mask, onehot, free, pr, wk, warm: fit(loss, mask, onehot, free, pr, wk, centre, warm, fold_iterations)[0],
+                          in_axes=(None, 0, None, None, None, None, None))
+    folds = jax.vmap(lambda loss, mask, onehot, free, pr, wk, warm: over_folds(loss, mask[None] & fold_masks, onehot, free, pr, wk, warm))(
+        losses, masks, onehots, free_u, prec, weak, full)
+    return full, jnp.min(values, axis=1), folds
+
+
+def run_folds(num_runs: int, cfg: FitConfig, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Fold of every run: leave-one-run-out up to ``cfg.max_folds`` runs, else ``cfg.kfold``
+    random folds of whole runs. Returns (fold id per run (R,), number of folds)."""
+    if num_runs <= cfg.max_folds:
+        return np.arange(num_runs), num_runs
+    folds = min(cfg.kfold, num_runs)
+    return rng.permutation(num_runs) % folds, folds
+
+
+def _bucket(n: int) -> int:
+    """Pad sizes to a few buckets so tables of similar size share one compiled program."""
+    return max(16, int(2 ** np.ceil(np.log2(n)))) if n <= 64 else int(32 * np.ceil(n / 32))
+
+
+def fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num_folds, cfg: FitConfig, rng,
+               noise: np.ndarray | None = None, warm: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Full fit (``num_family_starts`` starts) and warm out-of-fold refits of every measured
+    domain for the families of one group (("paper", "transfer") share a program; "exp").
+
+    Returns family -> (full parameters (D, n), out-of-fold predictions (R, D)).
+    """
+    r, k = tokens.shape
+    d_idx = np.flatnonzero(measured_cols)
+    num_d = len(d_idx)
+    family = "exp" if group == ("exp",) else "law"
+    n = 2 + k if family == "exp" else LAW_FIXED + k
+    # Leave-one-run-out folds grow with the table: pad them with the rows (k-fold: exact).
+    rp, fp = _bucket(r), (_bucket(num_folds) if num_folds == r else num_folds) if num_folds else 1
+    pad_tokens = np.concatenate([tokens, np.broadcast_to(tokens.mean(axis=0), (rp - r, k))])
+    measured = np.zeros((num_d, rp), bool)
+    measured[:, :r] = ~np.isnan(losses[:, d_idx]).T
+    loss = np.full((num_d, rp), 1.0)
+    loss[:, :r] = np.where(measured[:, :r], losses[:, d_idx].T, np.nanmean(losses[:, d_idx], axis=0)[:, None])
+    # Prior u ~ N(0, transfer_prior^2) against losses with noise ``noise`` (nats, per domain;
+    # default huber_delta_loss), in the units of the objective (mean Huber / delta^2 over n runs).
+    raw = np.full(num_d, cfg.huber_delta_loss) if noise is None else np.asarray(noise, np.float64)
+    noise = np.maximum(raw, cfg.huber_delta_loss)
+    prec = (noise / cfg.family_huber_delta) ** 2 / (max(cfg.transfer_prior, 1e-6) ** 2 * np.maximum(measured.sum(axis=1), 1))
+    weak = np.minimum((np.maximum(raw, 1e-6) / cfg.family_huber_delta) ** 2, 1.0)
+    fold_masks = np.ones((fp, rp), bool)
+    fold_masks[:num_folds, :r] = folds[None] != np.arange(num_folds)[:, None]
+    v = len(group)
+    rep = lambda a: np.concatenate([a] * v)
+    free = np.repeat(np.array([g == "transfer" for g in group]), num_d)
+    s = max(1, cfg.num_family_starts)
+    starts = rng.uniform(size=(v * num_d, s, n))
+    starts[:, 0] = 0.5  # one central start per fit
+    warm_full = np.full((v * num_d, n), np.nan) if warm is None or family == "exp" else rep(warm)
+    full, _, fold_x = _fit_all(
+        jnp.asarray(pad_tokens), jnp.asarray(rep(loss)), jnp.asarray(rep(measured)), jnp.asarray(rep(np.eye(k)[d_idx])),
+        jnp.asarray(free), jnp.asarray(rep(prec)), jnp.asarray(rep(weak)), jnp.asarray(starts), jnp.asarray(warm_full), jnp.asarray(fold_masks),
+        family=family, iterations=cfg.family_iterations, fold_iterations=max(8, cfg.family_iterations // 4),
+        delta=float(cfg.family_huber_delta), rho_min=float(cfg.transfer_rho_min))
+    full, fold_x = np.asarray(full).reshape(v, num_d, n), np.asarray(fold_x).reshape(v, num_d, fp, n)
+    out = {}
+    for g, name in enumerate(group):
+        oof = np.full((r, num_d), np.nan)
+        if num_folds:
+            xf = fold_x[g, :, :num_folds].reshape(-1, n)
+            onehot = np.repeat(np.eye(k)[d_idx], num_folds, axis=0)
+            pred = np.asarray(predict_many(xf, tokens, onehot, family=family)).reshape(num_d, num_folds, r)
+            for f in range(num_folds):
+                held = folds == f
+                oof[held] = pred[:, f, held].T
+        out[name] = (full[g], oof)
+    return out
+
+
+def residual_rms(full: np.ndarray, tokens, losses, measured_cols) -> np.ndarray:
+    """RMS residual (nats) of each measured domain's full law fit, over its measured runs."""
+    d_idx = np.flatnonzero(measured_cols)
+    pred = np.asarray(predict_many(full, tokens, np.eye(tokens.shape[1])[d_idx], family="law")).T  # (R, D)
+    return np.sqrt(np.nanmean((pred - losses[:, d_idx]) ** 2, axis=0))
+
+
+@functools.partial(jax.jit, static_argnames=("family",))
+def predict_many(thetas, tokens, onehots, *, family):
+    predict = _exp_predict if family == "exp" else _law_predict
+    return jax.vmap(predict, in_axes=(0, None, 0))(thetas, tokens, onehots)
