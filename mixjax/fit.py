@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from mixjax.cache import enable_compilation_cache
+from mixjax.cli import per_domain_values
 from mixjax.mixing.export import FORMATS, export_weights
 from mixjax.mixing.families import FamilyFitResult
 from mixjax.mixing.fit import ALPHA_MODES, PROCEDURES, FitConfig
@@ -37,23 +38,12 @@ from mixjax.mixing.solve import Constraints
 
 
 def _per_domain(values: list[str] | None, domains: tuple[str, ...], flag: str) -> list[float] | None:
-    """Parse ``name=value`` pairs into a per-domain list (None if not given)."""
+    """A per-domain list from ``name=value`` pairs (None if not given; defaults fill the rest)."""
     if not values:
         return None
-    out: dict[str, float] = {}
-    for item in values:
-        name, _, value = item.partition("=")
-        if name not in domains:
-            raise ValueError(f"{flag}: unknown domain {name!r} (domains: {', '.join(domains)})")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            raise ValueError(f"{flag}: {item!r} is not name=number") from None
-    missing = [d for d in domains if d not in out]
-    if flag == "--available" and missing:
-        raise ValueError(f"--available: missing domains {', '.join(missing)}")
+    given = per_domain_values(values, domains, flag, required=flag == "--available")
     default = {"--lower": 0.0, "--upper": 1.0, "--importance": 1.0}.get(flag, np.inf)
-    return [out.get(d, default) for d in domains]
+    return [given.get(d, default) for d in domains]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

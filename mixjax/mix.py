@@ -26,19 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mixjax.cli import per_domain_values
 from mixjax.io import atomic_path
 
 
 def _parse_weights(items: list[str], names: tuple[str, ...]) -> np.ndarray:
-    given = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        if name not in names:
-            raise ValueError(f"--weights: unknown domain {name!r} (domains: {', '.join(names)})")
-        given[name] = float(value)
-    missing = [n for n in names if n not in given]
-    if missing:
-        raise ValueError(f"--weights: missing domains {', '.join(missing)}")
+    given = per_domain_values(items, names, "--weights", required=True)
     w = np.array([given[n] for n in names], np.float64)
     if np.any(w < 0) or w.sum() <= 0:
         raise ValueError(f"--weights must be non-negative with a positive sum, got {w.tolist()}")
