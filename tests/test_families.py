@@ -189,3 +189,24 @@ def test_probes_settle_a_disagreement():
     assert settle["chosen"] == "transfer" and final.family == "transfer"
     assert settle["scores"]["transfer"] < 0.5 * settle["scores"]["paper"]
     assert half_l1(solve_sweep(final.params, [budget], cons)[0], truth) < 0.01
+
+
+def test_diagnostics_flag_beta_at_its_bound_and_large_leave_one_out_errors():
+    """A family fit whose beta sits on its bound (the runs barely bend the curve) or whose
+    leave-one-out error exceeds max_loo_rel_error is POORLY IDENTIFIED, as the two-stage fit."""
+    from mixjax.mixing.families.result import BETA_BOUNDS
+    from mixjax.mixing.families.table import _diagnostics
+
+    table = table_4k1(noise=1e-4)
+    fit = fit_table(table, jax.random.key(0), FitConfig(families=("paper",), family="paper"))
+    measured = np.asarray(fit.measured)
+    clean = _diagnostics(fit, table, None, measured)
+    assert not any(d.poorly_identified for d in clean)
+    beta = np.asarray(fit.params.beta).copy()
+    beta[0] = BETA_BOUNDS[1]
+    at_bound = _diagnostics(dataclasses.replace(fit, params=fit.params._replace(beta=beta)), table, None, measured)
+    assert at_bound[0].poorly_identified and "is at its bound" in at_bound[0].notes[0]
+    assert not at_bound[1].poorly_identified
+    oof = np.where(np.isnan(table.losses[:, measured]), np.nan, 0.05 * table.losses[:, measured])  # 5% errors
+    loose = _diagnostics(fit, table, oof, measured)
+    assert all(d.poorly_identified and "leave-one-out error 5.00% exceeds 1.00%" in d.notes[-1] for d in loose)

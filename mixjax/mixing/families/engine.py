@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixjax.mixing.families.result import LAW_FIXED
+from mixjax.mixing.families.result import BETA_BOUNDS, LAW_FIXED
 from mixjax.mixing.fit import FitConfig
 from mixjax.mixing.optim import box_lm
 
@@ -114,8 +114,8 @@ def _setup(family: str, tokens, loss, mask, onehot, u, free_u, prec, weak, rho_m
     free_u = free_u & (onehot < 1)
     ub = jnp.where(free_u, 8.0, 0.0)
     rho_lo = jnp.where(jnp.any(free_u), rho_min, 1.0)
-    lo = jnp.concatenate([jnp.array([-30.0, np.log(0.01), -15.0, 0.0]), jnp.log(jnp.stack([1e-4 * low])), rho_lo[None], -ub])
-    hi = jnp.concatenate([jnp.array([30.0, np.log(5.0), 8.0, 1.0]), jnp.log(jnp.stack([0.999 * low])), jnp.ones(1), ub])
+    lo = jnp.concatenate([jnp.array([-30.0, np.log(BETA_BOUNDS[0]), -15.0, 0.0]), jnp.log(jnp.stack([1e-4 * low])), rho_lo[None], -ub])
+    hi = jnp.concatenate([jnp.array([30.0, np.log(BETA_BOUNDS[1]), 8.0, 1.0]), jnp.log(jnp.stack([0.999 * low])), jnp.ones(1), ub])
     beta0 = jnp.exp(jnp.log(0.1) + u[0] * jnp.log(30.0))
     gamma0 = jnp.exp(jnp.log(0.01) + u[1] * jnp.log(300.0))
     alpha0 = 0.2 + 0.7 * u[2]

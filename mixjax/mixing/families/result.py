@@ -14,6 +14,7 @@ from mixjax.mixing.law import AnyLawParams, LawParams, TransferLawParams, token_
 
 FAMILIES = ("paper", "transfer", "exp")
 EXTRAPOLATES = {"paper": True, "transfer": True, "exp": False, "gbm": False}
+BETA_BOUNDS = (0.01, 5.0)  # the box of every family fit's beta
 LAW_FIXED = 6  # log c, log beta, log gamma, alpha, log e, rho; then u (k)
 
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from mixjax.mixing.families.engine import fit_group, residual_rms, run_folds
-from mixjax.mixing.families.result import EXTRAPOLATES, FAMILIES, LAW_FIXED, FamilyFitResult, predict_losses
+from mixjax.mixing.families.result import BETA_BOUNDS, EXTRAPOLATES, FAMILIES, LAW_FIXED, FamilyFitResult, predict_losses
 from mixjax.mixing.fit import DomainDiagnostics, FitConfig, fit_law, spearman
 from mixjax.mixing.fit.diagnostics import unmeasured_diagnostics
 from mixjax.mixing.law import AnyLawParams, LawParams, TransferLawParams, rescale_units
@@ -231,12 +231,20 @@ def _diagnostics(fit: FamilyFitResult, table: RunTable, oof, measured_cols) -> t
         res = pred[ok, i] - table.losses[ok, i]
         err = oof[ok, col] if oof is not None else np.full(ok.sum(), np.nan)
         rel = np.abs(err) / table.losses[ok, i]
+        loo_max = float(np.nanmax(rel)) if np.any(np.isfinite(rel)) else float("nan")
+        notes = []
+        beta = float(fit.params.beta[i])
+        if not BETA_BOUNDS[0] * 1.01 < beta < BETA_BOUNDS[1] * 0.99:
+            notes.append(f"beta={beta:.3g} is at its bound: the runs barely constrain the curve's shape, so"
+                         " predictions far from the table's budgets are extrapolations")
+        if np.isfinite(loo_max) and loo_max > fit.config.max_loo_rel_error:
+            notes.append(f"leave-one-out error {loo_max:.2%} exceeds {fit.config.max_loo_rel_error:.2%}")
         out[i] = (DomainDiagnostics(
             name=table.domains[i], residuals=res.tolist(), rmse=float(np.sqrt(np.mean(res**2))),
             max_abs_residual=float(np.max(np.abs(res))), loo_errors=err.tolist(),
-            loo_max_rel_error=float(np.nanmax(rel)) if np.any(np.isfinite(rel)) else float("nan"),
+            loo_max_rel_error=loo_max,
             stage1_objective=float("nan"), beta_start_spread=0.0, transfer_start_spread=0.0,
-            transferred_fraction=float("nan"), alpha_identified=True, refined=False, notes=[], poorly_identified=False,
+            transferred_fraction=float("nan"), alpha_identified=True, refined=False, notes=notes, poorly_identified=bool(notes),
             procedure=f"family:{fit.family}", alpha_choice="fitted",
             oof_rmse=float(np.sqrt(np.nanmean(err**2))) if np.any(np.isfinite(err)) else float("nan"),
             oof_spearman=spearman(table.losses[ok, i], table.losses[ok, i] + err), num_runs=int(ok.sum()),
