@@ -33,7 +33,7 @@ from mixjax.mixing.fit.types import FAMILY_CHOICES
 from mixjax.mixing.fit.table import predict_table
 from mixjax.mixing.mixture import MixtureReport, optimise_mixture
 from mixjax.mixing.runs import RunTableError, read_run_table
-from mixjax.mixing.selection import propose_probes, variant_disagreement
+from mixjax.mixing.selection import probe_key, propose_probes, variant_disagreement
 from mixjax.mixing.solve import Constraints
 
 
@@ -59,8 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fit-config", metavar="JSON", help="the fit's config: a pipeline's fit.json or a JSON of FitConfig fields")
     p.add_argument("--family", choices=FAMILY_CHOICES,
                    help=f"law family: auto (the extrapolating family with the lowest out-of-fold error), paper, transfer, exp, or two-stage (the paper's own procedure, with bootstrap intervals); default {FitConfig.family}")
-    p.add_argument("--starts", type=int, help=f"random starts per fit (default {FitConfig.num_starts})")
-    p.add_argument("--bootstrap", type=int, help=f"bootstrap refits for weight intervals, 0: off (default {FitConfig.bootstrap_samples})")
+    p.add_argument("--starts", type=int, help=f"random starts of the two-stage fit (default {FitConfig.num_starts})")
+    p.add_argument("--bootstrap", type=int, help=f"bootstrap refits for weight intervals, two-stage fit only (default {FitConfig.bootstrap_samples})")
     p.add_argument("--procedure", choices=PROCEDURES,
                    help=f"stage-1 statistic: mixjax (log of the ratio of differences) or paper (the reference code's ratio of logs); default {FitConfig.procedure}")
     p.add_argument("--alpha-mode", choices=ALPHA_MODES,
@@ -78,10 +78,10 @@ def variant_reports(fit, budgets, constraints: Constraints, key: jax.Array) -> d
     if not isinstance(fit, FamilyFitResult) or len(fit.candidates) < 2:
         return {}
     out = {}
-    for budget, subkey in zip(budgets, jax.random.split(key, len(budgets))):
+    for budget in budgets:
         report = variant_disagreement(fit, float(budget), constraints)
-        if report["disagree"]:
-            probes = propose_probes(fit, float(budget), constraints, subkey)
+        if report["disagree"]:  # the pipeline's probe key: the same probes at its validation budget
+            probes = propose_probes(fit, float(budget), constraints, probe_key(key))
             out[float(budget)] = report | {"probes": {n: np.asarray(w).tolist() for n, w in probes.items()}}
     return out
 
@@ -97,7 +97,7 @@ def format_report(report: MixtureReport, disagreement: dict[float, dict] | None 
         lines += [f"  {note}" for note in fit.notes] + [""]
         how = f"family {fit.family}" + ("; M_i = (sum_j t_ij x_j^rho_i)^(1/rho_i)" if fit.family == "transfer" else "")
     else:
-        how = "two-stage procedure " + (fit.diagnostics[0].procedure if fit.diagnostics else "mixjax")
+        how = f"two-stage procedure, {fit.config.procedure} stage 1"
     lines.append(f"Fitted parameters (L = c (x + gamma M^alpha)^-beta + e; {how}):")
     lines.append(
         f"  {'domain':<{width}} {'beta':>9} {'c':>9} {'gamma':>9} {'alpha':>7} {'e':>9} {'runs':>4} {'rmse':>9}"
@@ -165,12 +165,17 @@ def fit_config(args: argparse.Namespace) -> FitConfig:
             recorded = json.loads(Path(args.fit_config).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"--fit-config {args.fit_config}: {err}") from None
-        cfg = FitConfig.from_dict(recorded.get("config", recorded) if "params" in recorded else recorded)
+        if "params" in recorded and recorded.get("config") is None:
+            raise ValueError(f"--fit-config {args.fit_config}: this fit.json predates recorded fit configs; refit it")
+        cfg = FitConfig.from_dict(recorded["config"] if "params" in recorded else recorded)
     changes = {
         "family": args.family, "num_starts": args.starts, "bootstrap_samples": args.bootstrap, "procedure": args.procedure,
         "alpha_mode": "prior" if args.alpha_prior is not None else args.alpha_mode, "alpha_prior": args.alpha_prior,
     }
-    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    if cfg.bootstrap_samples and cfg.family != "two-stage":
+        raise ValueError("--bootstrap: bootstrap intervals come with the two-stage fit (--family two-stage)")
+    return cfg
 
 
 def predictions(fit, path: str) -> dict:

@@ -14,7 +14,7 @@ from mixjax.mixing.fit import FitConfig, FitResult
 from mixjax.mixing.fit.diagnostics import UNMEASURED_NOTE
 from mixjax.mixing.fit.table import fit_run_table, predict_table
 from mixjax.mixing.law import LawParams
-from mixjax.mixing.runs import domain_data, read_run_table, write_run_table
+from mixjax.mixing.runs import RunTable, domain_data, read_run_table, write_run_table
 from mixjax.mixing.solve import Constraints
 from mixjax.pipeline.stages import fit_runs, solve_mixture
 
@@ -107,7 +107,7 @@ def test_cli_reproduces_the_pipeline_weights_from_fit_json(tmp_path, capsys):
     tokens, losses = _4k1(noise=3e-4)
     runs = tmp_path / "runs.csv"
     write_run_table(runs, ("instruct", "math", "code"), tokens, losses)
-    cfg = FitConfig(num_starts=8, bootstrap_samples=4, alpha_mode="prior", max_folds=7)  # not the defaults
+    cfg = FitConfig(num_family_starts=3, transfer_prior=1.5, max_folds=7, kfold=5)  # not the defaults
     fit = fit_runs(runs, 3, cfg)
     (tmp_path / "fit.json").write_text(json.dumps(fit.to_dict()))
     assert FitResult.from_dict(json.loads((tmp_path / "fit.json").read_text())).config == cfg
@@ -146,3 +146,18 @@ def test_predictions_follow_the_other_tables_row_order(tmp_path, capsys):
     cfg = fit_config(parse_args(["--runs", "x", "--budget", "1", "--bootstrap", "0", "--starts", "8"]))
     fit = fit_run_table(read_run_table(tmp_path / "train.csv"), jax.random.key(0), cfg)
     np.testing.assert_allclose(out["predictions"]["losses"], predict_table(fit, ("c", "a", "b"), other[:, [2, 0, 1]]), rtol=1e-9)
+
+
+def test_a_family_that_cannot_extrapolate_is_never_solved(capsys):
+    from mixjax.mixing.families import fit_table
+
+    with pytest.raises(ValueError, match="family must be one of"):
+        FitConfig(family="exp")
+    tokens, losses = _4k1()
+    with pytest.raises(ValueError, match="none extrapolates in N"):
+        fit_table(RunTable(tuple("abc"), tokens, losses, tuple(range(len(tokens)))), jax.random.key(0), FitConfig(families=("exp",)))
+
+
+def test_bootstrap_is_refused_outside_the_two_stage_fit(capsys):
+    assert main(["--runs", "examples/paper_worked_example.csv", "--budget", "20", "--bootstrap", "8"]) == 2
+    assert "--family two-stage" in capsys.readouterr().err

@@ -79,6 +79,12 @@ def variant_disagreement(fit: FitResult, budget: float, constraints: Constraints
     }
 
 
+def probe_key(key: jax.Array) -> jax.Array:
+    """The key of :func:`propose_probes`' discriminating draw, from the fit's key (one rule
+    for ``mixjax.fit`` and the pipeline, so both propose the same probes)."""
+    return jax.random.fold_in(key, 1)
+
+
 def propose_probes(fit: FitResult, budget: float, constraints: Constraints, key: jax.Array) -> dict[str, np.ndarray]:
     """Probe mixtures (name -> weights in fit.domains order) that discriminate the fit variants within
     out-of-fold noise of the best one; {} when the variants agree.
@@ -127,9 +133,10 @@ def settle_with_probes(train: RunTable, probes: RunTable, cfg: FitConfig, key: j
     """Refit the candidate variants on `train`, score each on the `probes` runs, choose, refit the chosen one
     on train + probes. Returns (final FitResult, report dict: {"scores": {variant: probe RMSE}, "chosen": str}).
 
-    Every extrapolating variant is scored by its leave-one-probe-out RMSE (nats, over the
-    probes' measured cells): refitted on train + the other probes, it predicts the held-out
-    one (the other probes calibrate the level at the probes' budget, so the score is about
+    Every extrapolating variant (the candidates among them) is scored by its
+    leave-one-probe-out RMSE (nats, over the probes' measured cells): refitted on train +
+    the other probe mixtures, it predicts the held-out mixture at every seed it was trained
+    at (the other probes calibrate the level at the probes' budget, so the score is about
     the shape near the optima). ``"level_rmse"``: the train-only fits' RMSE on the probes.
     The report also has ``"margin"`` (runner-up score / chosen score) and ``"candidates"``.
 
@@ -151,16 +158,21 @@ def settle_with_probes(train: RunTable, probes: RunTable, cfg: FitConfig, key: j
     # Leave-one-probe-out: each variant refitted on train + the other probes predicts the
     # held-out probe, so the other probes calibrate it at the probes' budget and the score
     # is about the shape near the optima, which is what moves the weights.
-    if len(probes.tokens) >= 2:
+    if len(np.unique(probes.tokens, axis=0)) >= 2:
         errors = {v: np.full(probes.losses.shape, np.nan) for v in variants}
         quick = dataclasses.replace(cfg, families=variants, family="auto", leave_one_out=False)
-        for p, subkey in zip(range(len(probes.tokens)), jax.random.split(key_fit, len(probes.tokens))):
-            keep = np.arange(len(probes.tokens)) != p
-            refit = fit_table(_concat(train, _rows(probes, keep)), subkey, quick)
+        # Leave out a whole mixture (every seed of it), so no copy of it stays in the refit.
+        mixtures = np.unique(probes.tokens, axis=0)
+        for mixture, subkey in zip(mixtures, jax.random.split(key_fit, len(mixtures))):
+            held = np.all(np.isclose(probes.tokens, mixture[None], rtol=1e-12), axis=1)
+            if held.all():
+                continue
+            refit = fit_table(_concat(train, _rows(probes, ~held)), subkey, quick)
             for v in variants:
                 law = refit.variants[v]
-                errors[v][p] = predict_losses(dataclasses.replace(refit, family=v, params=law), probes.tokens[p:p + 1])[0] - probes.losses[p]
-        scores = {v: float(np.sqrt(np.mean(errors[v][measured] ** 2))) for v in variants}
+                errors[v][held] = predict_losses(dataclasses.replace(refit, family=v, params=law), probes.tokens[held]) - probes.losses[held]
+        scored = measured & np.isfinite(errors[variants[0]])
+        scores = {v: float(np.sqrt(np.mean(errors[v][scored] ** 2))) for v in variants} if scored.any() else dict(level)
     else:
         scores = dict(level)
     chosen = min(scores, key=scores.get)

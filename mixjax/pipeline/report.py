@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 
 from mixjax.io import write_json_atomic  # noqa: E402
 from mixjax.mixing.fit import FitResult  # noqa: E402
-from mixjax.mixing.law import LawParams, mixture_losses, total_loss  # noqa: E402
+from mixjax.mixing.law import LawParams, total_loss  # noqa: E402
 from mixjax.mixing.fit.table import predict_table  # noqa: E402
 from mixjax.mixing.runs import domain_data, read_run_table  # noqa: E402
 from mixjax.mixing.solve import Constraints, solve_sweep  # noqa: E402
@@ -201,8 +201,7 @@ def validation_summary(r: ReportInputs) -> dict:
     rows = {}
     for label, (weights, by_seed) in r.measured.items():
         w = np.asarray(weights, np.float64)
-        with jax.enable_x64(True):
-            predicted = np.asarray(mixture_losses(r.fit.params, w, float(r.validate_budget)))
+        predicted = predict_table(r.fit, r.fit.domains, (w * float(r.validate_budget))[None])[0]
         seeds = sorted(by_seed)
         losses = np.asarray([by_seed[s] for s in seeds], np.float64)  # (S, k)
         mean, sd = mean_sd(losses)
@@ -210,7 +209,7 @@ def validation_summary(r: ReportInputs) -> dict:
         rows[label] = {
             "weights": w.tolist(), "seeds": seeds, "measured": mean.tolist(), "measured_sd": sd.tolist(),
             "measured_total": float(total_mean), "measured_total_sd": float(total_sd),
-            "predicted": predicted.tolist(), "predicted_total": float(predicted.sum()),
+            "predicted": predicted.tolist(), "predicted_total": float(np.nansum(predicted)),
             "per_seed": {s: {"measured": by_seed[s], "total": float(np.sum(by_seed[s]))} for s in seeds},
         }
     summary: dict = {"budget": r.validate_budget, "seeds": sorted({s for v in rows.values() for s in v["seeds"]}), "mixtures": rows, "skipped": dict(r.skipped)}

@@ -159,10 +159,10 @@ def prepare_run(spec: RunSpec, inputs: Inputs, profile: bool = False) -> Prepare
     """Select the run's examples and compute its step budget and fingerprint (no training)."""
     cfg = inputs.config
     seed = cfg.seed if spec.seed is None else spec.seed
-    selection = mixture_selection(inputs.domains, spec.tokens, seed)
-    examples = [e for _, e in selection]
+    picked = mixture_selection(inputs.domains, spec.tokens, seed)
+    examples = [e for _, e in picked]
     selected = {n: 0 for n in spec.tokens}
-    for name, e in selection:
+    for name, e in picked:
         selected[name] += e.num_tokens
     steps = steps_for_run(examples, cfg.train)
     run_cfg = run_train_config(cfg.train, max_steps=steps, eval_every=max(1, steps // cfg.evals_per_run), seed=seed, profile=profile)
@@ -398,7 +398,7 @@ class Pipeline:
         fit = load_fit(fit_json)
         constraints = self.constraints()
         solution = solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], constraints, self.config.seed)
-        key = jax.random.fold_in(jax.random.key(self.config.seed), 1)
+        key = selection.probe_key(jax.random.key(self.config.seed))
         probes = selection.propose_probes(fit, float(self.validate_budget), constraints, key)
         solution["probes"] = {name: np.asarray(w, np.float64).tolist() for name, w in probes.items()}
         self.store.write_json("solution.json", solution)

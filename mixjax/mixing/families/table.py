@@ -154,12 +154,14 @@ def fit_table(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> Fami
         scores["gbm"] = score(target, oof) | {"extrapolates": False, "seconds": time.perf_counter() - start,
                                               "reference_only": True}
     extrapolating = [f for f in families if EXTRAPOLATES[f]]
+    if not extrapolating:
+        raise ValueError(f"families {families}: none extrapolates in N, so none can be solved (the exp family is a comparator)")
     if cfg.family != "auto":
         chosen = cfg.family
     elif not num_folds:
-        chosen = "transfer" if "transfer" in extrapolating else (extrapolating or list(families))[0]
+        chosen = "transfer" if "transfer" in extrapolating else extrapolating[0]
     else:
-        chosen = min(extrapolating or families, key=lambda f: scores[f]["rmse"])
+        chosen = min(extrapolating, key=lambda f: scores[f]["rmse"])
     candidates = tuple(_within_noise({f: errors[f] for f in extrapolating}, chosen)) if num_folds and chosen in extrapolating else (chosen,)
     if num_folds:
         others = [f for f in families if not EXTRAPOLATES[f]]

@@ -14,7 +14,7 @@ import numpy as np
 from mixjax.mixing.law import LawParams
 
 Procedure = Literal["mixjax", "paper"]
-Family = Literal["auto", "paper", "transfer", "exp", "two-stage"]
+Family = Literal["auto", "paper", "transfer", "two-stage"]  # "exp" is scored, never solved
 AlphaMode = Literal["auto", "prior", "fitted"]
 PROCEDURES: tuple[str, ...] = get_args(Procedure)
 ALPHA_MODES: tuple[str, ...] = get_args(AlphaMode)
@@ -93,7 +93,7 @@ class FitConfig:
     alpha_mode: AlphaMode = "auto"
     leave_one_out: bool = True  # out-of-fold refits (leave-one-run-out up to max_folds runs)
     max_folds: int = 25
-    bootstrap_samples: int = 0
+    bootstrap_samples: int = 0  # two-stage only: bootstrap refits for weight intervals
     bootstrap_starts: int = 8  # starts of each fold and bootstrap refit (one is the full fit)
     # Diagnostics thresholds.
     max_loo_rel_error: float = 0.01
@@ -103,7 +103,7 @@ class FitConfig:
     refine_residual: float = 0.05
     # Law families (mixjax.mixing.families.fit_table), every one scored on the same folds:
     # "auto" keeps the family that extrapolates in N with the lowest out-of-fold RMSE;
-    # "paper" / "transfer" / "exp" force one; "two-stage" is the paper's own per-domain
+    # "paper" / "transfer" force one; "two-stage" is the paper's own per-domain
     # procedure (stage 1 on ratios of loss differences, ``procedure`` and ``alpha_mode``
     # above; bootstrap intervals), not scored against the families.
     family: Family = "auto"
@@ -188,7 +188,7 @@ class FitResult:
     bootstrap_params: LawParams | None = None
     # Pooled over domains: out-of-fold RMSE and Spearman of predicted vs measured losses.
     validation: dict[str, float] | None = None
-    config: FitConfig = FitConfig()  # the whole config this fit ran with (fit.json records it)
+    config: FitConfig | None = FitConfig()  # the whole config this fit ran with (fit.json records it; None: not recorded)
 
     def params_dict(self) -> dict[str, dict[str, float]]:
         return {
@@ -205,7 +205,7 @@ class FitResult:
             "diagnostics": [d.to_dict() for d in self.diagnostics],
             "bootstrap_params": law(self.bootstrap_params),
             "validation": self.validation,
-            "config": self.config.to_dict(),
+            "config": None if self.config is None else self.config.to_dict(),
         }
 
     @classmethod
@@ -217,5 +217,5 @@ class FitResult:
             diagnostics=tuple(DomainDiagnostics(**x) for x in d["diagnostics"]),
             bootstrap_params=law(d["bootstrap_params"]),
             validation=d.get("validation"),
-            config=FitConfig.from_dict(d["config"]) if "config" in d else FitConfig(),
+            config=FitConfig.from_dict(d["config"]) if d.get("config") is not None else None,
         )
