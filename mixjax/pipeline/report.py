@@ -93,12 +93,14 @@ def plot_weights_vs_budget(target_budgets: Sequence[int], constraints: Constrain
     plt.close(fig)
 
 
-def plot_simplex(fit: FitResult, budget, optimum, validated: dict[str, np.ndarray], path) -> None:
-    """Ternary map of the predicted total loss (k = 3)."""
+def plot_simplex(fit: FitResult, budget, optimum, validated: dict[str, np.ndarray], path, importance=None) -> None:
+    """Ternary map of the predicted objective, ``sum_i s_i L_i`` with the solve's importance
+    ``s`` (k = 3)."""
     n = 120
     grid = np.clip([(i / n, j / n, 1 - (i + j) / n) for i in range(n + 1) for j in range(n + 1 - i)], 0.0, 1.0)
     with jax.enable_x64(True):
-        values = np.asarray(jax.vmap(lambda w: total_loss(w, fit.params, float(budget)))(grid))
+        s_i = None if importance is None else np.asarray(importance, np.float64)
+        values = np.asarray(jax.vmap(lambda w: total_loss(w, fit.params, float(budget), s_i))(grid))
     # The law diverges where a domain gets no data and no transfer; colour by the finite range.
     finite = np.isfinite(values)
     values = np.where(finite, values, np.max(values[finite]))
@@ -307,7 +309,7 @@ def write_report(r: ReportInputs, out: Path) -> dict:
     if len(names) == 3:
         optimum = solution["weights"][f"{r.validate_budget:g}"]
         mixtures = {k: v["weights"] for k, v in validation["mixtures"].items()}
-        plot_simplex(fit, r.validate_budget, optimum, mixtures, out / "simplex.png")
+        plot_simplex(fit, r.validate_budget, optimum, mixtures, out / "simplex.png", r.constraints.importance)
         plots.append("simplex.png")
     summary = {
         "experiment": r.name, "domains": list(names), "base_model": r.base_model, "solution": solution,
