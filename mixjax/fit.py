@@ -81,7 +81,7 @@ def variant_reports(fit, budgets, constraints: Constraints, key: jax.Array) -> d
     for budget in budgets:
         report = variant_disagreement(fit, float(budget), constraints)
         if report["disagree"]:  # the pipeline's probe key: the same probes at its validation budget
-            probes = propose_probes(fit, float(budget), constraints, probe_key(key))
+            probes = propose_probes(fit, float(budget), constraints, probe_key(key), report)
             out[float(budget)] = report | {"probes": {n: np.asarray(w).tolist() for n, w in probes.items()}}
     return out
 

@@ -33,6 +33,11 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+# A law that predicts loss 0 at any mixture (c = e = 0): the entry of a domain trained but
+# never measured, so it adds nothing to the objective and still transfers its tokens.
+NO_LAW = {"beta": 1.0, "c": 0.0, "gamma": 1.0, "alpha": 0.5, "e": 0.0}
+
+
 class LawParams(NamedTuple):
     """Per-domain scaling-law parameters, each of shape (k,).
 

@@ -24,7 +24,7 @@ from mixjax.mixing.baselines import (
 from mixjax.mixing.fit import FitConfig, FitResult
 from mixjax.mixing.fit.table import fit_run_table
 from mixjax.mixing.runs import RunTable
-from mixjax.mixing.law import LawParams, mixture_losses, total_loss
+from mixjax.mixing.law import AnyLawParams, mixture_losses, total_loss
 from mixjax.mixing.solve import Constraints, check_feasible, solve_sweep, weight_bounds
 
 
@@ -96,7 +96,8 @@ class MixtureReport:
         }
 
 
-def _objective(params: LawParams, weights, budget, importance) -> float:
+def objective_value(params: AnyLawParams, weights, budget, importance) -> float:
+    """``sum_i s_i L_i(w, N)`` (nats) in float64, as a Python float."""
     with jax.enable_x64(True):
         return float(total_loss(np.asarray(weights), jax.tree.map(np.asarray, params), budget, importance))
 
@@ -148,14 +149,14 @@ def report_for_params(
             interval = (ci.low, ci.high)
         with jax.enable_x64(True):
             predicted = np.asarray(mixture_losses(jax.tree.map(np.asarray, fit.params), w, budget))
-        objective = _objective(fit.params, w, budget, constraints.importance)
+        objective = objective_value(fit.params, w, budget, constraints.importance)
         rows.append(
             BudgetReport(
                 budget=budget,
                 weights=w,
                 predicted_losses=predicted,
                 baselines=baselines,
-                baseline_objective={n: _objective(fit.params, b, budget, constraints.importance) for n, b in baselines.items()},
+                baseline_objective={n: objective_value(fit.params, b, budget, constraints.importance) for n, b in baselines.items()},
                 objective=objective,
                 d_weights_d_budget=d_budget,
                 d_weights_d_params=d_params._asdict(),
@@ -165,7 +166,7 @@ def report_for_params(
                 infeasible_baselines=infeasible,
                 grid_skipped=grid_skipped,
                 grid_kind=grid_kind,
-                uniform_gap=_objective(fit.params, uniform_weights(k), budget, constraints.importance) - objective,
+                uniform_gap=objective_value(fit.params, uniform_weights(k), budget, constraints.importance) - objective,
             )
         )
     return MixtureReport(fit=fit, budgets=tuple(_with_warnings(rows, constraints, fit.domains, jump, max_interval)))

@@ -17,12 +17,11 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mixjax.mixing.families import FamilyFitResult, fit_table, predict_losses
 from mixjax.mixing.fit import FitConfig, FitResult
-from mixjax.mixing.law import total_loss
+from mixjax.mixing.mixture import objective_value
 from mixjax.mixing.runs import RunTable
 from mixjax.mixing.solve import Constraints, solve_sweep, weight_bounds
 
@@ -31,13 +30,7 @@ MAX_REGRET = 0.005  # relative regret of one candidate's optimum under another
 
 
 def _importance(fit: FitResult, constraints: Constraints) -> np.ndarray:
-    measured = np.asarray(getattr(fit, "measured", ()) or [True] * len(fit.domains), bool)
-    return np.asarray(constraints.importance, np.float64) * measured
-
-
-def _objective(law, weights: np.ndarray, budget: float, importance: np.ndarray) -> float:
-    with jax.enable_x64(True):
-        return float(total_loss(jnp.asarray(weights), jax.tree.map(jnp.asarray, law), budget, jnp.asarray(importance)))
+    return np.asarray(constraints.importance, np.float64) * fit.has_law
 
 
 def variant_disagreement(fit: FitResult, budget: float, constraints: Constraints) -> dict[str, Any]:
@@ -52,9 +45,9 @@ def variant_disagreement(fit: FitResult, budget: float, constraints: Constraints
     constraints = constraints._replace(importance=_importance(fit, constraints))
     weights = {v: solve_sweep(fit.variants[v], [budget], constraints, fit.domains)[0] for v in names}
     half_l1 = {a: {b: float(0.5 * np.abs(weights[a] - weights[b]).sum()) for b in names} for a in names}
-    best = {b: _objective(fit.variants[b], weights[b], budget, constraints.importance) for b in names}
+    best = {b: objective_value(fit.variants[b], weights[b], budget, constraints.importance) for b in names}
     regret = {
-        a: {b: (_objective(fit.variants[b], weights[a], budget, constraints.importance) - best[b]) / abs(best[b]) for b in names}
+        a: {b: (objective_value(fit.variants[b], weights[a], budget, constraints.importance) - best[b]) / abs(best[b]) for b in names}
         for a in names
     }
     disagree = any(half_l1[a][b] > MAX_DISTANCE or regret[a][b] > MAX_REGRET for a in names for b in names)
@@ -85,15 +78,18 @@ def probe_key(key: jax.Array) -> jax.Array:
     return jax.random.fold_in(key, 1)
 
 
-def propose_probes(fit: FitResult, budget: float, constraints: Constraints, key: jax.Array) -> dict[str, np.ndarray]:
+def propose_probes(
+    fit: FitResult, budget: float, constraints: Constraints, key: jax.Array, disagreement: dict[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
     """Probe mixtures (name -> weights in fit.domains order) that discriminate the fit variants within
     out-of-fold noise of the best one; {} when the variants agree.
 
     The probes are every candidate's optimum at ``budget`` (``"optimum:<variant>"``) and
     the feasible mixture, among 4096 Dirichlet(1) draws (from ``key``), where the
     candidates' predicted per-domain losses differ most (``"discriminating"``).
+    ``disagreement``: :func:`variant_disagreement` at this budget, when already computed.
     """
-    report = variant_disagreement(fit, budget, constraints)
+    report = disagreement or variant_disagreement(fit, budget, constraints)
     if not report["disagree"]:
         return {}
     probes = {f"optimum:{v}": np.asarray(w) for v, w in report["weights"].items()}
@@ -146,7 +142,7 @@ def settle_with_probes(train: RunTable, probes: RunTable, cfg: FitConfig, key: j
     probes = _aligned(probes, tuple(train.domains))
     key_fit, key_final = jax.random.split(key)
     fit = fit_table(train, key_fit, cfg)
-    measured = ~np.isnan(probes.losses) & np.asarray(fit.measured, bool)[None]
+    measured = ~np.isnan(probes.losses) & fit.has_law[None]
     if not measured.any():
         raise ValueError(f"{probes.source}: no measured loss on a domain with a law")
     variants = tuple(fit.variants)

@@ -119,5 +119,4 @@ def predict_losses(fit: FitResult, tokens: np.ndarray) -> np.ndarray:
             out = p["c"][None] + np.exp(p["log_k"][None] + r @ p["t"].T)
         else:
             out = np.asarray(token_losses(jax.tree.map(jnp.asarray, fit.params), jnp.asarray(tokens)))
-    measured = np.asarray(getattr(fit, "measured", ()) or [True] * k, bool)
-    return np.where(measured[None], out, np.nan)
+    return np.where(fit.has_law[None], out, np.nan)

@@ -13,7 +13,7 @@ from mixjax.mixing.families.engine import fit_group, residual_rms, run_folds
 from mixjax.mixing.families.result import BETA_BOUNDS, EXTRAPOLATES, FAMILIES, LAW_FIXED, FamilyFitResult, predict_losses
 from mixjax.mixing.fit import DomainDiagnostics, FitConfig, fit_law, spearman
 from mixjax.mixing.fit.diagnostics import unmeasured_diagnostics
-from mixjax.mixing.law import AnyLawParams, LawParams, TransferLawParams, rescale_units
+from mixjax.mixing.law import NO_LAW, AnyLawParams, LawParams, TransferLawParams, rescale_units
 from mixjax.mixing.runs import RunTable, RunTableError, domain_data
 
 Array = jax.Array
@@ -69,7 +69,8 @@ def _within_noise(errors: dict[str, np.ndarray], best: str, z: float = 2.0) -> l
 def _to_law(family: str, theta: np.ndarray, measured_cols: np.ndarray, scale: float) -> AnyLawParams:
     """Stacked per-domain vectors -> k-entry law params in the table's token units."""
     k = len(measured_cols)
-    beta, c, gamma, alpha, e, rho = np.ones(k), np.zeros(k), np.ones(k), np.full(k, 0.5), np.zeros(k), np.ones(k)
+    beta, c, gamma, alpha, e = (np.full(k, NO_LAW[f]) for f in LawParams._fields)
+    rho = np.ones(k)
     t = np.ones((k, k)) - np.eye(k)
     for row, i in enumerate(np.flatnonzero(measured_cols)):
         th = theta[row]

@@ -15,12 +15,8 @@ import numpy as np
 from mixjax.mixing.fit import FitConfig, FitResult, fit_law
 from mixjax.mixing.families import FamilyFitResult, fit_table, predict_losses
 from mixjax.mixing.fit.diagnostics import unmeasured_diagnostics
-from mixjax.mixing.law import LawParams
+from mixjax.mixing.law import NO_LAW, LawParams
 from mixjax.mixing.runs import RunTable, domain_data
-
-# A law that predicts loss 0 at any mixture: an unmeasured domain adds nothing to the objective.
-_NO_LAW = dict(beta=1.0, c=0.0, gamma=1.0, alpha=0.5, e=0.0)
-
 
 def fit_run_table(table: RunTable, key: jax.Array, cfg: FitConfig = FitConfig()) -> FitResult:
     """Fit ``table`` as ``cfg`` says: law families scored on shared folds (default), or
@@ -65,7 +61,7 @@ def fit_two_stage(table: RunTable, key: jax.Array, cfg: FitConfig = FitConfig())
         fields = []
         for f in LawParams._fields:
             a = np.asarray(getattr(params, f), np.float64)
-            full = np.full((*a.shape[:-1], len(table.domains)), _NO_LAW[f])
+            full = np.full((*a.shape[:-1], len(table.domains)), NO_LAW[f])
             full[..., where] = a
             fields.append(full)
         return LawParams(*fields)
@@ -94,5 +90,4 @@ def predict_table(fit: FitResult, domains: tuple[str, ...], tokens: np.ndarray) 
     if sorted(domains) != sorted(fit.domains):
         raise ValueError(f"the table to predict has token columns {', '.join(domains)}; the fit's domains are {', '.join(fit.domains)}")
     tokens = np.asarray(tokens, np.float64)[:, [domains.index(d) for d in fit.domains]]
-    measured = np.array([d.measured for d in fit.diagnostics]) if fit.diagnostics else np.ones(len(fit.domains), bool)
-    return np.where(measured[None], predict_losses(fit, tokens), np.nan)
+    return predict_losses(fit, tokens)

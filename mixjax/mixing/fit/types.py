@@ -190,6 +190,13 @@ class FitResult:
     validation: dict[str, float] | None = None
     config: FitConfig | None = FitConfig()  # the whole config this fit ran with (fit.json records it; None: not recorded)
 
+    @property
+    def has_law(self) -> np.ndarray:
+        """(k,) bool: the domains with a law of their own (False: trained, never measured)."""
+        if not self.diagnostics:
+            return np.ones(len(self.domains), bool)
+        return np.array([d.measured for d in self.diagnostics], bool)
+
     def params_dict(self) -> dict[str, dict[str, float]]:
         return {
             name: {f: float(getattr(self.params, f)[i]) for f in LawParams._fields}
