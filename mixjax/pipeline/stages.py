@@ -397,7 +397,7 @@ class Pipeline:
             raise ConfigError("solve: no fit.json; run the fit stage first")
         fit = load_fit(fit_json)
         constraints = self.constraints()
-        solution = solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], constraints, self.config.seed)
+        solution = self.solve(fit, constraints)
         key = selection.probe_key(jax.random.key(self.config.seed))
         probes = selection.propose_probes(fit, float(self.validate_budget), constraints, key)
         solution["probes"] = {name: np.asarray(w, np.float64).tolist() for name, w in probes.items()}
@@ -418,6 +418,10 @@ class Pipeline:
         if probes and not any(s.name in failed for s in probes):
             self.settle(probes)
 
+    def solve(self, fit: FitResult, constraints: Constraints) -> dict:
+        """solution.json's content for ``fit``: every target budget and the validation budget."""
+        return solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], constraints, self.config.seed)
+
     def settle(self, probes: Sequence[RunSpec]) -> None:
         """The probe runs choose between the fit variants: refit on runs.csv + probes.csv
         (every probe mixture at every seed), solve again; fit_final.json, solution_final.json
@@ -427,7 +431,7 @@ class Pipeline:
         train, measured = read_run_table(self.store.path("runs.csv")), read_run_table(self.store.path("probes.csv"))
         key = jax.random.fold_in(jax.random.key(self.config.seed), 2)
         fit, report = selection.settle_with_probes(train, measured, self.config.fit, key)
-        solution = solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], self.constraints(), self.config.seed)
+        solution = self.solve(fit, self.constraints())
         self.store.write_json("fit_final.json", fit.to_dict())
         self.store.write_json("solution_final.json", solution)
         self.store.write_json("selection.json", {**report, "probe_runs": len(measured.tokens)})
