@@ -38,7 +38,7 @@ def test_cached_call_exports_once_then_loads_without_tracing(tmp_path, monkeypat
     first = cache.cached_call("double", fn, (x, np.float32(2.0)), directory=tmp_path)
     files = list(tmp_path.glob("mixjax-export-double-*.bin"))
     assert len(files) == 1 and traces
-    monkeypatch.setattr(cache, "_LOADED", {})  # as a fresh process
+    monkeypatch.setattr(cache, "_COMPILED", {})  # as a fresh process
     traces.clear()
     again = cache.cached_call("double", fn, (x, np.float32(2.0)), directory=tmp_path)
     assert traces == []  # loaded from the file, not traced

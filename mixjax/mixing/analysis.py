@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixjax.cache import cached_call
+from mixjax.cache import cached_call, small_program_jit
 from mixjax.mixing.law import AnyLawParams, LawParams, total_loss
 from mixjax.mixing.solve import Constraints, solve_weights
 
@@ -25,7 +25,7 @@ def _x64(tree):
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
 
 
-_jacobians = jax.jit(jax.jacobian(solve_weights, argnums=(0, 1)))
+_jacobians = small_program_jit(jax.jacobian(solve_weights, argnums=(0, 1)))
 
 
 def weight_jacobians(params: AnyLawParams, budget: float, constraints: Constraints) -> tuple[AnyLawParams, np.ndarray]:
@@ -41,7 +41,7 @@ def tangent_basis(num_domains: int) -> np.ndarray:
     return q[:, : num_domains - 1]
 
 
-@jax.jit
+@small_program_jit
 def _tangent_hessian_eigenvalues(points, params, budget, importance):
     basis = jnp.asarray(tangent_basis(points.shape[-1]), points.dtype)
     hess = jax.vmap(jax.hessian(total_loss), in_axes=(0, None, None, None))(points, params, budget, importance)
@@ -91,7 +91,7 @@ def check_convexity(
     return report
 
 
-_solve_samples = jax.jit(jax.vmap(solve_weights, in_axes=(0, None, None)))
+_solve_samples = small_program_jit(jax.vmap(solve_weights, in_axes=(0, None, None)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixjax.cache import small_program_jit
 from mixjax.mixing.law import LawParams, total_loss
 
 
@@ -94,7 +95,7 @@ def grid_candidates(
     )
 
 
-_grid_values = jax.jit(jax.vmap(total_loss, in_axes=(0, None, None, None)))
+_grid_values = small_program_jit(jax.vmap(total_loss, in_axes=(0, None, None, None)))
 
 
 def grid_search(params: LawParams, budget: float, grid: np.ndarray, importance=None) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mixjax.mixing.law import LawParams, domain_loss
+from mixjax.mixing.law import LawParams, domain_loss, evaluate
 
 PAPER_SCALES = (0.25, 0.5, 2.0, 3.0)
 
@@ -34,4 +34,4 @@ def law_losses(params: LawParams, tokens: np.ndarray) -> np.ndarray:
     """Per-domain losses the law predicts for runs with the given token counts (R, k)."""
     tokens = np.asarray(tokens, np.float64)
     other = tokens.sum(axis=1, keepdims=True) - tokens
-    return np.asarray(domain_loss(LawParams(*map(np.asarray, params)), tokens, other))
+    return evaluate(domain_loss, LawParams(*params), tokens, other)

@@ -24,7 +24,7 @@ from mixjax.mixing.baselines import (
 from mixjax.mixing.fit import FitConfig, FitResult
 from mixjax.mixing.fit.table import fit_run_table
 from mixjax.mixing.runs import RunTable
-from mixjax.mixing.law import AnyLawParams, mixture_losses, total_loss
+from mixjax.mixing.law import AnyLawParams, evaluate, mixture_losses, total_loss
 from mixjax.mixing.solve import Constraints, check_feasible, solve_sweep, weight_bounds
 
 
@@ -98,8 +98,7 @@ class MixtureReport:
 
 def objective_value(params: AnyLawParams, weights, budget, importance) -> float:
     """``sum_i s_i L_i(w, N)`` (nats) in float64, as a Python float."""
-    with jax.enable_x64(True):
-        return float(total_loss(np.asarray(weights), jax.tree.map(np.asarray, params), budget, importance))
+    return float(evaluate(total_loss, weights, params, budget, importance))
 
 
 def report_for_params(
@@ -147,8 +146,7 @@ def report_for_params(
         if fit.bootstrap_params is not None:
             ci = bootstrap_weights(fit.bootstrap_params, budget, constraints)
             interval = (ci.low, ci.high)
-        with jax.enable_x64(True):
-            predicted = np.asarray(mixture_losses(jax.tree.map(np.asarray, fit.params), w, budget))
+        predicted = evaluate(mixture_losses, fit.params, w, budget)
         objective = objective_value(fit.params, w, budget, constraints.importance)
         rows.append(
             BudgetReport(
@@ -179,7 +177,7 @@ def _with_warnings(rows, constraints: Constraints, domains, jump: float, max_int
     out = list(rows)
     for pos, r in enumerate(order):
         b = rows[r]
-        lo, hi = (np.asarray(v, np.float64) for v in weight_bounds(constraints, b.budget))
+        lo, hi = weight_bounds(jax.tree.map(lambda a: np.asarray(a, np.float64), constraints), b.budget, xp=np)
         why = []
         for i, name in enumerate(domains):
             if b.weights[i] <= lo[i] + 1e-6 and lo[i] == 0:

@@ -76,7 +76,7 @@ def box_lm(
         h = jnp.where(free[:, None] & free[None, :], h, 0.0)
         scale = jnp.maximum(scale, 1e-9 * jnp.maximum(jnp.max(scale), 1e-300)) + 1e-300
         a = h + jnp.diag(lam * scale + jnp.where(free, 0.0, 1.0))
-        step = -_solve_small(a, jnp.where(free, g, 0.0))
+        step = -jnp.linalg.solve(a, jnp.where(free, g, 0.0))
         xn = jnp.clip(x + jnp.nan_to_num(step), lo, hi)
         fn = value(xn)
         ok = finite & jnp.isfinite(fn) & (fn <= fx)

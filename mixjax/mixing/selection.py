@@ -96,7 +96,7 @@ def propose_probes(
     k = len(fit.domains)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
     draws = rng.dirichlet(np.ones(k), 4096)
-    lo, hi = (np.asarray(b, np.float64) for b in weight_bounds(jax.tree.map(np.asarray, constraints), budget))
+    lo, hi = weight_bounds(jax.tree.map(lambda a: np.asarray(a, np.float64), constraints), budget, xp=np)
     draws = draws[np.all((draws >= lo - 1e-12) & (draws <= hi + 1e-12), axis=1)]
     if len(draws):
         preds = np.stack([predict_losses(dataclasses.replace(fit, family=v, params=fit.variants[v]), draws * budget)

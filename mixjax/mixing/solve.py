@@ -34,7 +34,7 @@ import jaxopt
 from jaxopt import linear_solve
 import numpy as np
 
-from mixjax.cache import cached_call
+from mixjax.cache import cached_call, small_program_jit
 from mixjax.mixing.law import AnyLawParams, LawParams, has_transfer, total_loss
 
 Array = jax.Array
@@ -103,16 +103,17 @@ def _project_bounded_simplex_jvp(primals, tangents):
     return w, jnp.where(free, dy - dtau, dw_fixed)
 
 
-def weight_bounds(constraints: Constraints, budget) -> tuple[Array, Array]:
-    """Box of the feasible weights at ``budget``: ``lower <= w <= min(upper, D / N)``."""
-    limited = jnp.isfinite(constraints.available)
-    share = jnp.where(limited, constraints.available, 1.0) / budget  # NaN-free gradient in N
-    return constraints.lower, jnp.where(limited, jnp.minimum(constraints.upper, share), constraints.upper)
+def weight_bounds(constraints: Constraints, budget, xp=jnp) -> tuple[Array, Array]:
+    """Box of the feasible weights at ``budget``: ``lower <= w <= min(upper, D / N)``.
+    ``xp``: the array module (``numpy`` for host-side checks: no per-op compiles)."""
+    limited = xp.isfinite(constraints.available)
+    share = xp.where(limited, constraints.available, 1.0) / budget  # NaN-free gradient in N
+    return constraints.lower, xp.where(limited, xp.minimum(constraints.upper, share), constraints.upper)
 
 
 def check_feasible(constraints: Constraints, budget: float, domains=None) -> None:
     """Raise ValueError, naming the cause, when no weights satisfy the constraints."""
-    lo, hi = (np.asarray(b, np.float64) for b in weight_bounds(constraints, budget))
+    lo, hi = weight_bounds(jax.tree.map(lambda a: np.asarray(a, np.float64), constraints), budget, xp=np)
     names = list(domains) if domains is not None else [str(i) for i in range(len(lo))]
     for name, a, b in zip(names, lo, hi):
         if a > b:
@@ -298,7 +299,7 @@ def solve_weights_pg(
     return solver.run(init, (lo, hi), params, budget, constraints.importance).params
 
 
-_solve_budgets = jax.jit(jax.vmap(solve_weights, in_axes=(None, 0, None)))
+_solve_budgets = small_program_jit(jax.vmap(solve_weights, in_axes=(None, 0, None)))
 
 
 def solve_sweep(params: AnyLawParams, budgets, constraints: Constraints | None = None, domains=None) -> np.ndarray:

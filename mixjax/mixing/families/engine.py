@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixjax.cache import compiled, options_for
 from mixjax.mixing.families.result import BETA_BOUNDS, LAW_FIXED
 from mixjax.mixing.fit import FitConfig
 from mixjax.mixing.optim import box_lm
@@ -129,7 +130,6 @@ def _setup(family: str, tokens, loss, mask, onehot, u, free_u, prec, weak, rho_m
     return x0, lo, hi, (precision, mean)
 
 
-@functools.partial(jax.jit, static_argnames=("family", "iterations", "fold_iterations", "delta", "rho_min"))
 def _fit_all(tokens, losses, masks, onehots, free_u, prec, weak, starts, warm_full, fold_masks, *, family, iterations, fold_iterations, delta, rho_min):
     """Every fit of one family group in one program.
 
@@ -138,7 +138,8 @@ def _fit_all(tokens, losses, masks, onehots, free_u, prec, weak, starts, warm_fu
       starts (V, S, n) draws in [0, 1); warm_full (V, n): replaces the first start where
       finite (the two-stage fit's parameters); fold_masks (F, R) (True: the run is trained on).
     Returns:
-      (full parameters (V, n), objective values (V,), fold parameters (V, F, n)).
+      (full parameters (V, n), the full fits' predictions (V, R), every fold's fit's
+      predictions of every run (V, F, R)).
     """
     predict = _exp_predict if family == "exp" else _law_predict
     jacobian_of = _exp_jacobian if family == "exp" else _law_jacobian
@@ -163,7 +164,9 @@ def _fit_all(tokens, losses, masks, onehots, free_u, prec, weak, starts, warm_fu
                           in_axes=(None, 0, None, None, None, None, None))
     folds = jax.vmap(lambda loss, mask, onehot, free, pr, wk, warm: over_folds(loss, mask[None] & fold_masks, onehot, free, pr, wk, warm))(
         losses, masks, onehots, free_u, prec, weak, full)
-    return full, jnp.min(values, axis=1), folds
+    fitted = jax.vmap(predict, in_axes=(0, None, 0))(full, tokens, onehots)
+    fold_fitted = jax.vmap(jax.vmap(predict, in_axes=(0, None, None)), in_axes=(0, None, 0))(folds, tokens, onehots)
+    return full, fitted, fold_fitted
 
 
 def run_folds(num_runs: int, cfg: FitConfig, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -180,13 +183,9 @@ def _bucket(n: int) -> int:
     return max(16, int(2 ** np.ceil(np.log2(n)))) if n <= 64 else int(32 * np.ceil(n / 32))
 
 
-def fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num_folds, cfg: FitConfig, rng,
-               noise: np.ndarray | None = None, warm: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Full fit (``num_family_starts`` starts) and warm out-of-fold refits of every measured
-    domain for the families of one group (("paper", "transfer") share a program; "exp").
-
-    Returns family -> (full parameters (D, n), out-of-fold predictions (R, D)).
-    """
+def _group_inputs(group: tuple[str, ...], tokens, losses, measured_cols, folds, num_folds, cfg: FitConfig, rng,
+                  noise: np.ndarray | None = None, warm: np.ndarray | None = None) -> tuple[tuple, dict]:
+    """The arguments (numpy) and static options of :func:`_fit_all` for one family group."""
     r, k = tokens.shape
     d_idx = np.flatnonzero(measured_cols)
     num_d = len(d_idx)
@@ -214,34 +213,46 @@ def fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num_
     starts = rng.uniform(size=(v * num_d, s, n))
     starts[:, 0] = 0.5  # one central start per fit
     warm_full = np.full((v * num_d, n), np.nan) if warm is None or family == "exp" else rep(warm)
-    full, _, fold_x = _fit_all(
-        jnp.asarray(pad_tokens), jnp.asarray(rep(loss)), jnp.asarray(rep(measured)), jnp.asarray(rep(np.eye(k)[d_idx])),
-        jnp.asarray(free), jnp.asarray(rep(prec)), jnp.asarray(rep(weak)), jnp.asarray(starts), jnp.asarray(warm_full), jnp.asarray(fold_masks),
-        family=family, iterations=cfg.family_iterations, fold_iterations=max(8, cfg.family_iterations // 4),
-        delta=float(cfg.family_huber_delta), rho_min=float(cfg.transfer_rho_min))
-    full, fold_x = np.asarray(full).reshape(v, num_d, n), np.asarray(fold_x).reshape(v, num_d, fp, n)
+    args = (pad_tokens, rep(loss), rep(measured), rep(np.eye(k)[d_idx]), free, rep(prec), rep(weak), starts, warm_full, fold_masks)
+    statics = dict(family=family, iterations=cfg.family_iterations, fold_iterations=max(8, cfg.family_iterations // 4),
+                   delta=float(cfg.family_huber_delta), rho_min=float(cfg.transfer_rho_min))
+    return tuple(np.asarray(a, np.float64) if a.dtype.kind == "f" else a for a in args), statics
+
+
+def _program(args: tuple, statics: dict):
+    """:func:`_fit_all` compiled for ``args``' shapes (:func:`mixjax.cache.compiled`)."""
+    tokens, starts, fold_masks = args[0], args[7], args[9]
+    work = starts.shape[0] * (starts.shape[1] + fold_masks.shape[0]) * tokens.shape[0]  # lanes x runs
+    return compiled("families", functools.partial(_fit_all, **statics), args, static=repr(sorted(statics.items())),
+                    compiler_options=options_for(work))
+
+
+def compile_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num_folds, cfg: FitConfig) -> None:
+    """Compile the program :func:`fit_group` will run for these inputs, without running it
+    (call it from a thread while earlier fits run)."""
+    _program(*_group_inputs(group, tokens, losses, measured_cols, folds, num_folds, cfg, np.random.default_rng(0)))
+
+
+def fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num_folds, cfg: FitConfig, rng,
+              noise: np.ndarray | None = None, warm: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Full fit (``num_family_starts`` starts) and warm out-of-fold refits of every measured
+    domain for the families of one group (("paper", "transfer") share a program; "exp").
+
+    Returns family -> (full parameters (D, n), out-of-fold predictions (R, D), the full
+    fit's predictions (R, D)).
+    """
+    args, statics = _group_inputs(group, tokens, losses, measured_cols, folds, num_folds, cfg, rng, noise, warm)
+    full, fitted, fold_fitted = (np.asarray(a) for a in _program(args, statics)(*args))
+    r = tokens.shape[0]
+    v, num_d = len(group), int(np.sum(measured_cols))
+    full = full.reshape(v, num_d, -1)
+    fitted = fitted.reshape(v, num_d, -1)[:, :, :r]
+    fold_fitted = fold_fitted.reshape(v, num_d, -1, fold_fitted.shape[-1])[:, :, :num_folds, :r]  # (V, D, F, R)
     out = {}
     for g, name in enumerate(group):
         oof = np.full((r, num_d), np.nan)
-        if num_folds:
-            xf = fold_x[g, :, :num_folds].reshape(-1, n)
-            onehot = np.repeat(np.eye(k)[d_idx], num_folds, axis=0)
-            pred = np.asarray(predict_many(xf, tokens, onehot, family=family)).reshape(num_d, num_folds, r)
-            for f in range(num_folds):
-                held = folds == f
-                oof[held] = pred[:, f, held].T
-        out[name] = (full[g], oof)
+        for f in range(num_folds):
+            held = folds == f
+            oof[held] = fold_fitted[g, :, f, held]
+        out[name] = (full[g], oof, fitted[g].T)
     return out
-
-
-def residual_rms(full: np.ndarray, tokens, losses, measured_cols) -> np.ndarray:
-    """RMS residual (nats) of each measured domain's full law fit, over its measured runs."""
-    d_idx = np.flatnonzero(measured_cols)
-    pred = np.asarray(predict_many(full, tokens, np.eye(tokens.shape[1])[d_idx], family="law")).T  # (R, D)
-    return np.sqrt(np.nanmean((pred - losses[:, d_idx]) ** 2, axis=0))
-
-
-@functools.partial(jax.jit, static_argnames=("family",))
-def predict_many(thetas, tokens, onehots, *, family):
-    predict = _exp_predict if family == "exp" else _law_predict
-    return jax.vmap(predict, in_axes=(0, None, 0))(thetas, tokens, onehots)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mixjax.mixing.fit import FitResult
-from mixjax.mixing.law import AnyLawParams, LawParams, TransferLawParams, token_losses
+from mixjax.mixing.law import AnyLawParams, LawParams, TransferLawParams, evaluate, token_losses
 
 FAMILIES = ("paper", "transfer", "exp")
 EXTRAPOLATES = {"paper": True, "transfer": True, "exp": False, "gbm": False}
@@ -112,11 +110,10 @@ def predict_losses(fit: FitResult, tokens: np.ndarray) -> np.ndarray:
     if np.any(tokens < 0) or not np.all(np.isfinite(tokens)):
         raise ValueError("tokens must be finite and >= 0")
     family = getattr(fit, "family", "paper")
-    with jax.enable_x64(True):
-        if family == "exp":
-            p = fit.exp_params
-            r = tokens / tokens.sum(axis=1, keepdims=True)
-            out = p["c"][None] + np.exp(p["log_k"][None] + r @ p["t"].T)
-        else:
-            out = np.asarray(token_losses(jax.tree.map(jnp.asarray, fit.params), jnp.asarray(tokens)))
+    if family == "exp":
+        p = fit.exp_params
+        r = tokens / tokens.sum(axis=1, keepdims=True)
+        out = p["c"][None] + np.exp(p["log_k"][None] + r @ p["t"].T)
+    else:
+        out = evaluate(token_losses, fit.params, tokens)
     return np.where(fit.has_law[None], out, np.nan)

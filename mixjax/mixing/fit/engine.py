@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixjax.cache import cached_call
+from mixjax.cache import cached_call, options_for
 from mixjax.mixing.fit.objectives import (
     linear_c_e,
     predict,
@@ -28,7 +28,7 @@ from mixjax.mixing.fit.objectives import (
     stage2_residuals,
 )
 from mixjax.mixing.fit.types import DomainData, FitConfig
-from mixjax.mixing.law import LawParams, domain_loss
+from mixjax.mixing.law import LawParams, domain_loss, evaluate
 from mixjax.mixing.optim import multistart
 
 Array = jax.Array
@@ -42,9 +42,7 @@ def _unit(x: np.ndarray, m: np.ndarray) -> float:
 
 def law_np(params: LawParams, x, m) -> np.ndarray:
     """The law (:func:`mixjax.mixing.law.domain_loss`) as float64 numpy, with broadcasting."""
-    with jax.enable_x64(True):
-        p = LawParams(*(jnp.asarray(a, jnp.float64) for a in params))
-        return np.asarray(domain_loss(p, jnp.asarray(x, jnp.float64), jnp.asarray(m, jnp.float64)))
+    return evaluate(domain_loss, LawParams(*params), *np.broadcast_arrays(x, m))
 
 
 def pack(domains: Sequence[DomainData], cfg: FitConfig, rng: np.random.Generator) -> tuple[dict, int, np.ndarray]:
@@ -176,7 +174,6 @@ def _warm_start(out) -> dict[str, Array]:
     return {"theta1": out["theta1"], "q3": out["q3"]}
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
 def _fit_batch(draws, packed, fit_alpha, masks, losses, warm, *, cfg):
     """``_fit_one`` vmapped over a flat batch of instances (domain x variant x fold/sample).
 
@@ -191,13 +188,6 @@ def _fit_batch(draws, packed, fit_alpha, masks, losses, warm, *, cfg):
     return jax.vmap(one)(draws, packed, fit_alpha, masks, losses, warm)
 
 
-@functools.lru_cache(maxsize=16)
-def _batch_for(cfg: FitConfig):
-    """One jitted ``_fit_batch`` per numerics config (a new wrapper per call would retrace)."""
-    return jax.jit(functools.partial(_fit_batch, cfg=cfg))
-
-
-
 def fit_instances(packed, variants, num_folds, cfg, key_fit, key_boot) -> dict[str, dict[str, np.ndarray]]:
     """Full fits, out-of-fold refits and bootstrap refits, as numpy arrays [domain, variant, ...].
 
@@ -210,13 +200,12 @@ def fit_instances(packed, variants, num_folds, cfg, key_fit, key_boot) -> dict[s
     prior = np.where((series.sum(axis=1) >= 3)[:, None], series, valid)
     base_mask = np.stack([valid if v else prior for v in variants], axis=1)  # (D, V, P)
     numerics = cfg.numerics()
-    batch = _batch_for(numerics)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key_fit)).ravel()[-1])
 
     def run(masks, losses, warm, num_starts):
         """``masks``/``losses`` (D, V, I, P); ``warm``: dict of (D, V, ...) or None."""
         shape = masks.shape[:3]
-        flat = lambda a: jnp.asarray(np.reshape(a, (-1, *a.shape[3:])))
+        flat = lambda a: np.ascontiguousarray(np.reshape(a, (-1, *a.shape[3:])))
         expand = lambda a: np.broadcast_to(a[:, None, None], (*shape, *a.shape[1:]))
         if warm is None:
             warm = {"theta1": np.full((*shape, 2), np.nan), "q3": np.full((*shape, 5), np.nan)}
@@ -230,7 +219,9 @@ def fit_instances(packed, variants, num_folds, cfg, key_fit, key_boot) -> dict[s
             flat(losses),
             {k: flat(v) for k, v in warm.items()},
         )
-        out = cached_call("fit", batch, args, static=repr(numerics))
+        work = args[0].shape[0] * num_starts * args[3].shape[1]  # instances x starts x points
+        out = cached_call("fit", functools.partial(_fit_batch, cfg=numerics), args, static=repr(numerics),
+                          compiler_options=options_for(work))
         return jax.tree.map(lambda a: np.asarray(a).reshape(*shape, *a.shape[1:]), out)
 
     losses = np.broadcast_to(packed["loss"][:, None, None], (num_d, num_v, 1, p))
