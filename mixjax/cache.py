@@ -137,17 +137,22 @@ def compiled(name: str, fn, args, static: str = "", directory: str | Path | None
     shapes = [jax.ShapeDtypeStruct(np.shape(a), a.dtype if hasattr(a, "dtype") else jax.numpy.result_type(a)) for a in leaves]
     path = directory or jax.config.jax_compilation_cache_dir
     ident = f"{name}|{static}|{treedef}|{shapes}|{sorted((compiler_options or {}).items())}"
-    key = (ident, str(path))
+    key, x64 = (ident, str(path)), any(map(_is_64bit, shapes))
     with _LOCK:  # one compile per key, also when threads ask for it at once
         lock = _KEY_LOCKS.setdefault(key, threading.Lock())
     with lock:
         if key not in _COMPILED:
-            with jax.enable_x64(any(map(_is_64bit, shapes))):
+            with jax.enable_x64(x64):
                 _COMPILED[key] = _compile(name, fn, treedef, shapes, ident, path, compiler_options)
     out_tree, executable = _COMPILED[key]
     dtypes = [s.dtype for s in shapes]
-    return lambda *a: jax.tree.unflatten(out_tree, executable(*(np.asarray(x, d) if not isinstance(x, jax.Array) else x
-                                                                 for x, d in zip(jax.tree.leaves(a), dtypes))))
+
+    def call(*a):
+        with jax.enable_x64(x64):
+            leaves = [x if isinstance(x, jax.Array) else np.asarray(x, d) for x, d in zip(jax.tree.leaves(a), dtypes)]
+            return jax.tree.unflatten(out_tree, executable(*leaves))
+
+    return call
 
 
 def _compile(name, fn, treedef, shapes, ident, path, compiler_options):
@@ -155,26 +160,31 @@ def _compile(name, fn, treedef, shapes, ident, path, compiler_options):
     from jax import export
 
     inner = getattr(fn, "__wrapped__", fn)  # a jit with compiler options cannot nest
-    # Plain lists in and out: custom pytrees (NamedTuples) need no serialization rules.
-    flat = jax.jit(lambda *xs: jax.tree.leaves(inner(*jax.tree.unflatten(treedef, xs))))
-    program, out_tree, file = flat, None, None
+    out_trees = []  # filled while tracing: ``fn`` is traced once
+
+    def flat(*xs):  # plain lists in and out: custom pytrees need no serialization rules
+        leaves, out_tree = jax.tree.flatten(inner(*jax.tree.unflatten(treedef, xs)))
+        out_trees.append(out_tree)
+        return leaves
+
+    program, file = jax.jit(flat), None
     if path:
         key = hashlib.sha256(f"{ident}|{package_fingerprint()}".encode()).hexdigest()[:24]
         file = Path(path) / f"mixjax-export-{name}-{key}.bin"
         if file.exists():
             out_tree, blob = pickle.loads(file.read_bytes())
+            out_trees.append(out_tree)
             program = export.deserialize(bytearray(blob)).call
-    if out_tree is None:
-        out_tree = jax.tree.structure(jax.eval_shape(inner, *jax.tree.unflatten(treedef, shapes)))
-        if file is not None:
-            exported = export.export(flat)(*shapes)
+        else:
+            exported = export.export(program)(*shapes)
             program = exported.call
             try:
                 with atomic_path(file) as tmp:
-                    tmp.write_bytes(pickle.dumps((out_tree, exported.serialize())))
+                    tmp.write_bytes(pickle.dumps((out_trees[0], exported.serialize())))
             except OSError:
                 pass  # the cache directory is read-only or full: this process still uses the export
-    return out_tree, jax.jit(program, compiler_options=compiler_options).lower(*shapes).compile()
+    executable = jax.jit(program, compiler_options=compiler_options).lower(*shapes).compile()
+    return out_trees[0], executable
 
 
 def cached_call(name: str, fn, args, static: str = "", directory: str | Path | None = None,

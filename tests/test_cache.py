@@ -59,3 +59,76 @@ def test_cached_call_lets_real_errors_surface(tmp_path):
     with pytest.raises(Exception, match="(?i)callback"):
         cache.cached_call("callback", fn, (np.ones(3, np.float32),), directory=tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_compiled_keeps_float64_in_a_thread_without_x64(tmp_path):
+    """float64 is a per-thread setting in jax: a program compiled from a worker thread
+    (the fit compiles ahead in one) must still be the float64 program the caller runs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = np.linspace(0.0, 1.0, 5) + 1e-12  # float64; the 1e-12 is lost in float32
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        out = pool.submit(lambda: np.asarray(cache.compiled("x64", lambda a: a * 3.0, (x,), directory=tmp_path)(x))).result()
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, x * 3.0)
+
+
+def test_concurrent_requests_for_one_program_compile_it_once(tmp_path, monkeypatch):
+    """The fit asks for a program from its compile-ahead thread and from the main thread;
+    the second request waits for the first compile instead of repeating it."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls, original = [], cache._compile
+
+    def slow_compile(*args):
+        calls.append(threading.get_ident())
+        time.sleep(0.2)
+        return original(*args)
+
+    monkeypatch.setattr(cache, "_compile", slow_compile)
+    x = np.arange(3.0, dtype=np.float32)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outs = list(pool.map(lambda _: np.asarray(cache.cached_call("once", lambda a: a + 1.0, (x,), directory=tmp_path)), range(4)))
+    assert len(calls) == 1
+    for out in outs:
+        np.testing.assert_array_equal(out, x + 1.0)
+
+
+def test_small_fits_compile_fast_and_large_ones_for_speed():
+    assert cache.options_for(5 * 34 * 32) == cache.SMALL_PROGRAM  # a 5-domain 4k+1 table's family fit
+    assert cache.options_for(13 * 12 * 512) is None  # RegMix's 512 runs x 13 domains x (2 starts + 10 folds)
+
+
+def test_a_first_fit_compiles_a_few_programs_not_every_operation(tmp_path):
+    """The first call of mixjax.fit on a machine is mostly compile time. Host-side law
+    evaluations go through one compiled program each; run eagerly they compiled every jnp
+    operation separately (72 compiles for a 5-domain fit, 24 now)."""
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+    from mixjax.mixing.design import law_losses, perturbation_runs
+    from mixjax.mixing.law import LawParams
+    from mixjax.mixing.runs import write_run_table
+
+    k = 4
+    truth = LawParams(*(np.full(k, v) for v in (0.3, 1.0, 0.2, 0.5, 1.1)))
+    tokens = perturbation_runs(np.ones(k))
+    write_run_table(tmp_path / "runs.csv", tuple(f"d{i}" for i in range(k)), tokens, law_losses(truth, tokens))
+    code = (
+        "import jax, sys\n"
+        "from jax import monitoring\n"
+        "n = []\n"
+        "monitoring.register_event_duration_secs_listener(lambda e, s, **kw: n.append(e) if e == '/jax/core/compile/backend_compile_duration' else None)\n"
+        "from mixjax import fit\n"
+        f"sys.argv = ['mixjax.fit', '--runs', {str(tmp_path / 'runs.csv')!r}, '--budget', '5', '50']\n"
+        "assert fit.main() == 0\n"
+        "print('compiles', len(n))\n"
+    )
+    env = subprocess_env() | {"MIXJAX_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    compiles = int(out.stdout.split("compiles")[-1])
+    assert compiles <= 30, compiles
