@@ -6,8 +6,9 @@ For synthetic 4k+1 run tables (k = 3 and k = 5, noise 1e-4) it times, each as a 
 Python process (imports included):
 
 - ``mixjax cold``: ``python -m mixjax.fit --runs T --budget 5 20 200`` (default flags:
-  32 starts, leave-one-run-out, alpha chosen automatically, 32 bootstrap refits) with an
-  empty compilation cache;
+  the law families scored leave-one-run-out, started from the paper's two-stage fit; the
+  report's solve, Jacobians and convexity check at each budget) with an empty
+  compilation cache: what a first-time user on a new machine waits for;
 - ``mixjax warm``: the same command again, compilation cache warm;
 - ``scipy reference``: the released code's approach (trust-constr stage 1 on the ratio
   of logs, trust-constr stage 2, one start each, no leave-one-out or bootstrap; SLSQP
