@@ -3,10 +3,12 @@
     python -m mixjax.mix --config configs/demo.py --budget 200000 --out mixed.jsonl
         [--weights instruct=0.6 math=0.4 | --fit experiments/demo/fit.json] [--seed SEED]
 
-Weights: ``--weights`` as given; else the weights the solve stage wrote for ``--budget``
-(``<workdir>/<name>/solution.json``: the mixture the validation run trained); else the
-optimum at ``--budget`` of the fitted law (``--fit``, default ``<workdir>/<name>/fit.json``)
-under the config's constraints. The examples are exactly the ones a pipeline run with these
+Weights: ``--weights`` as given; else the pipeline's answer at ``--budget``: the weights
+its solve wrote (``<workdir>/<name>/solution_final.json`` when validation's probe runs
+refitted the law, else ``solution.json``: the mixture the validation run trained); else
+the optimum at ``--budget`` of the fitted law (``--fit``, default the experiment's
+``fit_final.json`` or ``fit.json``, paired the same way) under the config's constraints.
+The source is printed to stderr. The examples are exactly the ones a pipeline run with these
 weights at this budget trains: the same tokenizer (for a config with ``pretrain=``, the base
 model's BPE tokenizer, so ``--budget`` counts the model's tokens), the same domains and the
 same selection (``mixjax.data.pipeline.mixture_selection``, seed default: the config's):
@@ -50,6 +52,16 @@ def optimal_weights(fit_path: Path, budget: float, names, constraints) -> np.nda
     return solve_sweep(fit.params, [budget], constraints, names)[0]
 
 
+def answer_files(experiment_dir: Path) -> tuple[Path, Path]:
+    """(solution, fit) of the pipeline's answer: ``solution_final.json`` and
+    ``fit_final.json`` once validation's probe runs refitted the law (issue #14), else
+    ``solution.json`` and ``fit.json``."""
+    final = experiment_dir / "solution_final.json"
+    if final.exists():
+        return final, experiment_dir / "fit_final.json"
+    return experiment_dir / "solution.json", experiment_dir / "fit.json"
+
+
 def solved_weights(solution: dict | None, budget: int, names) -> np.ndarray | None:
     """The solve stage's weights at ``budget`` (what the validation run trained), if it solved for it."""
     if solution is None or tuple(solution.get("domains", names)) != tuple(names):
@@ -91,14 +103,17 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--budget must be positive, got {args.budget}")
         inputs = Inputs(fine_tuning_config(config, build=False))  # the pipeline's tokenizer and domains
         tokenizer, domains = inputs.tokenizer, inputs.domains
-        solution = json.loads((config.experiment_dir / "solution.json").read_text()) if (config.experiment_dir / "solution.json").exists() else None
+        solution_path, fit_path = answer_files(config.experiment_dir)
+        solution = json.loads(solution_path.read_text()) if solution_path.exists() else None
         if args.weights:
-            weights = _parse_weights(args.weights, names)
+            weights, source = _parse_weights(args.weights, names), "--weights"
         elif args.fit is None and (solved := solved_weights(solution, args.budget, names)) is not None:
-            weights = solved
+            weights, source = solved, str(solution_path)
         else:
-            fit_path = Path(args.fit) if args.fit else config.experiment_dir / "fit.json"
+            fit_path = Path(args.fit) if args.fit else fit_path
             weights = optimal_weights(fit_path, args.budget, names, config.constraints(inputs.available))
+            source = f"the optimum of {fit_path}"
+        print(f"mixjax.mix: weights from {source}: " + ", ".join(f"{n}={w:.4f}" for n, w in zip(names, weights)), file=sys.stderr)
         rows = mixture_rows(domains, names, weights, args.budget, config.seed if args.seed is None else args.seed)
     except (ConfigError, BudgetError, DataError, ValueError) as err:
         print(f"mixjax.mix: error: {err}", file=sys.stderr)

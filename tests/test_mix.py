@@ -116,3 +116,40 @@ def test_mix_writes_the_examples_the_validation_run_trained(tmp_path, capsys, mo
     validated = sorted(digest(e.tokens, e.loss_mask) for e in trained[optimal])
     assert len(written) == len(validated) > 10 and written == validated
     assert max(max(r["input_ids"]) for r in _read(out)) < model.vocab_size  # BPE ids (a byte id would reach 262)
+
+
+def test_mix_uses_the_answer_after_the_probe_runs(tmp_path, capsys):
+    """Once validation's probe runs refitted the law, the pipeline's answer is
+    solution_final.json (and fit_final.json), not the first solve's solution.json."""
+    from mixjax.io import write_json_atomic
+
+    config_file = tmp_path / "config.py"
+    config_file.write_text(
+        "import dataclasses, importlib.util\n"
+        f"_s = importlib.util.spec_from_file_location('tiny', {CONFIG!r})\n"
+        "_m = importlib.util.module_from_spec(_s); _s.loader.exec_module(_m)\n"
+        f"config = dataclasses.replace(_m.config, workdir={str(tmp_path)!r})\n"
+    )
+    exp = tmp_path / "tiny"
+    exp.mkdir()
+    write_json_atomic(exp / "solution.json", {"domains": ["instruct", "math"], "weights": {"3000": [0.8, 0.2]}})
+    out = tmp_path / "mixed.jsonl"
+    args = ["--config", str(config_file), "--budget", "3000", "--out", str(out)]
+    assert main(args) == 0
+    assert abs(_counts(_read(out))["instruct"] - 2400) <= 120
+    assert "solution.json" in capsys.readouterr().err
+
+    write_json_atomic(exp / "solution_final.json", {"domains": ["instruct", "math"], "weights": {"3000": [0.3, 0.7]}})
+    assert main(args) == 0
+    assert abs(_counts(_read(out))["instruct"] - 900) <= 120
+    assert "solution_final.json" in capsys.readouterr().err
+
+    # A budget the final solve did not cover: the optimum of fit_final.json, not of fit.json.
+    symmetric = LawParams(*(np.array(v, np.float64) for v in ([0.3, 0.3], [1.0, 1.0], [0.1, 0.1], [0.5, 0.5], [1.0, 1.0])))
+    lopsided = symmetric._replace(c=np.array([1.0, 3.0]))
+    (exp / "fit.json").write_text(json.dumps(FitResult(domains=("instruct", "math"), params=lopsided, diagnostics=()).to_dict()))
+    (exp / "fit_final.json").write_text(json.dumps(FitResult(domains=("instruct", "math"), params=symmetric, diagnostics=()).to_dict()))
+    assert main([*args[:3], "2000", *args[4:]]) == 0
+    counts = _counts(_read(out))
+    assert abs(counts["instruct"] - 1000) <= 80 and abs(counts["math"] - 1000) <= 80
+    assert "fit_final.json" in capsys.readouterr().err
