@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
-from mixjax.train.sharding import axis_size, current_mesh
+from mixjax.train.sharding import axis_size, constrain, current_mesh
 
 from mixjax.config_fields import neutral
 
@@ -350,7 +350,7 @@ class Block(nn.Module):
         cfg = self.config
         x = x + Attention(cfg, name="self_attn")(RMSNorm(cfg.norm_eps, name="input_layernorm")(x), positions, segment_ids)
         x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.norm_eps, name="post_attention_layernorm")(x))
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = constrain(x, ("batch", "length", "embed"))
         return x, None
 
 
