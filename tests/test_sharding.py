@@ -58,3 +58,20 @@ def test_run_exits_2_before_training_on_8_devices(tmp_path):
     assert "train.batch_size=4 cannot be split over the 8 data-parallel devices" in out.stderr
     assert "--set train.batch_size=8" in out.stderr and "train.mesh_shape=(4,1,2)" in out.stderr
     assert not list(tmp_path.rglob("checkpoints"))
+
+
+def test_a_trainer_for_a_batch_that_does_not_split_says_so_when_built():
+    """A library user building a Trainer (no config validation) gets the numbers and the
+    fix when it is built, not a shape error at the first step."""
+    code = (
+        "from mixjax.model.llama import PRESETS\n"
+        "from mixjax.train.loop import TrainConfig, Trainer\n"
+        "try:\n"
+        "    Trainer(PRESETS['demo'], TrainConfig(batch_size=4, seq_len=16, mesh_shape=(1, 8, 1)))\n"
+        "except ValueError as err:\n"
+        "    print(err)\n"
+    )
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "train.batch_size=4 cannot be split over the 8 data-parallel devices" in out.stdout

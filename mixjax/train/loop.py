@@ -37,7 +37,7 @@ from mixjax.train.errors import DataExhaustedError
 from mixjax.train.hooks import Checkpointing, Evaluation, Hook, Profile, Progress, RunRecord, StepInfo, TrainMetrics, run_hooks
 from mixjax.train.metrics import RunMetrics, peak_flops
 from mixjax.train.optimizer import OptimizerConfig, make_optimizer, steps_for_budget
-from mixjax.train.sharding import LOGICAL_RULES, make_mesh
+from mixjax.train.sharding import LOGICAL_RULES, batch_split_error, make_mesh
 from mixjax.train.step import TrainState, eval_step, init_state, resolve_loss_chunk, train_step
 
 BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
@@ -115,6 +115,8 @@ class Trainer:
         self.model, self.cfg = model, cfg
         self.loss_chunk = resolve_loss_chunk(model, cfg.loss_chunk)
         self.mesh = make_mesh(cfg.mesh_shape, devices)
+        if (error := batch_split_error(cfg.batch_size, cfg.mesh_shape, self.mesh.size)) is not None:
+            raise ValueError(error)  # else jax fails at the first step, naming a shape, not the fix
         self.tx = make_optimizer(cfg.optimizer)
         self.traces: collections.Counter[str] = collections.Counter()
         init = functools.partial(init_state, model, self.tx)
