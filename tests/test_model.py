@@ -111,3 +111,39 @@ def test_demo_preset_runs_float32_unrolled():
     demo = PRESETS["demo"]
     assert (demo.dtype, demo.scan_layers) == ("float32", False)
     assert PRESETS["llama3.2-1b"].remat == "dots_with_no_batch_dims" and PRESETS["llama3.2-1b"].scan_layers
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_cpu_projections_give_autodiff_gradients(monkeypatch, qkv_bias):
+    """On CPU the projections run through a matmul with its own backward pass (row-major
+    operands only, for XLA:CPU's speed): the loss and every gradient equal autodiff's."""
+    import mixjax.model.llama as llama
+
+    assert llama.projection_dot_general() is llama.cpu_dot_general  # the tests run on CPU
+    cfg = dataclasses.replace(CONFIG, qkv_bias=qkv_bias, tie_embeddings=False)
+    tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, cfg.vocab_size)
+    positions = jnp.tile(jnp.arange(16), (2, 1))
+    segments = jnp.ones((2, 16), jnp.int32)
+    params = Decoder(cfg).init(jax.random.key(0), tokens, positions, segments)["params"]
+
+    def loss_and_grads():
+        loss = lambda p: jnp.mean(Decoder(cfg).apply({"params": p}, tokens, positions, segments) ** 2)
+        return jax.value_and_grad(loss)(params)
+
+    ours = loss_and_grads()
+    monkeypatch.setattr(llama, "projection_dot_general", lambda: None)  # lax.dot_general and autodiff
+    theirs = loss_and_grads()
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(nn.unbox(ours[1])), jax.tree.leaves(nn.unbox(theirs[1]))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_cpu_dot_general_passes_other_contractions_to_lax():
+    from mixjax.model.llama import cpu_dot_general
+
+    x, w = jax.random.normal(jax.random.key(0), (3, 4, 5)), jax.random.normal(jax.random.key(1), (3, 5, 2))
+    batched = (((2,), (1,)), ((0,), (0,)))  # a batch dimension: not a projection
+    np.testing.assert_array_equal(cpu_dot_general(x, w, batched), jax.lax.dot_general(x, w, batched))
+    y = jax.random.normal(jax.random.key(2), (4, 5, 6))
+    two = (((2, 1), (1, 0)), ((), ()))  # contracting dims out of order
+    np.testing.assert_allclose(cpu_dot_general(x, y, two), jax.lax.dot_general(x, y, two), rtol=1e-6)
