@@ -1,9 +1,13 @@
-"""Persistent JAX compilation cache: compile the fit (and other jitted code) once per machine.
+"""Compile the fit (and other jitted code) once per machine, and its first call fast.
 
-``enable_compilation_cache()`` points JAX's persistent cache at a user cache directory
-(``$XDG_CACHE_HOME/mixjax/jax`` or ``~/.cache/mixjax/jax``). ``MIXJAX_CACHE_DIR`` moves
-it; an empty ``MIXJAX_CACHE_DIR`` turns it off. A second process then loads the compiled
-executables instead of compiling them again (tracing still runs).
+- ``enable_compilation_cache()`` points JAX's persistent cache at a user cache directory
+  (``$XDG_CACHE_HOME/mixjax/jax`` or ``~/.cache/mixjax/jax``). ``MIXJAX_CACHE_DIR`` moves
+  it; an empty ``MIXJAX_CACHE_DIR`` turns it off.
+- :func:`compiled` / :func:`cached_call`: the fit's and the solve's programs, traced once,
+  exported next to the cache (a later process skips Python tracing too) and compiled
+  ahead of time, so a thread can compile one while the caller computes.
+- :data:`SMALL_PROGRAM` / :func:`options_for`: XLA options that compile small programs
+  several times faster (README, Benchmarks: where a first call's time goes).
 """
 
 from __future__ import annotations

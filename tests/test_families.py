@@ -109,7 +109,9 @@ def test_transfer_law_recovered_from_a_swarm_with_zero_tokens_and_an_unmeasured_
     table = RunTable(DOMAINS, tokens, loss, tuple(range(2, 18)), "swarm")
     fit = fit_table(table, jax.random.key(1), CFG)
     assert fit.measured == (True, True, False)
-    assert any("c: loss never measured" in n for n in fit.notes)
+    from mixjax.mixing.fit.diagnostics import UNMEASURED_NOTE
+
+    assert fit.diagnostics[2].notes == [UNMEASURED_NOTE] and not any("never measured" in n for n in fit.notes)  # said once
     assert fit.family == "transfer" and fit.scores["transfer"]["rmse"] < 0.02
     pred = predict_losses(fit, np.array([[1.0, 1.0, 1.0], [0.0, 2.0, 1.0]]))
     assert np.all(np.isnan(pred[:, 2]))

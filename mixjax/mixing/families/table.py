@@ -123,8 +123,7 @@ def fit_table(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> Fami
     measured_cols = counts >= 3
     if not measured_cols.any():
         raise ValueError(f"{table.source}: no domain has a measured loss")
-    notes = [f"{d}: loss never measured: no law, importance 0; its tokens still transfer to the others"
-             for d, ok in zip(table.domains, measured_cols) if not ok]
+    notes = []  # an unmeasured domain says so once, in its diagnostics (unmeasured_diagnostics)
     scale = float(np.median(tokens.sum(axis=1)))
     x = tokens / scale
     key_fold, key_fit = jax.random.split(key)
