@@ -54,6 +54,7 @@ BASE = "tokens.a,tokens.b,loss.a,loss.b\n1,1,2.0,2.0\n0.5,1,2.1,\n2,1,1.9,\n1,0.
         ("tokens.a,tokens.b,loss.a,loss.b\n1,0.5,,2.1\n1,2,,1.9\n0.5,1,2.1,\n2,1,1.9,\n", "domain a has 2 runs with a measured loss"),
         ("loss.a\n1\n", "no tokens.<domain> columns"),
         (BASE.replace("2,1,1.9", "2,1,abc"), "loss.a is not a number"),
+        ("tokens.a,loss.a\n1,2.0\n0.5,2.1\n2,1.9\n", "runs.csv: 1 domain (a): a mixture needs at least 2"),
     ],
 )
 def test_cli_bad_tables_exit_2_with_one_line(tmp_path, capsys, text, message):

@@ -213,8 +213,11 @@ def optimise_mixture(
     (same fit, same keys: ``key`` drives both the fit and the analysis).
 
     Raises:
-      ValueError: an infeasible budget (before the fit) or a table the fit cannot use.
+      ValueError: a table of fewer than 2 domains, an infeasible budget (both before the
+        fit) or a table the fit cannot use.
     """
+    if len(table.domains) < 2:
+        raise ValueError(f"{table.source}: {len(table.domains)} domain ({', '.join(table.domains)}): a mixture needs at least 2")
     key = jax.random.key(0) if key is None else key
     constraints = constraints or Constraints.create(len(table.domains), importance=table.measured.astype(float))
     for budget in budgets:  # fail before the (slow) fit
