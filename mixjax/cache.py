@@ -29,8 +29,9 @@ ENV = "MIXJAX_CACHE_DIR"
 
 # XLA compile options for small programs (the fit's and the solve's loops over a few
 # dozen numbers), where optimising costs seconds of compile time and saves milliseconds
-# of run time. On a 2-core CPU the 5-domain family fit compiles in 0.8 s of CPU time
-# instead of 4.5 s with XLA's defaults (benchmarks/fit_solve.py has the whole-call figures).
+# of run time. On a 2-core CPU the 5-domain family fit compiles in 0.9 s of CPU time
+# (0.7 s wall) instead of 5.2 s (2.9 s) with XLA's defaults (benchmarks/fit_solve.py has
+# the whole-call figures).
 SMALL_PROGRAM = {
     "xla_backend_optimization_level": 0,
     "xla_llvm_disable_expensive_passes": True,
