@@ -92,19 +92,21 @@ def package_fingerprint() -> str:
 
 
 def source_fingerprint(root: Path) -> str:
-    """sha256 (16 hex digits) of the JAX version, mixjax's version and the bytes of every
-    ``.py`` file under ``root`` (by relative path, sorted): any edit to the package makes
-    new export keys, whichever module the edit is in."""
-    digest = hashlib.sha256(f"jax {jax.__version__}|mixjax {_version()}".encode())
+    """sha256 (16 hex digits) of the versions of jax and the libraries the programs call
+    (optax, flax, jaxopt), mixjax's version and the bytes of every ``.py`` file under
+    ``root`` (by relative path, sorted): any edit to the package, or an upgrade, makes new
+    export keys, whichever module the edit is in."""
+    versions = "|".join(f"{p} {_version(p)}" for p in ("jax", "jaxlib", "optax", "flax", "jaxopt", "mixjax"))
+    digest = hashlib.sha256(versions.encode())
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
-def _version() -> str:
+def _version(package: str) -> str:
     try:
-        return importlib.metadata.version("mixjax")
-    except importlib.metadata.PackageNotFoundError:  # imported from a checkout, not installed
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:  # e.g. mixjax imported from a checkout
         return "uninstalled"
 
 
@@ -114,7 +116,23 @@ _LOCK = threading.Lock()
 
 
 def _is_64bit(shape: jax.ShapeDtypeStruct) -> bool:
-    return np.dtype(shape.dtype).itemsize == 8 and np.dtype(shape.dtype).kind in "fiuc"
+    dtype = np.dtype(shape.dtype)
+    return dtype.itemsize == (16 if dtype.kind == "c" else 8) and dtype.kind in "fiuc"
+
+
+def _function_id(fn) -> str:
+    """What ``fn`` is, stable across processes: its qualified name, and the arguments a
+    ``functools.partial`` binds (two functions under one program name never share a key)."""
+    if isinstance(fn, functools.partial):
+        return f"{_function_id(fn.func)}({fn.args!r}, {sorted(fn.keywords.items())!r})"
+    fn = getattr(fn, "__wrapped__", fn) if _is_jit(fn) else fn
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+
+
+def _is_jit(fn) -> bool:
+    """A ``jax.jit`` wrapper (whose ``__wrapped__`` is the function it compiles; other
+    transformations, e.g. ``jax.grad``, also set ``__wrapped__`` to what they transform)."""
+    return hasattr(fn, "lower") and hasattr(fn, "__wrapped__")
 
 
 def compiled(name: str, fn, args, static: str = "", directory: str | Path | None = None,
@@ -123,10 +141,12 @@ def compiled(name: str, fn, args, static: str = "", directory: str | Path | None
     of such arguments (the same pytree structure) giving ``fn``'s output.
 
     ``fn``: a pure function of array pytrees (or its ``jax.jit``; static arguments bound
-    with ``functools.partial`` and named by ``static``, their repr). ``args``: arrays or
+    with ``functools.partial``, which are part of the key, as is the function's qualified
+    name; ``static``: anything else the program depends on). ``args``: arrays or
     ``jax.ShapeDtypeStruct`` leaves; nothing is run, so a thread can compile a program
     while the caller computes its inputs (the GIL is released while XLA compiles).
-    64-bit leaves are lowered with float64 on, in any thread.
+    The program is lowered and called with float64 on exactly when a leaf is 64-bit
+    (jax's x64 flag is per thread; a caller's setting does not carry into a worker).
 
     Compiled once per process and key (``name``, ``static``, shapes/dtypes,
     ``compiler_options``). With the compilation cache on, the first process also exports
@@ -141,7 +161,8 @@ def compiled(name: str, fn, args, static: str = "", directory: str | Path | None
     # Arrays keep their dtype (a thread without float64 on must not canonicalise it away).
     shapes = [jax.ShapeDtypeStruct(np.shape(a), a.dtype if hasattr(a, "dtype") else jax.numpy.result_type(a)) for a in leaves]
     path = directory or jax.config.jax_compilation_cache_dir
-    ident = f"{name}|{static}|{treedef}|{shapes}|{sorted((compiler_options or {}).items())}"
+    ident = (f"{name}|{_function_id(fn)}|{static}|{treedef}|{shapes}|{sorted((compiler_options or {}).items())}"
+             f"|{jax.default_backend()}")  # an export is for one platform
     key, x64 = (ident, str(path)), any(map(_is_64bit, shapes))
     with _LOCK:  # one compile per key, also when threads ask for it at once
         lock = _KEY_LOCKS.setdefault(key, threading.Lock())
@@ -164,7 +185,7 @@ def _compile(name, fn, treedef, shapes, ident, path, compiler_options):
     """(output treedef, AOT executable of the flattened ``fn``), via an export file when ``path``."""
     from jax import export
 
-    inner = getattr(fn, "__wrapped__", fn)  # a jit with compiler options cannot nest
+    inner = fn.__wrapped__ if _is_jit(fn) else fn  # a jit with compiler options cannot nest
     out_trees = []  # filled while tracing: ``fn`` is traced once
 
     def flat(*xs):  # plain lists in and out: custom pytrees need no serialization rules
@@ -176,10 +197,10 @@ def _compile(name, fn, treedef, shapes, ident, path, compiler_options):
     if path:
         key = hashlib.sha256(f"{ident}|{package_fingerprint()}".encode()).hexdigest()[:24]
         file = Path(path) / f"mixjax-export-{name}-{key}.bin"
-        if file.exists():
-            out_tree, blob = pickle.loads(file.read_bytes())
-            out_trees.append(out_tree)
-            program = export.deserialize(bytearray(blob)).call
+        loaded = _read_export(file)
+        if loaded is not None:
+            out_trees.append(loaded[0])
+            program = loaded[1].call
         else:
             exported = export.export(program)(*shapes)
             program = exported.call
@@ -190,6 +211,18 @@ def _compile(name, fn, treedef, shapes, ident, path, compiler_options):
                 pass  # the cache directory is read-only or full: this process still uses the export
     executable = jax.jit(program, compiler_options=compiler_options).lower(*shapes).compile()
     return out_trees[0], executable
+
+
+def _read_export(file: Path):
+    """(output treedef, Exported) from an export file; None if it is missing or unreadable
+    (a truncated or foreign file is exported again, not an error)."""
+    from jax import export
+
+    try:
+        out_tree, blob = pickle.loads(file.read_bytes())
+        return out_tree, export.deserialize(bytearray(blob))
+    except Exception:  # missing, truncated or foreign: exported again from the source
+        return None
 
 
 def cached_call(name: str, fn, args, static: str = "", directory: str | Path | None = None,

@@ -132,3 +132,35 @@ def test_a_first_fit_compiles_a_few_programs_not_every_operation(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     compiles = int(out.stdout.split("compiles")[-1])
     assert compiles <= 30, compiles
+
+
+def test_compiled_runs_the_function_it_was_given(tmp_path):
+    """Only a jit is unwrapped: a jax.grad, a jax.vmap or a decorated function is compiled
+    as itself, and two functions under one program name do not share a program."""
+    import functools
+
+    x = np.array([1.0, 2.0, 3.0], np.float32)
+    np.testing.assert_allclose(cache.cached_call("grad", jax.grad(lambda a: (a**2).sum()), (x,), directory=tmp_path), 2 * x)
+    np.testing.assert_allclose(cache.cached_call("vmap", jax.vmap(jnp.sum), (np.ones((3, 4), np.float32),), directory=tmp_path), [4.0] * 3)
+
+    def times_ten(f):
+        @functools.wraps(f)
+        def wrapped(a):
+            return 10 * f(a)
+        return wrapped
+
+    np.testing.assert_allclose(cache.cached_call("decorated", times_ten(lambda a: a + 1), (x,), directory=tmp_path), 10 * (x + 1))
+    add = lambda a, b: a + b
+    np.testing.assert_allclose(cache.cached_call("same", functools.partial(add, b=1.0), (x,)), x + 1)
+    np.testing.assert_allclose(cache.cached_call("same", functools.partial(add, b=100.0), (x,)), x + 100)
+    np.testing.assert_allclose(cache.cached_call("same", lambda a: a * 3, (x,)), 3 * x)
+
+
+def test_an_unreadable_export_is_exported_again(tmp_path, monkeypatch):
+    x = np.arange(3.0, dtype=np.float32)
+    cache.cached_call("twice", lambda a: a * 2, (x,), directory=tmp_path)
+    [file] = tmp_path.glob("mixjax-export-twice-*.bin")
+    file.write_bytes(b"truncated")
+    monkeypatch.setattr(cache, "_COMPILED", {})  # as a fresh process
+    np.testing.assert_allclose(cache.cached_call("twice", lambda a: a * 2, (x,), directory=tmp_path), 2 * x)
+    assert file.read_bytes() != b"truncated"

@@ -113,6 +113,7 @@ def test_demo_preset_runs_float32_unrolled():
     assert PRESETS["llama3.2-1b"].remat == "dots_with_no_batch_dims" and PRESETS["llama3.2-1b"].scan_layers
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU projection path")
 @pytest.mark.parametrize("qkv_bias", [False, True])
 def test_cpu_projections_give_autodiff_gradients(monkeypatch, qkv_bias):
     """On CPU the projections run through a matmul with its own backward pass (row-major

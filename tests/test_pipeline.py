@@ -560,10 +560,14 @@ def test_plan_records_token_counts_that_solve_and_report_read(tmp_path, monkeypa
     plan = json.loads((exp / "plan.json").read_text())
     assert set(plan["available"]) == {"instruct", "math"} and all(v > 6000 for v in plan["available"].values())
     (exp / "fit.json").write_text((Path(__file__).parent / "fixtures" / "tiny_fit.json").read_text())
+    stale = ("fit_final.json", "solution_final.json", "selection.json")  # an earlier solve's probe outcome
+    for name in stale:
+        (exp / name).write_text("{}")
 
     calls.clear()
     assert _main(["--stages", "solve"], tmp_path, fake) == 0
     assert calls == []  # solve: constraints from plan.json, validation plan written once
+    assert not any((exp / name).exists() for name in stale)  # a new solve is the answer until probes refit it
     recorded = json.loads((exp / "validation_plan.json").read_text())
     assert [r["label"] for r in recorded["runs"]] == ["optimal", "uniform"]
     assert _main(["--stages", "validate"], tmp_path, fake) == 0  # trains: tokenizes

@@ -75,3 +75,22 @@ def test_a_trainer_for_a_batch_that_does_not_split_says_so_when_built():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "train.batch_size=4 cannot be split over the 8 data-parallel devices" in out.stdout
+
+
+def test_constrain_places_by_the_rules_and_leaves_what_does_not_split(monkeypatch):
+    """The blocks' activation constraint: batch over (data, fsdp) under the rules; a batch
+    the devices do not divide stays whole; no rules, no constraint (as flax's)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+    from jax.sharding import AbstractMesh
+
+    from mixjax.train import sharding
+
+    monkeypatch.setattr(sharding, "current_mesh", lambda: AbstractMesh((2, 4, 1), ("data", "fsdp", "tensor")))
+    specs = lambda x: [str(e.params["sharding"].spec) for e in jax.make_jaxpr(
+        lambda a: sharding.constrain(a, ("batch", "length", "embed")))(x).eqns]
+    assert specs(jnp.ones((8, 3, 6))) == []
+    with nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        assert specs(jnp.ones((8, 3, 6))) == ["P(('data', 'fsdp'), None, None)"]
+        assert specs(jnp.ones((3, 3, 6))) == ["P(None, None, None)"]

@@ -164,7 +164,7 @@ def rescale_units(params: AnyLawParams, scale: Array | float) -> AnyLawParams:
 
 
 def evaluate(fn, *args) -> np.ndarray:
-    """``fn(*args)`` for a function of this module, in float64 on the host (numpy out).
+    """``fn(*args)`` for a function of this module, in float64, as a numpy array.
 
     For reports, diagnostics and predictions outside jitted code: one small compiled
     program per function and argument shapes, where calling the jnp functions eagerly

@@ -26,19 +26,6 @@ def huber_objective(residual: Array, weight: Array, delta: float) -> Array:
     return jnp.sum(jnp.where(weight > 0, weight * values, 0.0)) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def _solve_small(a: Array, b: Array) -> Array:
-    """Gaussian elimination without pivoting for small SPD-ish systems (a is damped)."""
-    n = a.shape[-1]
-    a = jnp.concatenate([a, b[:, None]], axis=1)
-    for i in range(n):
-        pivot = a[i, i]
-        pivot = jnp.where(jnp.abs(pivot) > 1e-300, pivot, 1e-300)
-        row = a[i] / pivot
-        a = a - jnp.outer(a[:, i], row).at[i].set(0.0)
-        a = a.at[i].set(row)
-    return a[:, n]
-
-
 def box_lm(
     residuals: Residuals,
     x0: Array,

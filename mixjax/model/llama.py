@@ -278,11 +278,14 @@ _cpu_matmul.defvjp(_cpu_matmul_fwd, _cpu_matmul_bwd)
 
 def cpu_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None, preferred_element_type=None) -> Array:
     """``lax.dot_general`` for the projections on CPU: a contraction of ``lhs``'s trailing
-    dims with ``rhs``'s leading dims (every Dense/DenseGeneral here) goes through
-    :func:`_cpu_matmul` as one 2-D matmul; anything else to ``lax.dot_general``."""
+    dims with ``rhs``'s leading dims (every Dense/DenseGeneral here), operands of one dtype,
+    no precision or preferred type, goes through :func:`_cpu_matmul` as one 2-D matmul;
+    anything else to ``lax.dot_general``."""
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
     n = len(lhs_contract)
-    if lhs_batch or rhs_batch or tuple(lhs_contract) != tuple(range(lhs.ndim - n, lhs.ndim)) or tuple(rhs_contract) != tuple(range(n)):
+    plain = precision is None and preferred_element_type is None and lhs.dtype == rhs.dtype
+    if not plain or lhs_batch or rhs_batch or tuple(lhs_contract) != tuple(range(lhs.ndim - n, lhs.ndim)) \
+            or tuple(rhs_contract) != tuple(range(n)):
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=preferred_element_type)
     k = math.prod(lhs.shape[lhs.ndim - n:])
     out = _cpu_matmul(lhs.reshape(-1, k), rhs.reshape(k, -1))

@@ -402,6 +402,8 @@ class Pipeline:
         probes = selection.propose_probes(fit, float(self.validate_budget), constraints, key)
         solution["probes"] = {name: np.asarray(w, np.float64).tolist() for name, w in probes.items()}
         self.store.write_json("solution.json", solution)
+        # The previous solve's probe outcome refitted another fit: it no longer answers.
+        self.store.discard("fit_final.json", "solution_final.json", "selection.json")
         for budget, w in solution["weights"].items():
             self.store.log(f"solve N={float(budget):,.0f}: " + ", ".join(f"{n}={x:.3f}" for n, x in zip(fit.domains, w)))
         for name, w in solution["probes"].items():

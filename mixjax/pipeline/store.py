@@ -130,6 +130,12 @@ class RunStore:
         if self.primary:
             write_json_atomic(self.run_dir(name) / "failed.json", {"error": f"{type(error).__name__}: {error}"})
 
+    def discard(self, *names: str) -> None:
+        """Delete experiment files (``path(name)``) that no longer hold, if present."""
+        if self.primary:
+            for name in names:
+                self.path(name).unlink(missing_ok=True)
+
     def remove(self, name: str) -> None:
         if self.primary:
             shutil.rmtree(self.run_dir(name), ignore_errors=True)

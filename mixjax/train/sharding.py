@@ -88,15 +88,15 @@ def current_mesh() -> Mesh | AbstractMesh | None:
 def constrain(x: jax.Array, logical_axes: tuple[str, ...]) -> jax.Array:
     """``x`` placed on the mesh the step is traced under as its logical axes say (rules:
     flax's ``logical_axis_rules`` context), a dimension left unsplit where its size does
-    not divide its mesh axes; unchanged outside a mesh or on one device.
+    not divide its mesh axes; unchanged outside a mesh, on one device or without rules.
 
     flax's ``nn.with_logical_constraint`` sees only ``jax.set_mesh``'s mesh, so under the
     Trainer's ``with mesh:`` it constrained nothing and XLA chose the activations'
     placement by itself (with FSDP it may split them along ``embed`` instead of the batch).
     """
     mesh = current_mesh()
-    if mesh is None or mesh.size == 1:
-        return x
+    if mesh is None or mesh.size == 1 or not nn.get_logical_axis_rules():
+        return x  # no rules: no placement to impose (as flax's)
     axes = nn.logical_to_mesh_axes(logical_axes)
     spec = [a if a is None or n % axis_size(mesh, a) == 0 else None for a, n in zip(axes, x.shape)]
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))

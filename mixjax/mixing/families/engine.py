@@ -253,6 +253,6 @@ def fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num_
         oof = np.full((r, num_d), np.nan)
         for f in range(num_folds):
             held = folds == f
-            oof[held] = fold_fitted[g, :, f, held]
+            oof[held] = fold_fitted[g, :, f, held]  # (held runs, D): numpy puts the split advanced indices first
         out[name] = (full[g], oof, fitted[g].T)
     return out

@@ -138,8 +138,8 @@ def fit_table(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> Fami
     with ThreadPoolExecutor(max_workers=1) as ahead, jax.enable_x64(True):
         # Compile the families' programs (paper and transfer share one) while the two-stage
         # start runs: XLA compiles without the GIL, and compiling is most of a first call.
-        for group in dict.fromkeys(("exp",) if f == "exp" else ("paper",) for f in order):
-            ahead.submit(compile_group, group, x, losses, measured_cols, folds, num_folds, cfg)
+        compiling = [ahead.submit(compile_group, group, x, losses, measured_cols, folds, num_folds, cfg)
+                     for group in dict.fromkeys(("exp",) if f == "exp" else ("paper",) for f in order)]
         warm, noise = _two_stage_start(table, measured_cols, scale, key_fit, cfg)
         for family in order:
             start = time.perf_counter()
@@ -152,6 +152,8 @@ def fit_table(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> Fami
             fulls[family] = full
             scores[family] = score(target, oof) | {"extrapolates": EXTRAPOLATES[family], "seconds": seconds}
             errors[family] = oof - target
+        for job in compiling:
+            job.result()  # a compile that failed in the thread (its fit compiled it again) is not lost
         scores = {f: scores[f] for f in families}
     if cfg.reference_gbm and num_folds:
         start = time.perf_counter()
