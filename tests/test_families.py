@@ -215,3 +215,20 @@ def test_diagnostics_flag_beta_at_its_bound_and_large_leave_one_out_errors():
     oof = np.where(np.isnan(table.losses[:, measured]), np.nan, 0.05 * table.losses[:, measured])  # 5% errors
     loose = _diagnostics(fit, table, oof, measured)
     assert all(d.poorly_identified and "leave-one-out error 5.00% exceeds 1.00%" in d.notes[-1] for d in loose)
+
+
+def test_a_compile_that_fails_ahead_is_not_lost(monkeypatch):
+    """The families' programs compile in a worker thread; its error reaches the caller."""
+    import mixjax.mixing.families.table as table_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("compile failed in the worker")
+
+    monkeypatch.setattr(table_module, "compile_group", broken)
+    from mixjax.mixing.design import perturbation_runs
+
+    tokens = perturbation_runs(np.ones(3))
+    table = RunTable(DOMAINS, tokens, losses_of(TRUE, tokens), tuple(range(2, 2 + len(tokens))), "design")
+    with pytest.raises(RuntimeError, match="compile failed in the worker"):
+        fit_table(table, jax.random.key(0), CFG)
+

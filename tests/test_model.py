@@ -148,3 +148,8 @@ def test_cpu_dot_general_passes_other_contractions_to_lax():
     y = jax.random.normal(jax.random.key(2), (4, 5, 6))
     two = (((2, 1), (1, 0)), ((), ()))  # contracting dims out of order
     np.testing.assert_allclose(cpu_dot_general(x, y, two), jax.lax.dot_general(x, y, two), rtol=1e-6)
+    plain = (((2,), (0,)), ((), ()))
+    a, b = x.astype(jnp.bfloat16), jax.random.normal(jax.random.key(3), (5, 2)).astype(jnp.bfloat16)
+    wide = cpu_dot_general(a, b, plain, preferred_element_type=jnp.float32)  # a preferred type: lax's
+    assert wide.dtype == jnp.float32
+    np.testing.assert_array_equal(wide, jax.lax.dot_general(a, b, plain, preferred_element_type=jnp.float32))
