@@ -50,11 +50,9 @@ def options_for(work: int) -> dict | None:
     return SMALL_PROGRAM if work < SMALL_WORK else None
 
 
-def small_program_jit(fn=None, **jit_kwargs):
+def small_program_jit(fn):
     """``jax.jit`` with :data:`SMALL_PROGRAM` compile options (usable as a decorator)."""
-    if fn is None:
-        return functools.partial(small_program_jit, **jit_kwargs)
-    return jax.jit(fn, compiler_options=SMALL_PROGRAM, **jit_kwargs)
+    return jax.jit(fn, compiler_options=SMALL_PROGRAM)
 
 
 def cache_dir() -> Path | None:
@@ -125,31 +123,31 @@ def _function_id(fn) -> str:
     ``functools.partial`` binds (two functions under one program name never share a key)."""
     if isinstance(fn, functools.partial):
         return f"{_function_id(fn.func)}({fn.args!r}, {sorted(fn.keywords.items())!r})"
-    fn = getattr(fn, "__wrapped__", fn) if _is_jit(fn) else fn
+    fn = _unjit(fn)
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
-def _is_jit(fn) -> bool:
-    """A ``jax.jit`` wrapper (whose ``__wrapped__`` is the function it compiles; other
-    transformations, e.g. ``jax.grad``, also set ``__wrapped__`` to what they transform)."""
-    return hasattr(fn, "lower") and hasattr(fn, "__wrapped__")
+def _unjit(fn):
+    """The function a ``jax.jit`` wrapper compiles (a jit with compiler options cannot be
+    nested in another); anything else as it is (``jax.grad`` and other transformations
+    also set ``__wrapped__``, to what they transform)."""
+    return fn.__wrapped__ if hasattr(fn, "lower") and hasattr(fn, "__wrapped__") else fn
 
 
-def compiled(name: str, fn, args, static: str = "", directory: str | Path | None = None,
-             compiler_options: dict | None = SMALL_PROGRAM):
+def compiled(name: str, fn, args, directory: str | Path | None = None, compiler_options: dict | None = SMALL_PROGRAM):
     """``fn`` compiled ahead of time for arguments shaped like ``args``; returns a function
     of such arguments (the same pytree structure) giving ``fn``'s output.
 
-    ``fn``: a pure function of array pytrees (or its ``jax.jit``; static arguments bound
-    with ``functools.partial``, which are part of the key, as is the function's qualified
-    name; ``static``: anything else the program depends on). ``args``: arrays or
+    ``fn``: a pure function of array pytrees (or its ``jax.jit``), static arguments bound
+    with ``functools.partial``. ``args``: arrays or
     ``jax.ShapeDtypeStruct`` leaves; nothing is run, so a thread can compile a program
     while the caller computes its inputs (the GIL is released while XLA compiles).
     The program is lowered and called with float64 on exactly when a leaf is 64-bit
     (jax's x64 flag is per thread; a caller's setting does not carry into a worker).
 
-    Compiled once per process and key (``name``, ``static``, shapes/dtypes,
-    ``compiler_options``). With the compilation cache on, the first process also exports
+    Compiled once per process and key: ``name``, the function's qualified name and the
+    arguments a ``partial`` binds, shapes/dtypes, ``compiler_options`` and the backend.
+    With the compilation cache on, the first process also exports
     the traced function (``jax.export``, StableHLO) next to the cache, keyed as well by
     :func:`package_fingerprint`; later processes deserialize it (no Python tracing) and
     load the executable from the cache. Errors of tracing, export or compilation
@@ -161,7 +159,7 @@ def compiled(name: str, fn, args, static: str = "", directory: str | Path | None
     # Arrays keep their dtype (a thread without float64 on must not canonicalise it away).
     shapes = [jax.ShapeDtypeStruct(np.shape(a), a.dtype if hasattr(a, "dtype") else jax.numpy.result_type(a)) for a in leaves]
     path = directory or jax.config.jax_compilation_cache_dir
-    ident = (f"{name}|{_function_id(fn)}|{static}|{treedef}|{shapes}|{sorted((compiler_options or {}).items())}"
+    ident = (f"{name}|{_function_id(fn)}|{treedef}|{shapes}|{sorted((compiler_options or {}).items())}"
              f"|{jax.default_backend()}")  # an export is for one platform
     key, x64 = (ident, str(path)), any(map(_is_64bit, shapes))
     with _LOCK:  # one compile per key, also when threads ask for it at once
@@ -185,7 +183,7 @@ def _compile(name, fn, treedef, shapes, ident, path, compiler_options):
     """(output treedef, AOT executable of the flattened ``fn``), via an export file when ``path``."""
     from jax import export
 
-    inner = fn.__wrapped__ if _is_jit(fn) else fn  # a jit with compiler options cannot nest
+    inner = _unjit(fn)
     out_trees = []  # filled while tracing: ``fn`` is traced once
 
     def flat(*xs):  # plain lists in and out: custom pytrees need no serialization rules
@@ -225,7 +223,6 @@ def _read_export(file: Path):
         return None
 
 
-def cached_call(name: str, fn, args, static: str = "", directory: str | Path | None = None,
-                compiler_options: dict | None = SMALL_PROGRAM):
+def cached_call(name: str, fn, args, directory: str | Path | None = None, compiler_options: dict | None = SMALL_PROGRAM):
     """``fn(*args)`` through :func:`compiled` (same arguments)."""
-    return compiled(name, fn, args, static, directory, compiler_options)(*args)
+    return compiled(name, fn, args, directory, compiler_options)(*args)

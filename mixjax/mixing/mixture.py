@@ -25,7 +25,7 @@ from mixjax.mixing.fit import FitConfig, FitResult
 from mixjax.mixing.fit.table import fit_run_table
 from mixjax.mixing.runs import RunTable
 from mixjax.mixing.law import AnyLawParams, evaluate, mixture_losses, total_loss
-from mixjax.mixing.solve import Constraints, check_feasible, solve_sweep, weight_bounds
+from mixjax.mixing.solve import Constraints, check_feasible, host_weight_bounds, solve_sweep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +177,7 @@ def _with_warnings(rows, constraints: Constraints, domains, jump: float, max_int
     out = list(rows)
     for pos, r in enumerate(order):
         b = rows[r]
-        lo, hi = weight_bounds(jax.tree.map(lambda a: np.asarray(a, np.float64), constraints), b.budget, xp=np)
+        lo, hi = host_weight_bounds(constraints, b.budget)
         why = []
         for i, name in enumerate(domains):
             if b.weights[i] <= lo[i] + 1e-6 and lo[i] == 0:

@@ -23,7 +23,7 @@ from mixjax.mixing.families import FamilyFitResult, fit_table, predict_losses
 from mixjax.mixing.fit import FitConfig, FitResult
 from mixjax.mixing.mixture import objective_value
 from mixjax.mixing.runs import RunTable
-from mixjax.mixing.solve import Constraints, solve_sweep, weight_bounds
+from mixjax.mixing.solve import Constraints, host_weight_bounds, solve_sweep
 
 MAX_DISTANCE = 0.05  # half-L1 between candidate optima
 MAX_REGRET = 0.005  # relative regret of one candidate's optimum under another
@@ -96,7 +96,7 @@ def propose_probes(
     k = len(fit.domains)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
     draws = rng.dirichlet(np.ones(k), 4096)
-    lo, hi = weight_bounds(jax.tree.map(lambda a: np.asarray(a, np.float64), constraints), budget, xp=np)
+    lo, hi = host_weight_bounds(constraints, budget)
     draws = draws[np.all((draws >= lo - 1e-12) & (draws <= hi + 1e-12), axis=1)]
     if len(draws):
         preds = np.stack([predict_losses(dataclasses.replace(fit, family=v, params=fit.variants[v]), draws * budget)

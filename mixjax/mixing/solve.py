@@ -105,15 +105,21 @@ def _project_bounded_simplex_jvp(primals, tangents):
 
 def weight_bounds(constraints: Constraints, budget, xp=jnp) -> tuple[Array, Array]:
     """Box of the feasible weights at ``budget``: ``lower <= w <= min(upper, D / N)``.
-    ``xp``: the array module (``numpy`` for host-side checks: no per-op compiles)."""
+    ``xp``: the array module (numpy: :func:`host_weight_bounds`)."""
     limited = xp.isfinite(constraints.available)
     share = xp.where(limited, constraints.available, 1.0) / budget  # NaN-free gradient in N
     return constraints.lower, xp.where(limited, xp.minimum(constraints.upper, share), constraints.upper)
 
 
+def host_weight_bounds(constraints: Constraints, budget: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`weight_bounds` as float64 numpy, for checks outside jitted code (jnp ops
+    run eagerly would each compile)."""
+    return weight_bounds(jax.tree.map(lambda a: np.asarray(a, np.float64), constraints), budget, xp=np)
+
+
 def check_feasible(constraints: Constraints, budget: float, domains=None) -> None:
     """Raise ValueError, naming the cause, when no weights satisfy the constraints."""
-    lo, hi = weight_bounds(jax.tree.map(lambda a: np.asarray(a, np.float64), constraints), budget, xp=np)
+    lo, hi = host_weight_bounds(constraints, budget)
     names = list(domains) if domains is not None else [str(i) for i in range(len(lo))]
     for name, a, b in zip(names, lo, hi):
         if a > b:

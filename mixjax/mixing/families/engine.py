@@ -223,8 +223,7 @@ def _program(args: tuple, statics: dict):
     """:func:`_fit_all` compiled for ``args``' shapes (:func:`mixjax.cache.compiled`)."""
     tokens, *_, starts, _, fold_masks = args  # _fit_all's order
     work = starts.shape[0] * (starts.shape[1] + fold_masks.shape[0]) * tokens.shape[0]  # lanes x runs
-    return compiled("families", functools.partial(_fit_all, **statics), args, static=repr(sorted(statics.items())),
-                    compiler_options=options_for(work))
+    return compiled("families", functools.partial(_fit_all, **statics), args, compiler_options=options_for(work))
 
 
 def compile_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num_folds, cfg: FitConfig) -> None:

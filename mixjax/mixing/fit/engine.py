@@ -220,8 +220,7 @@ def fit_instances(packed, variants, num_folds, cfg, key_fit, key_boot) -> dict[s
             {k: flat(v) for k, v in warm.items()},
         )
         work = args[0].shape[0] * num_starts * args[3].shape[1]  # instances x starts x points
-        out = cached_call("fit", functools.partial(_fit_batch, cfg=numerics), args, static=repr(numerics),
-                          compiler_options=options_for(work))
+        out = cached_call("fit", functools.partial(_fit_batch, cfg=numerics), args, compiler_options=options_for(work))
         return jax.tree.map(lambda a: np.asarray(a).reshape(*shape, *a.shape[1:]), out)
 
     losses = np.broadcast_to(packed["loss"][:, None, None], (num_d, num_v, 1, p))
