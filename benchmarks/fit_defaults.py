@@ -25,13 +25,13 @@ import jax
 import numpy as np
 from scipy.stats import spearmanr
 
-from mixjax.mixing.fit import FitConfig
-from mixjax.mixing.fit.table import fit_run_table, predict_table
+from mixjax.mixing.fit import FitConfig, TwoStageConfig, predict
+from mixjax.mixing.mixture import fit_table
 from mixjax.mixing.runs import read_run_table
 
 VARIANTS = {"families, auto (default)": FitConfig(), "family paper (joint fit)": FitConfig(family="paper"),
             "family transfer": FitConfig(family="transfer")} | {
-    f"two-stage, {procedure} stage 1, alpha {alpha}": FitConfig(family="two-stage", procedure=procedure, alpha_mode=alpha)
+    f"two-stage, {procedure} stage 1, alpha {alpha}": FitConfig(family="paper", paper_fit="two-stage", two_stage=TwoStageConfig(procedure=procedure, alpha_mode=alpha))
     for procedure, alpha in itertools.product(("mixjax", "paper"), ("prior", "fitted", "auto"))
 }
 
@@ -39,9 +39,9 @@ VARIANTS = {"families, auto (default)": FitConfig(), "family paper (joint fit)":
 def score(experiment: Path, cfg: FitConfig) -> tuple[float, float, float]:
     """(Spearman of predicted vs measured total, regret of the law's pick, mean abs rel. error)
     over the validation runs (every mixture at every seed)."""
-    fit = fit_run_table(read_run_table(experiment / "runs.csv"), jax.random.key(0), cfg)
+    fit = fit_table(read_run_table(experiment / "runs.csv"), jax.random.key(0), cfg)
     validation = read_run_table(experiment / "validation.csv")
-    predicted = np.nansum(predict_table(fit, validation.domains, validation.tokens), axis=1)
+    predicted = np.nansum(predict(fit, validation.tokens, validation.domains), axis=1)
     measured = validation.losses.sum(axis=1)
     pick = int(np.argmin(predicted))
     regret = (measured[pick] - measured.min()) / measured.min()

@@ -116,7 +116,8 @@ def reference_main(path: str) -> None:
 
 
 def main(ks=(3, 5)) -> None:
-    from mixjax.mixing.design import law_losses, perturbation_runs
+    from mixjax.mixing.design import perturbation_runs
+    from mixjax.mixing.law import evaluate, token_losses
     from mixjax.mixing.runs import write_run_table
 
     rng = np.random.default_rng(0)
@@ -128,7 +129,7 @@ def main(ks=(3, 5)) -> None:
         for k in ks:
             true = truth(k, rng)
             tokens = perturbation_runs(np.ones(k))
-            losses = law_losses(true, tokens) + rng.normal(0, 1e-4, (len(tokens), k))
+            losses = evaluate(token_losses, true, tokens) + rng.normal(0, 1e-4, (len(tokens), k))
             table = Path(tmp) / f"runs{k}.csv"
             write_run_table(table, tuple(f"d{i}" for i in range(k)), tokens, losses)
             cache = Path(tmp) / f"cache{k}"

@@ -8,7 +8,7 @@ mixtures of 17 Pile domains, all at one token budget, and measured the validatio
 13 of them. ``benchmarks/data/regmix_1m_{train,test}.csv`` are its ``data/`` files in
 mixjax's run-table format (see ``benchmarks/data/README.md``).
 
-Every law family is fitted on the 512 training runs (:func:`mixjax.mixing.families.fit_table`,
+Every law family is fitted on the 512 training runs (:func:`mixjax.mixing.mixture.fit_table`,
 default config: out-of-fold scoring included) and predicts the 256 test runs; printed:
 test RMSE and Spearman per domain and of the total (sum over the 13 measured domains),
 next to LightGBM's (RegMix's regressor: one model per domain on the 17 weights; optional
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -29,8 +28,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mixjax.mixing.families import fit_table, predict_losses, score
-from mixjax.mixing.fit import FitConfig, spearman
+from mixjax.mixing.fit import FitConfig, predict
+from mixjax.mixing.mixture import fit_table
+from mixjax.mixing.selection import score
+from mixjax.mixing.stats import spearman
 from mixjax.mixing.runs import RunTable
 
 DATA = Path(__file__).parent / "data"
@@ -73,14 +74,13 @@ def main() -> None:
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     load_avg = os.getloadavg()
-    measured = np.asarray(fit.measured)
+    measured = fit.has_law
     names = [d for d, m in zip(train.domains, measured) if m]
     predictions = {}
     for family in fit.scores:
         if family == "gbm":
             continue
-        variant = dataclasses.replace(fit, family=family, params=fit.variants.get(family, fit.params))
-        predictions[f"{family}{' (default)' if family == fit.family else ''}"] = predict_losses(variant, test.tokens)
+        predictions[f"{family}{' (default)' if family == fit.family else ''}"] = predict(fit, test.tokens, family=family)
     gbm_seconds = gbm_cpu = float("nan")
     if not args.no_gbm:
         try:

@@ -27,14 +27,15 @@ import numpy as np
 from mixjax.cache import enable_compilation_cache
 from mixjax.cli import per_domain_values
 from mixjax.mixing.export import FORMATS, export_weights
-from mixjax.mixing.families import FamilyFitResult
-from mixjax.mixing.fit import ALPHA_MODES, PROCEDURES, FitConfig
-from mixjax.mixing.fit.types import FAMILY_CHOICES
-from mixjax.mixing.fit.table import predict_table
+from mixjax.mixing.fit.config import ALPHA_MODES, FAMILY_CHOICES, PROCEDURES, FitConfig
+from mixjax.mixing.fit.result import Fit, predict
 from mixjax.mixing.mixture import MixtureReport, optimise_mixture
 from mixjax.mixing.runs import RunTableError, read_run_table
-from mixjax.mixing.selection import probe_key, propose_probes, variant_disagreement
 from mixjax.mixing.solve import Constraints
+
+TWO_STAGE = "two-stage"  # --family two-stage: the paper family fitted by the paper's two-stage procedure
+# Flags that configure the two-stage procedure alone (destination -> flag).
+TWO_STAGE_FLAGS = {"procedure": "--procedure", "alpha_mode": "--alpha-mode", "alpha_prior": "--alpha-prior", "bootstrap": "--bootstrap"}
 
 
 def _per_domain(values: list[str] | None, domains: tuple[str, ...], flag: str) -> list[float] | None:
@@ -50,114 +51,57 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m mixjax.fit", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", required=True, help="CSV or JSONL run table")
     p.add_argument("--budget", required=True, type=float, nargs="+", help="total token budget(s) N")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    out.add_argument("--export", choices=FORMATS, help="print the weights in this tool's format instead of the tables")
     p.add_argument("--importance", nargs="*", metavar="D=S", help="per-domain loss weight s_i (default 1)")
     p.add_argument("--available", nargs="*", metavar="D=TOKENS", help="tokens available per domain")
     p.add_argument("--lower", nargs="*", metavar="D=W", help="lower bound on a weight")
     p.add_argument("--upper", nargs="*", metavar="D=W", help="upper bound on a weight")
-    p.add_argument("--grid-step", type=float, default=0.05, help="step of the grid baseline (0: off)")
+    p.add_argument("--grid-step", type=float, default=None, help="step of the grid baseline (default 0.05; 0: off)")
     p.add_argument("--fit-config", metavar="JSON", help="the fit's config: a pipeline's fit.json or a JSON of FitConfig fields")
-    p.add_argument("--family", choices=FAMILY_CHOICES,
-                   help=f"law family: auto (the extrapolating family with the lowest out-of-fold error), paper, transfer, exp, or two-stage (the paper's own procedure, with bootstrap intervals); default {FitConfig.family}")
-    p.add_argument("--starts", type=int, help=f"random starts of the two-stage fit (default {FitConfig.num_starts})")
-    p.add_argument("--bootstrap", type=int, help=f"bootstrap refits for weight intervals, two-stage fit only (default {FitConfig.bootstrap_samples})")
+    p.add_argument("--family", choices=(*FAMILY_CHOICES, TWO_STAGE),
+                   help="law family: auto (the extrapolating family with the lowest out-of-fold error), paper, transfer,"
+                        f" or {TWO_STAGE} (the paper family fitted by the paper's own two-stage procedure); default auto")
+    p.add_argument("--starts", type=int, help=f"random starts of the two-stage fit, also the start of every law fit (default {FitConfig().two_stage.num_starts})")
+    p.add_argument("--bootstrap", type=int, help="bootstrap refits for weight intervals (implies --family two-stage)")
     p.add_argument("--procedure", choices=PROCEDURES,
-                   help=f"stage-1 statistic: mixjax (log of the ratio of differences) or paper (the reference code's ratio of logs); default {FitConfig.procedure}")
+                   help="stage-1 statistic of the two-stage fit (implies --family two-stage): mixjax (log of the ratio of differences) or paper (the reference code's ratio of logs)")
     p.add_argument("--alpha-mode", choices=ALPHA_MODES,
-                   help=f"alpha at the prior (own series), fitted (every run), or auto: by leave-one-run-out error; default {FitConfig.alpha_mode}")
-    p.add_argument("--alpha-prior", type=float, default=None, help="hold alpha at this value (implies --alpha-mode prior)")
+                   help="two-stage fit (implies --family two-stage): alpha at the prior (own series), fitted (every run), or auto: by leave-one-run-out error")
+    p.add_argument("--alpha-prior", type=float, default=None, help="two-stage fit: hold alpha at this value (implies --family two-stage --alpha-mode prior)")
     p.add_argument("--predict", metavar="TABLE", help="also predict every run of this table (tokens.<domain> columns; losses optional)")
-    p.add_argument("--export", choices=FORMATS, help="print the weights in this tool's format instead of the tables")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
-def variant_reports(fit, budgets, constraints: Constraints, key: jax.Array) -> dict[float, dict]:
-    """Per budget where the law variants within out-of-fold noise disagree: their optima,
-    mutual regrets and the probe mixtures that would settle it (README, "Law families")."""
-    if not isinstance(fit, FamilyFitResult) or len(fit.candidates) < 2:
-        return {}
-    out = {}
-    for budget in budgets:
-        report = variant_disagreement(fit, float(budget), constraints)
-        if report["disagree"]:  # the pipeline's probe key: the same probes at its validation budget
-            probes = propose_probes(fit, float(budget), constraints, probe_key(key), report)
-            out[float(budget)] = report | {"probes": {n: np.asarray(w).tolist() for n, w in probes.items()}}
-    return out
+def check_flags(args: argparse.Namespace) -> list[str]:
+    """Refuse flags that would have no effect under the others; returns the notes of what
+    a flag implies (printed to stderr).
 
-
-def format_report(report: MixtureReport, disagreement: dict[float, dict] | None = None) -> str:
-    disagreement = disagreement or {}
-    fit, names = report.fit, report.fit.domains
-    width = max(8, *(len(n) for n in names))
-    lines = []
-    if isinstance(fit, FamilyFitResult):
-        lines += [f"Law families, out-of-fold over {fit.validation['folds']} folds of whole runs (* = used):"]
-        lines += ["  " + row for row in fit.score_table().splitlines()]
-        lines += [f"  {note}" for note in fit.notes] + [""]
-        how = f"family {fit.family}" + ("; M_i = (sum_j t_ij x_j^rho_i)^(1/rho_i)" if fit.family == "transfer" else "")
-    else:
-        how = f"two-stage procedure, {fit.config.procedure} stage 1"
-    lines.append(f"Fitted parameters (L = c (x + gamma M^alpha)^-beta + e; {how}):")
-    lines.append(
-        f"  {'domain':<{width}} {'beta':>9} {'c':>9} {'gamma':>9} {'alpha':>7} {'e':>9} {'runs':>4} {'rmse':>9}"
-        f" {'OOF rmse':>9} {'LOO max':>8} {'alpha':>7}"
-    )
-    for i, (name, diag) in enumerate(zip(names, fit.diagnostics)):
-        p = fit.params
-        if not diag.measured:
-            lines.append(f"  {name:<{width}} (trained, never measured: no law of its own)")
-            continue
-        lines.append(
-            f"  {name:<{width}} {p.beta[i]:9.4g} {p.c[i]:9.4g} {p.gamma[i]:9.4g} {p.alpha[i]:7.3f}"
-            f" {p.e[i]:9.4g} {diag.num_runs:4d} {diag.rmse:9.2e} {diag.oof_rmse:9.2e} {diag.loo_max_rel_error:8.2%}"
-            f" {diag.alpha_choice:>7}"
-        )
-    if fit.validation:
-        v = fit.validation
-        lines.append(
-            f"  out-of-fold ({v['folds']}-fold over runs, {v['num_points']} losses): RMSE {v['oof_rmse']:.2e},"
-            f" Spearman {v['oof_spearman']:.3f}"
-        )
-    for b in report.budgets:
-        lines.append(f"\nBudget N = {b.budget:g}   (predicted total loss, lower is better)")
-        lines.append(f"  {'mixture':<12} " + " ".join(f"{n:>{max(7, len(n))}}" for n in names) + f" {'total':>9}")
-        rows = [("optimal", b.weights, b.objective)] + [(n, w, b.baseline_objective[n]) for n, w in b.baselines.items()]
-        for label, w, obj in rows:
-            lines.append(f"  {label:<12} " + " ".join(f"{x:>{max(7, len(n))}.4f}" for x, n in zip(w, names)) + f" {obj:9.5f}")
-        for name, why in b.infeasible_baselines.items():
-            lines.append(f"  {name:<12} infeasible at this budget ({why}); not compared")
-        if b.grid_kind:
-            lines.append(f"  grid: {b.grid_kind}" + (f", {b.grid_skipped} infeasible points skipped" if b.grid_skipped else ""))
-        if b.interval is not None:
-            lo, hi = b.interval
-            lines.append("  90% bootstrap interval: " + ", ".join(f"{n} [{l:.3f}, {h:.3f}]" for n, l, h in zip(names, lo, hi)))
-        lines.append("  dw/dN: " + ", ".join(f"{n} {d:+.2e}" for n, d in zip(names, b.d_weights_d_budget)))
-        if report_disagreement := disagreement.get(b.budget):
-            lines += ["  " + line for line in report_disagreement["message"].splitlines()]
-            for name, w in report_disagreement["probes"].items():
-                lines.append(f"  probe {name}: " + ", ".join(f"{n}={x:.3f}" for n, x in zip(names, w)))
-        if not b.convex:
-            lines.append(f"  WARNING: objective not convex here (min Hessian eigenvalue {b.min_hessian_eigenvalue:.3g})")
-    poorly = [(b.budget, b.warnings) for b in report.budgets if b.warnings]
-    if poorly:
-        lines.append("\nPOORLY DETERMINED OPTIMUM (the objective is flat or the fit uncertain there):")
-        lines += [f"  N = {budget:g}: " + "; ".join(why) for budget, why in poorly]
-    notes = [(d.name, n, d.poorly_identified) for d in fit.diagnostics for n in d.notes]
-    if notes:
-        lines.append("\nDiagnostics:")
-        lines += [f"  {name}: {note}" for name, note, _ in notes]
-    poor = [d.name for d in fit.diagnostics if d.poorly_identified]
-    if poor:
-        lines.append(f"  POORLY IDENTIFIED: {', '.join(poor)} (treat their weights with care)")
-    return "\n".join(lines)
+    Raises:
+      ValueError: naming the flag, why it has no effect, and the combination that works.
+    """
+    if args.export and args.grid_step is not None:
+        raise ValueError("--grid-step: the grid baseline is not part of an --export; drop --grid-step (or --export for the tables)")
+    if args.export and args.predict:
+        raise ValueError("--predict: predictions are not part of an --export; use --json or the tables with --predict")
+    if args.alpha_prior is not None and args.alpha_mode not in (None, "prior"):
+        raise ValueError(f"--alpha-prior holds alpha at a value; --alpha-mode {args.alpha_mode} would not: drop one of them")
+    given = [flag for dest, flag in TWO_STAGE_FLAGS.items() if getattr(args, dest) is not None]
+    if not given or args.family == TWO_STAGE:
+        return []
+    if args.family is not None:
+        raise ValueError(f"{given[0]} is an option of the paper's two-stage fit; --family {args.family} does not use it:"
+                         f" use --family {TWO_STAGE} {given[0]} ...")
+    return [f"{given[0]} is an option of the paper's two-stage fit: fitting --family {TWO_STAGE}"]
 
 
 def fit_config(args: argparse.Namespace) -> FitConfig:
     """FitConfig from ``--fit-config`` (or the defaults) with the flags that were given on top.
 
     Raises:
-      ValueError: an unreadable config file or an unknown field.
+      ValueError: an unreadable config file, an unknown field, or flags that contradict it.
     """
     cfg = FitConfig()
     if args.fit_config:
@@ -166,73 +110,150 @@ def fit_config(args: argparse.Namespace) -> FitConfig:
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"--fit-config {args.fit_config}: {err}") from None
         if "params" in recorded and recorded.get("config") is None:
-            raise ValueError(f"--fit-config {args.fit_config}: this fit.json predates recorded fit configs; refit it")
+            raise ValueError(f"--fit-config {args.fit_config}: this fit.json has no recorded config; refit it")
         cfg = FitConfig.from_dict(recorded["config"] if "params" in recorded else recorded)
-    changes = {
-        "family": args.family, "num_starts": args.starts, "bootstrap_samples": args.bootstrap, "procedure": args.procedure,
-        "alpha_mode": "prior" if args.alpha_prior is not None else args.alpha_mode, "alpha_prior": args.alpha_prior,
-    }
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
-    if cfg.bootstrap_samples and cfg.family != "two-stage":
-        raise ValueError("--bootstrap: bootstrap intervals come with the two-stage fit (--family two-stage)")
+    two_stage = args.family == TWO_STAGE or any(getattr(args, d) is not None for d in TWO_STAGE_FLAGS)
+    family = {"family": "paper", "paper_fit": "two-stage"} if two_stage else {"family": args.family, "paper_fit": "joint" if args.family else None}
+    section = {"num_starts": args.starts, "bootstrap_samples": args.bootstrap, "procedure": args.procedure,
+               "alpha_mode": "prior" if args.alpha_prior is not None else args.alpha_mode, "alpha_prior": args.alpha_prior}
+    cfg = dataclasses.replace(cfg, two_stage=dataclasses.replace(cfg.two_stage, **{k: v for k, v in section.items() if v is not None}),
+                              **{k: v for k, v in family.items() if v is not None})
     return cfg
 
 
-def predictions(fit, path: str) -> dict:
+def _law_lines(fit: Fit) -> list[str]:
+    """The fitted-parameter table, one line per domain."""
+    names = fit.domains
+    width = max(8, *(len(n) for n in names))
+    how = f"family {fit.family}" + ("; M_i = (sum_j t_ij x_j^rho_i)^(1/rho_i)" if fit.family == "transfer" else "")
+    if fit.config is not None and fit.config.two_stage_only:
+        how = f"the paper's two-stage procedure, {fit.config.two_stage.procedure} stage 1"
+    lines = [f"Fitted parameters (L = c (x + gamma M^alpha)^-beta + e; {how}):",
+             f"  {'domain':<{width}} {'beta':>9} {'c':>9} {'gamma':>9} {'alpha':>7} {'e':>9} {'runs':>4} {'rmse':>9}"
+             f" {'OOF rmse':>9} {'OOF max':>8} {'alpha':>7}"]
+    p = fit.params
+    for i, (name, diag) in enumerate(zip(names, fit.diagnostics)):
+        if not diag.measured:
+            lines.append(f"  {name:<{width}} (trained, never measured: no law of its own)")
+            continue
+        alpha = diag.two_stage.alpha_choice if diag.two_stage else "fitted"
+        lines.append(
+            f"  {name:<{width}} {p.beta[i]:9.4g} {p.c[i]:9.4g} {p.gamma[i]:9.4g} {p.alpha[i]:7.3f}"
+            f" {p.e[i]:9.4g} {diag.num_runs:4d} {diag.rmse:9.2e} {diag.oof_rmse:9.2e} {diag.oof_max_rel_error:8.2%} {alpha:>7}"
+        )
+    if fit.validation:
+        v = fit.validation
+        lines.append(f"  out-of-fold ({v['folds']}-fold over runs, {v['num_points']} losses): RMSE {v['oof_rmse']:.2e},"
+                     f" Spearman {v['oof_spearman']:.3f}")
+    return lines
+
+
+def _budget_lines(b, names) -> list[str]:
+    """One budget's optimum against the baselines, its interval, dw/dN and any disagreement."""
+    lines = [f"\nBudget N = {b.budget:g}   (predicted total loss, lower is better)",
+             f"  {'mixture':<12} " + " ".join(f"{n:>{max(7, len(n))}}" for n in names) + f" {'total':>9}"]
+    rows = [("optimal", b.weights, b.objective)] + [(n, w, b.baseline_objective[n]) for n, w in b.baselines.items()]
+    for label, w, obj in rows:
+        lines.append(f"  {label:<12} " + " ".join(f"{x:>{max(7, len(n))}.4f}" for x, n in zip(w, names)) + f" {obj:9.5f}")
+    for name, why in b.infeasible_baselines.items():
+        lines.append(f"  {name:<12} infeasible at this budget ({why}); not compared")
+    if b.grid_kind:
+        lines.append(f"  grid: {b.grid_kind}" + (f", {b.grid_skipped} infeasible points skipped" if b.grid_skipped else ""))
+    if b.interval is not None:
+        lo, hi = b.interval
+        lines.append("  90% bootstrap interval: " + ", ".join(f"{n} [{l:.3f}, {h:.3f}]" for n, l, h in zip(names, lo, hi)))
+    lines.append("  dw/dN: " + ", ".join(f"{n} {d:+.2e}" for n, d in zip(names, b.d_weights_d_budget)))
+    if b.disagreement:
+        lines += ["  " + line for line in b.disagreement["message"].splitlines()]
+        lines += [f"  probe {name}: " + ", ".join(f"{n}={x:.3f}" for n, x in zip(names, w)) for name, w in b.disagreement["probes"].items()]
+    if not b.convex:
+        lines.append(f"  WARNING: objective not convex here (min Hessian eigenvalue {b.min_hessian_eigenvalue:.3g})")
+    return lines
+
+
+def format_report(report: MixtureReport) -> str:
+    """The human-readable output of ``mixjax.fit``."""
+    fit, lines = report.fit, []
+    if fit.scores:
+        lines += [f"Law families, out-of-fold over {fit.validation['folds']} folds of whole runs (* = used):"]
+        lines += ["  " + row for row in fit.score_table().splitlines()]
+        lines += [f"  {note}" for note in fit.notes] + [""]
+    lines += _law_lines(fit)
+    for b in report.budgets:
+        lines += _budget_lines(b, fit.domains)
+    poorly = [(b.budget, b.warnings) for b in report.budgets if b.warnings]
+    if poorly:
+        lines.append("\nPOORLY DETERMINED OPTIMUM (the objective is flat or the fit uncertain there):")
+        lines += [f"  N = {budget:g}: " + "; ".join(why) for budget, why in poorly]
+    notes = [(d.name, n) for d in fit.diagnostics for n in d.notes]
+    if notes:
+        lines += ["\nDiagnostics:"] + [f"  {name}: {note}" for name, note in notes]
+    poor = [d.name for d in fit.diagnostics if d.poorly_identified]
+    if poor:
+        lines.append(f"  POORLY IDENTIFIED: {', '.join(poor)} (treat their weights with care)")
+    return "\n".join(lines)
+
+
+def predictions(fit: Fit, path: str) -> dict:
     """``{"domains", "losses"}``: the fit's loss for every run of the table at ``path``, in its
     row order, None where a domain has no law."""
     other = read_run_table(path, require_losses=False)
-    losses = predict_table(fit, other.domains, other.tokens)
+    losses = predict(fit, other.tokens, other.domains)
     return {"domains": list(fit.domains), "losses": [[None if np.isnan(v) else float(v) for v in row] for row in losses]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        table = read_run_table(args.runs)
-        names = table.domains
-        importance = _per_domain(args.importance, names, "--importance") or table.measured.astype(float).tolist()
-        constraints = Constraints.create(
-            len(names),
-            lower=_per_domain(args.lower, names, "--lower"),
-            upper=_per_domain(args.upper, names, "--upper"),
-            available=_per_domain(args.available, names, "--available"),
-            importance=importance,
-        )
-        if any(b <= 0 for b in args.budget):
-            raise ValueError(f"--budget must be positive, got {args.budget}")
-        cfg = fit_config(args)
-        enable_compilation_cache()
-        key = jax.random.key(args.seed)  # the pipeline's keys: fit.json + --fit-config give its weights
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            report = optimise_mixture(table, args.budget, constraints, cfg, key, args.grid_step or None)
-            fit = report.fit
-            disagreement = variant_reports(fit, args.budget, constraints, key)
-            predicted = predictions(fit, args.predict) if args.predict else None
-    except (RunTableError, ValueError) as err:
-        print(f"mixjax.fit: error: {err}", file=sys.stderr)
-        return 2
-    for w in caught:
-        print(f"mixjax.fit: warning: {w.message}", file=sys.stderr)
+def _constraints(args: argparse.Namespace, table) -> Constraints:
+    names = table.domains
+    importance = _per_domain(args.importance, names, "--importance") or table.measured.astype(float).tolist()
+    return Constraints.create(
+        len(names), lower=_per_domain(args.lower, names, "--lower"), upper=_per_domain(args.upper, names, "--upper"),
+        available=_per_domain(args.available, names, "--available"), importance=importance,
+    )
+
+
+def _print(args: argparse.Namespace, report: MixtureReport, predicted: dict | None) -> None:
+    fit = report.fit
     if args.export:
-        print(export_weights(args.export, names, {b.budget: b.weights for b in report.budgets}, seed=args.seed))
+        print(export_weights(args.export, fit.domains, {b.budget: b.weights for b in report.budgets}, seed=args.seed))
     elif args.json:
-        out = report.to_dict()
-        out["config"] = cfg.to_dict()
-        if isinstance(fit, FamilyFitResult):
+        out = report.to_dict() | {"config": fit.config.to_dict()}
+        if fit.scores:
             out["family"] = {"chosen": fit.family, "scores": fit.scores, "candidates": list(fit.candidates), "notes": list(fit.notes)}
-        out["disagreement"] = {f"{b:g}": r for b, r in disagreement.items()}
         if predicted is not None:
             out["predictions"] = predicted
         print(json.dumps(out))
     else:
-        print(format_report(report, disagreement))
+        print(format_report(report))
         if predicted is not None:
             print(f"\nPredicted losses for {args.predict} (one row per run):")
             print("  " + " ".join(f"{n:>10}" for n in predicted["domains"]))
             for row in predicted["losses"]:
                 print("  " + " ".join(f"{'-':>10}" if v is None else f"{v:10.4f}" for v in row))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        for note in check_flags(args):
+            print(f"mixjax.fit: {note}", file=sys.stderr)
+        table = read_run_table(args.runs)
+        constraints = _constraints(args, table)
+        if any(b <= 0 for b in args.budget):
+            raise ValueError(f"--budget must be positive, got {args.budget}")
+        cfg = fit_config(args)
+        enable_compilation_cache()
+        key = jax.random.key(args.seed)  # the pipeline's keys: fit.json + --fit-config give its weights
+        grid_step = 0.05 if args.grid_step is None else args.grid_step
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = optimise_mixture(table, args.budget, constraints, cfg, key, grid_step or None)
+            predicted = predictions(report.fit, args.predict) if args.predict else None
+    except (RunTableError, ValueError) as err:
+        print(f"mixjax.fit: error: {err}", file=sys.stderr)
+        return 2
+    for w in caught:
+        print(f"mixjax.fit: warning: {w.message}", file=sys.stderr)
+    _print(args, report, predicted)
     return 0
 
 

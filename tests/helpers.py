@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixjax.mixing.law import LawParams
+from mixjax.mixing.law import LawParams, evaluate, token_losses
 
 # The paper's worked example (arXiv 2508.11953; README, "Fit and solve on your own runs"):
 # Llama-3.2-3B; IF, math, code; n = 0.66, units of 1e6 tokens.
@@ -45,3 +45,16 @@ def use_train(monkeypatch, fake) -> None:
 
     monkeypatch.setattr(stages, "train", fake)
     monkeypatch.setattr(pretrain, "train", fake)
+
+
+def law_losses(params, tokens) -> np.ndarray:
+    """The law's per-domain losses (R, k) of runs with ``tokens`` (R, k): synthetic tables."""
+    return evaluate(token_losses, params, np.asarray(tokens, np.float64))
+
+
+def two_stage_config(leave_one_out: bool = True, **fields):
+    """The FitConfig of the paper's two-stage fit with ``fields`` of its section
+    (``leave_one_out=False``: no folds)."""
+    from mixjax.mixing.fit import FitConfig, FoldConfig, TwoStageConfig
+
+    return FitConfig(family="paper", paper_fit="two-stage", two_stage=TwoStageConfig(**fields), folds=FoldConfig(enabled=leave_one_out))

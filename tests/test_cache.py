@@ -109,7 +109,8 @@ def test_a_first_fit_compiles_a_few_programs_not_every_operation(tmp_path):
     import sys
 
     from helpers import subprocess_env
-    from mixjax.mixing.design import law_losses, perturbation_runs
+    from mixjax.mixing.design import perturbation_runs
+    from helpers import law_losses
     from mixjax.mixing.law import LawParams
     from mixjax.mixing.runs import write_run_table
 

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixjax.mixing.families import FamilyFitResult, fit_table, predict_losses
-from mixjax.mixing.fit import FitConfig
+from mixjax.mixing.fit import FamilyConfig, Fit, FitConfig, predict
+from mixjax.mixing.mixture import fit_table
 from mixjax.mixing.law import LawParams, TransferLawParams, mixture_losses, token_losses
 from mixjax.mixing.runs import RunTable
 from mixjax.mixing.solve import Constraints, solve_sweep, solve_weights, solve_weights_pg
@@ -25,7 +25,7 @@ TRUE = TransferLawParams(
     transfer=np.array([[0.0, 1.4, 0.6], [0.65, 0.0, 1.35], [1.0, 1.0, 0.0]]),
     rho=np.array([1.0, 0.7, 0.85]),
 )
-CFG = FitConfig(families=("paper", "transfer"))
+CFG = FitConfig(families=FamilyConfig(scored=("paper", "transfer")))
 
 
 def losses_of(law, tokens: np.ndarray) -> np.ndarray:
@@ -93,7 +93,7 @@ def test_transfer_law_recovered_from_4k1_runs():
     for budget, tol in ((3.0, 0.01), (12.0, 0.02)):
         assert half_l1(solve_sweep(fit.params, [budget], cons)[0], solve_sweep(TRUE, [budget], cons)[0]) < tol
     other = np.random.default_rng(1).dirichlet(np.ones(3), 20) * 6.0
-    np.testing.assert_allclose(predict_losses(fit, other), losses_of(TRUE, other), rtol=0.015)
+    np.testing.assert_allclose(predict(fit, other), losses_of(TRUE, other), rtol=0.015)
 
 
 def test_transfer_law_recovered_from_a_swarm_with_zero_tokens_and_an_unmeasured_domain():
@@ -108,17 +108,17 @@ def test_transfer_law_recovered_from_a_swarm_with_zero_tokens_and_an_unmeasured_
     loss[:, 2] = np.nan
     table = RunTable(DOMAINS, tokens, loss, tuple(range(2, 18)), "swarm")
     fit = fit_table(table, jax.random.key(1), CFG)
-    assert fit.measured == (True, True, False)
-    from mixjax.mixing.fit.diagnostics import UNMEASURED_NOTE
+    assert tuple(fit.has_law) == (True, True, False)
+    from mixjax.mixing.fit.result import UNMEASURED_NOTE
 
     assert fit.diagnostics[2].notes == [UNMEASURED_NOTE] and not any("never measured" in n for n in fit.notes)  # said once
     assert fit.family == "transfer" and fit.scores["transfer"]["rmse"] < 0.02
-    pred = predict_losses(fit, np.array([[1.0, 1.0, 1.0], [0.0, 2.0, 1.0]]))
+    pred = predict(fit, np.array([[1.0, 1.0, 1.0], [0.0, 2.0, 1.0]]))
     assert np.all(np.isnan(pred[:, 2]))
     np.testing.assert_allclose(pred[:, :2], losses_of(TRUE, np.array([[1.0, 1.0, 1.0], [0.0, 2.0, 1.0]]))[:, :2], atol=0.02)
     # The result round-trips through its JSON dict.
-    back = FamilyFitResult.from_dict(fit.to_dict())
-    np.testing.assert_allclose(predict_losses(back, tokens)[:, :2], predict_losses(fit, tokens)[:, :2])
+    back = Fit.from_dict(fit.to_dict())
+    np.testing.assert_allclose(predict(back, tokens)[:, :2], predict(fit, tokens)[:, :2])
 
 
 def test_family_table_and_the_non_extrapolating_note():
@@ -136,8 +136,7 @@ def test_family_table_and_the_non_extrapolating_note():
     assert fit.scores["exp"]["rmse"] < 0.5 * fit.scores[fit.family]["rmse"]
     assert any("'exp' family" in n and "cannot extrapolate" in n for n in fit.notes)
     assert "*" + fit.family in fit.score_table()
-    exp_fit = dataclasses.replace(fit, family="exp")
-    np.testing.assert_allclose(predict_losses(exp_fit, r), loss, atol=0.01)
+    np.testing.assert_allclose(predict(fit, r, family="exp"), loss, atol=0.01)
 
 
 def test_one_non_monotone_run_does_not_produce_a_wild_extrapolation():
@@ -153,10 +152,10 @@ def test_one_non_monotone_run_does_not_produce_a_wild_extrapolation():
     assert loss[2, 0] > loss[1, 0]  # not monotone
     table = dataclasses.replace(table, losses=loss)
     fit = fit_table(table, jax.random.key(4), CFG)
-    errors = np.array(fit.diagnostics[0].loo_errors)
+    errors = np.array(fit.diagnostics[0].oof_errors)
     assert np.max(np.abs(errors)) < 0.075, errors  # held out: the 0.5x run or its neighbour 0.25x
     assert np.max(np.abs(np.delete(errors, [1, 2]))) < 0.01, errors  # the other runs stay accurate
-    assert float(np.asarray(fit.params.beta)[0]) < 0.9 * CFG.beta_bounds[1]
+    assert float(np.asarray(fit.params.beta)[0]) < 0.9 * CFG.families.beta_bounds[1]
 
 
 @pytest.mark.slow
@@ -169,7 +168,8 @@ def test_probes_settle_a_disagreement():
     optimum (0.0038). Not every such table is settled: of six scanned (noise 0.03 / 0.05,
     seeds 1-3), two disagreed; in the other (noise 0.03, seed 3) the probes chose the
     paper's law (probe RMSE 0.273 vs 0.307) and the final weights missed by 0.080."""
-    from mixjax.mixing.selection import propose_probes, settle_with_probes, variant_disagreement
+    from mixjax.mixing.mixture import settle_with_probes
+    from mixjax.mixing.selection import propose_probes, variant_disagreement
 
     t0 = np.array([[0.0, 1.8, 0.2], [0.3, 0.0, 1.7], [1.0, 1.0, 0.0]])
     true = TransferLawParams(beta=np.array([0.5, 0.6, 0.4]), c=np.array([3.0, 2.5, 3.5]), gamma=0.8 * np.array([0.4, 0.3, 0.5]),
@@ -190,7 +190,7 @@ def test_probes_settle_a_disagreement():
     tokens = np.array([w * budget for w in probes.values()])
     loss = losses_of(true, tokens) + noise * np.random.default_rng(101).standard_normal(tokens.shape)
     probe_table = RunTable(DOMAINS, tokens, loss, tuple(range(len(tokens))), "probes")
-    final, settle = settle_with_probes(train, probe_table, cfg, jax.random.key(2))
+    final, settle = settle_with_probes(fit, train, probe_table, cfg, jax.random.key(2))
     assert settle["chosen"] == "transfer" and final.family == "transfer"
     assert settle["scores"]["transfer"] < settle["scores"]["paper"]
     assert half_l1(solve_sweep(final.params, [budget], cons)[0], truth) < 0.01
@@ -199,17 +199,17 @@ def test_probes_settle_a_disagreement():
 def test_diagnostics_flag_beta_at_its_bound_and_large_leave_one_out_errors():
     """A family fit whose beta sits on its bound (the runs barely bend the curve) or whose
     leave-one-out error exceeds max_loo_rel_error is POORLY IDENTIFIED, as the two-stage fit."""
-    from mixjax.mixing.families.result import BETA_BOUNDS
-    from mixjax.mixing.families.table import _diagnostics
+    from mixjax.mixing.selection import _diagnostics
 
     table = table_4k1(noise=1e-4)
-    fit = fit_table(table, jax.random.key(0), FitConfig(families=("paper",), family="paper"))
-    measured = np.asarray(fit.measured)
-    clean = _diagnostics(fit, table, None, measured)
+    fit = fit_table(table, jax.random.key(0), FitConfig(families=FamilyConfig(scored=("paper",)), family="paper"))
+    measured = fit.has_law
+    none = np.full((len(table.tokens), int(measured.sum())), np.nan)
+    clean = _diagnostics(fit, table, none, measured)
     assert not any(d.poorly_identified for d in clean)
     beta = np.asarray(fit.params.beta).copy()
-    beta[0] = BETA_BOUNDS[1]
-    at_bound = _diagnostics(dataclasses.replace(fit, params=fit.params._replace(beta=beta)), table, None, measured)
+    beta[0] = fit.config.families.beta_bounds[1]
+    at_bound = _diagnostics(dataclasses.replace(fit, params=fit.params._replace(beta=beta)), table, none, measured)
     assert at_bound[0].poorly_identified and "is at its bound" in at_bound[0].notes[0]
     assert not at_bound[1].poorly_identified
     oof = np.where(np.isnan(table.losses[:, measured]), np.nan, 0.05 * table.losses[:, measured])  # 5% errors
@@ -219,7 +219,7 @@ def test_diagnostics_flag_beta_at_its_bound_and_large_leave_one_out_errors():
 
 def test_a_compile_that_fails_ahead_is_not_lost(monkeypatch):
     """The families' programs compile in a worker thread; its error reaches the caller."""
-    import mixjax.mixing.families.table as table_module
+    import mixjax.mixing.fit.table as table_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("compile failed in the worker")

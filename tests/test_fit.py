@@ -3,8 +3,12 @@ import numpy as np
 import pytest
 from helpers import WORKED_LOSSES
 
-from mixjax.mixing.design import law_losses, perturbation_runs
-from mixjax.mixing.fit import DomainData, FitConfig, fit_law, ratio_design
+from mixjax.mixing.design import perturbation_runs
+from helpers import law_losses
+from helpers import two_stage_config
+from mixjax.mixing.fit.two_stage import fit_two_stage
+from mixjax.mixing.fit.two_stage.objectives import ratio_design
+from mixjax.mixing.runs import DomainData
 from mixjax.mixing.law import LawParams
 from mixjax.mixing.runs import RunTable, domain_data
 from mixjax.mixing.solve import solve_sweep
@@ -26,10 +30,10 @@ def test_ratio_design_is_the_papers_for_five_points():
 
 
 def test_worked_example_fit_reproduces_losses(worked_domains):
-    fit = fit_law(worked_domains, jax.random.key(0))
+    fit = fit_two_stage(worked_domains, jax.random.key(0), two_stage_config())
     for diag, losses in zip(fit.diagnostics, WORKED_LOSSES.values()):
         assert diag.max_abs_residual < 0.002, diag.name
-        assert len(diag.loo_errors) == 5 and np.all(np.isfinite(diag.loo_errors))
+        assert len(diag.oof_errors) == 5 and np.all(np.isfinite(diag.oof_errors))
     # Positivity and the transfer constraint gamma M^alpha <= M at the observed M.
     p, m = fit.params, 2 * 0.66
     assert np.all(p.beta > 0) and np.all(p.c > 0) and np.all(p.gamma > 0) and np.all(p.e >= 0)
@@ -38,9 +42,9 @@ def test_worked_example_fit_reproduces_losses(worked_domains):
 
 
 def test_worked_example_weights_stable_across_start_sets(worked_domains):
-    cfg = FitConfig(leave_one_out=False)
+    cfg = two_stage_config(leave_one_out=False)
     weights = np.stack(
-        [solve_sweep(fit_law(worked_domains, jax.random.key(seed), cfg).params, [5.0, 20.0, 200.0]) for seed in range(20)]
+        [solve_sweep(fit_two_stage(worked_domains, jax.random.key(seed), cfg).params, [5.0, 20.0, 200.0]) for seed in range(20)]
     )
     spread = weights.max(axis=0) - weights.min(axis=0)
     assert spread.max() < 0.02, spread
@@ -53,7 +57,7 @@ def _synthetic_table(noise: float, seed: int = 0) -> RunTable:
 
 
 def test_synthetic_recovery_with_cross_runs():
-    fit = fit_law(domain_data(_synthetic_table(1e-4)), jax.random.key(0), FitConfig(alpha_mode="fitted"))
+    fit = fit_two_stage(domain_data(_synthetic_table(1e-4)), jax.random.key(0), two_stage_config(alpha_mode="fitted"))
     mixtures = np.random.default_rng(1).dirichlet(np.ones(3), 50)
     for budget in (3.0, 10.0):  # 3 = the base total (interpolation), 10 = extrapolation
         tokens = mixtures * budget
@@ -61,27 +65,27 @@ def test_synthetic_recovery_with_cross_runs():
         assert rel.max() < 0.005, (budget, rel.max())
         w_fit, w_true = solve_sweep(fit.params, [budget])[0], solve_sweep(TRUTH, [budget])[0]
         np.testing.assert_allclose(w_fit, w_true, atol=0.03)
-    assert all(d.alpha_identified and not d.poorly_identified for d in fit.diagnostics)
+    assert all(d.two_stage.alpha_identified and not d.poorly_identified for d in fit.diagnostics)
     np.testing.assert_allclose(fit.params.alpha, TRUTH.alpha, atol=0.05)
     np.testing.assert_allclose(fit.params.beta, TRUTH.beta, rtol=0.1)
 
 
 def test_own_series_only_holds_alpha_at_prior_and_says_so():
     # alpha_mode="prior": each domain on its own series only (the default is now "auto").
-    fit = fit_law(domain_data(_synthetic_table(1e-4)), jax.random.key(0), FitConfig(alpha_prior=0.5, alpha_mode="prior"))
+    fit = fit_two_stage(domain_data(_synthetic_table(1e-4)), jax.random.key(0), two_stage_config(alpha_prior=0.5, alpha_mode="prior"))
     np.testing.assert_allclose(fit.params.alpha, 0.5)
-    assert all(not d.alpha_identified and "not identified" in d.notes[0] for d in fit.diagnostics)
+    assert all(not d.two_stage.alpha_identified and "not identified" in d.notes[0] for d in fit.diagnostics)
 
 
 def test_noisy_flat_domain_is_flagged():
     x = np.array([0.25, 0.5, 1.0, 2.0, 3.0])
     noisy = DomainData("flat", x, 2.0, np.array([2.0, 2.003, 1.999, 2.002, 1.998]))
-    fit = fit_law([noisy], jax.random.key(0), FitConfig(num_starts=16))
+    fit = fit_two_stage([noisy], jax.random.key(0), two_stage_config(num_starts=16))
     assert fit.diagnostics[0].poorly_identified
 
 
 def test_bootstrap_samples_have_requested_shape():
-    fit = fit_law(domain_data(_synthetic_table(1e-3)), jax.random.key(0), FitConfig(leave_one_out=False, bootstrap_samples=16))
+    fit = fit_two_stage(domain_data(_synthetic_table(1e-3)), jax.random.key(0), two_stage_config(leave_one_out=False, bootstrap_samples=16))
     assert fit.bootstrap_params.beta.shape == (16, 3)
     assert np.all(np.isfinite(fit.bootstrap_params.beta))
 

@@ -4,8 +4,12 @@ import jax
 import numpy as np
 import pytest
 
-from mixjax.mixing.design import law_losses, perturbation_runs
-from mixjax.mixing.fit import DomainData, FitConfig, fit_law, spearman
+from mixjax.mixing.design import perturbation_runs
+from helpers import law_losses
+from helpers import two_stage_config
+from mixjax.mixing.fit.two_stage import fit_two_stage
+from mixjax.mixing.runs import DomainData
+from mixjax.mixing.stats import spearman
 from mixjax.mixing.law import LawParams
 from mixjax.mixing.runs import RunTable, RunTableError, domain_data
 from mixjax.mixing.solve import solve_sweep
@@ -31,22 +35,22 @@ def _half_l1(params, budgets):
 
 
 def test_paper_procedure_reproduces_published_betas(worked_domains):
-    fit = fit_law(worked_domains, jax.random.key(0), FitConfig(procedure="paper", leave_one_out=False))
+    fit = fit_two_stage(worked_domains, jax.random.key(0), two_stage_config(procedure="paper", leave_one_out=False))
     np.testing.assert_allclose(fit.params.beta, [0.0510, 0.0430, 0.0439], atol=0.01)
     # The best optimum of the reference's statistic (scipy L-BFGS-B from a grid agrees).
     np.testing.assert_allclose(fit.params.beta, [0.05866, 0.05116, 0.05191], atol=2e-4)
-    assert all(d.procedure == "paper" for d in fit.diagnostics)
+    assert all(d.two_stage.procedure == "paper" for d in fit.diagnostics)
 
 
 def test_4k1_recovery_default_flags():
     table = _table(perturbation_runs(np.ones(4)))
-    fit = fit_law(domain_data(table), jax.random.key(0))
+    fit = fit_two_stage(domain_data(table), jax.random.key(0), two_stage_config())
     base_total = 4.0
     assert _half_l1(fit.params, [10 * base_total, 100 * base_total]).max() < 0.01
     for d in fit.diagnostics:  # alpha chosen by leave-one-run-out error, both reported
-        assert d.num_runs == 17 and np.isfinite(d.loo_rmse_prior) and np.isfinite(d.loo_rmse_fitted)
-        assert d.alpha_choice == ("fitted" if d.loo_rmse_fitted < d.loo_rmse_prior else "prior")
-    fitted = [i for i, d in enumerate(fit.diagnostics) if d.alpha_choice == "fitted"]
+        assert d.num_runs == 17 and np.isfinite(d.two_stage.loo_rmse_prior) and np.isfinite(d.two_stage.loo_rmse_fitted)
+        assert d.two_stage.alpha_choice == ("fitted" if d.two_stage.loo_rmse_fitted < d.two_stage.loo_rmse_prior else "prior")
+    fitted = [i for i, d in enumerate(fit.diagnostics) if d.two_stage.alpha_choice == "fitted"]
     assert len(fitted) >= 3
     np.testing.assert_allclose(fit.params.alpha[fitted], TRUTH4.alpha[fitted], atol=0.02)
     assert fit.validation["folds"] == 17 and fit.validation["oof_rmse"] < 1e-4
@@ -58,18 +62,18 @@ def test_swarm_recovery_default_flags():
     tokens = rng.dirichlet(np.ones(4), 20) * np.exp(rng.uniform(np.log(2), np.log(16), (20, 1)))
     domains = domain_data(_table(tokens, seed=2))
     assert all(not d.has_series and len(d.cross_loss) == 20 for d in domains)  # no base run: all cross
-    fit = fit_law(domains, jax.random.key(0))
+    fit = fit_two_stage(domains, jax.random.key(0), two_stage_config())
     assert _half_l1(fit.params, [4.0, 40.0, 400.0]).max() < 0.02
     assert fit.validation["oof_spearman"] > 0.99
 
 
 def test_alpha_mode_overrides():
     domains = domain_data(_table(perturbation_runs(np.ones(4))))
-    prior = fit_law(domains, jax.random.key(0), FitConfig(alpha_mode="prior", alpha_prior=0.4, leave_one_out=False))
+    prior = fit_two_stage(domains, jax.random.key(0), two_stage_config(alpha_mode="prior", alpha_prior=0.4, leave_one_out=False))
     np.testing.assert_allclose(prior.params.alpha, 0.4)
-    assert {d.alpha_choice for d in prior.diagnostics} == {"prior"}
+    assert {d.two_stage.alpha_choice for d in prior.diagnostics} == {"prior"}
     with pytest.raises(ValueError, match="procedure"):
-        FitConfig(procedure="nope")
+        two_stage_config(procedure="nope")
 
 
 def test_spearman():

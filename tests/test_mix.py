@@ -2,9 +2,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mixjax.mix import main
-from mixjax.mixing.fit import FitResult
+from mixjax.mixing.fit import Fit
 from mixjax.mixing.law import LawParams
 
 CONFIG = str(Path(__file__).parent / "fixtures" / "tiny_config.py")
@@ -38,7 +39,7 @@ def test_mix_exact_budget_seeded_and_deterministic(tmp_path, capsys):
 
 def test_mix_from_fit_json_solves_at_the_budget(tmp_path, capsys):
     params = LawParams(*(np.array(v, np.float64) for v in ([0.3, 0.3], [1.0, 1.0], [0.1, 0.1], [0.5, 0.5], [1.0, 1.0])))
-    fit = FitResult(domains=("instruct", "math"), params=params, diagnostics=())
+    fit = Fit(domains=("instruct", "math"), params=params, diagnostics=())
     (tmp_path / "fit.json").write_text(json.dumps(fit.to_dict()))
     out = tmp_path / "mixed.jsonl"
     assert main(["--config", CONFIG, "--budget", "2000", "--out", str(out), "--fit", str(tmp_path / "fit.json")]) == 0
@@ -147,9 +148,38 @@ def test_mix_uses_the_answer_after_the_probe_runs(tmp_path, capsys):
     # A budget the final solve did not cover: the optimum of fit_final.json, not of fit.json.
     symmetric = LawParams(*(np.array(v, np.float64) for v in ([0.3, 0.3], [1.0, 1.0], [0.1, 0.1], [0.5, 0.5], [1.0, 1.0])))
     lopsided = symmetric._replace(c=np.array([1.0, 3.0]))
-    (exp / "fit.json").write_text(json.dumps(FitResult(domains=("instruct", "math"), params=lopsided, diagnostics=()).to_dict()))
-    (exp / "fit_final.json").write_text(json.dumps(FitResult(domains=("instruct", "math"), params=symmetric, diagnostics=()).to_dict()))
+    (exp / "fit.json").write_text(json.dumps(Fit(domains=("instruct", "math"), params=lopsided, diagnostics=()).to_dict()))
+    (exp / "fit_final.json").write_text(json.dumps(Fit(domains=("instruct", "math"), params=symmetric, diagnostics=()).to_dict()))
     assert main([*args[:3], "2000", *args[4:]]) == 0
     counts = _counts(_read(out))
     assert abs(counts["instruct"] - 1000) <= 80 and abs(counts["math"] - 1000) <= 80
     assert "fit_final.json" in capsys.readouterr().err
+
+
+def test_mix_exports_the_answer_and_refuses_flags_without_effect(tmp_path, capsys):
+    """`mixjax.mix --export` hands the experiment's answer (solution_final.json once it exists)
+    to another trainer and says which file it read; --out/--export, --weights/--fit and
+    --seed with --export are refused, exit 2."""
+    config_file = tmp_path / "cfg.py"
+    config_file.write_text(
+        "import dataclasses, importlib.util\n"
+        f"_s = importlib.util.spec_from_file_location('tiny', {CONFIG!r})\n"
+        "_m = importlib.util.module_from_spec(_s); _s.loader.exec_module(_m)\n"
+        f"config = dataclasses.replace(_m.config, workdir={str(tmp_path)!r})\n"
+    )
+    from mixjax.io import write_json_atomic
+
+    exp = tmp_path / "tiny"
+    exp.mkdir()
+    write_json_atomic(exp / "solution.json", {"domains": ["instruct", "math"], "weights": {"3000": [0.8, 0.2]}})
+    write_json_atomic(exp / "solution_final.json", {"domains": ["instruct", "math"], "weights": {"3000": [0.3, 0.7]}})
+    assert main(["--config", str(config_file), "--budget", "3000", "--export", "json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"3000": {"instruct": 0.3, "math": 0.7}}
+    assert "solution_final.json (after the probe runs refitted the law)" in captured.err
+    for flags in (["--export", "json", "--out", "x.jsonl"], ["--out", "x.jsonl", "--weights", "instruct=1", "math=1", "--fit", "f.json"],
+                  ["--export", "json", "--seed", "3"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--config", str(config_file), "--budget", "3000", *flags])
+        assert exit_.value.code == 2
+        capsys.readouterr()

@@ -484,23 +484,24 @@ def test_probe_runs_are_validated_at_every_seed_then_settle_the_fit(tmp_path, mo
     the other mixtures at every seed and hands runs.csv + the probe rows to
     settle_with_probes; the refit, its solve and the choice reach fit_final.json,
     solution_final.json, selection.json and the report."""
-    from mixjax.mixing import selection
-    from mixjax.mixing.fit import FitResult
+    from mixjax.mixing import mixture
+    from mixjax.mixing.fit import Fit
+    from mixjax.pipeline import stages
 
-    fixture = FitResult.from_dict(json.loads((Path(__file__).parent / "fixtures" / "tiny_fit.json").read_text()))
+    fixture = Fit.from_dict(json.loads((Path(__file__).parent / "fixtures" / "tiny_fit.json").read_text()))
     proposed, settled = [], []
 
-    def propose(fit, budget, constraints, key):
+    def disagreement(fit, budget, constraints, key):
         proposed.append((fit.domains, budget, constraints.available.tolist()))
-        return {"transfer-optimum": np.array([0.3, 0.7])}
+        return {"disagree": True, "message": "", "probes": {"transfer-optimum": [0.3, 0.7]}} if budget == 4000.0 else None
 
-    def settle(train, probes, cfg, key):
-        settled.append((train, probes, cfg))
+    def settle(fit, train, probes, cfg, key):
+        settled.append((fit, train, probes, cfg))
         refit = dataclasses.replace(fixture, params=fixture.params._replace(gamma=fixture.params.gamma * 0.5))
         return refit, {"scores": {"paper": 0.04, "transfer": 0.01}, "chosen": "transfer"}
 
-    monkeypatch.setattr(selection, "propose_probes", propose)
-    monkeypatch.setattr(selection, "settle_with_probes", settle)
+    monkeypatch.setattr(mixture, "_disagreement", disagreement)
+    monkeypatch.setattr(stages, "settle_with_probes", settle)
     fake = FakeTrain()
     args = ["--set", "validate.seeds=2"]
     assert _main(["--stages", "plan,perturb", *args], tmp_path, fake) == 0
@@ -508,13 +509,14 @@ def test_probe_runs_are_validated_at_every_seed_then_settle_the_fit(tmp_path, mo
     (exp / "fit.json").write_text((Path(__file__).parent / "fixtures" / "tiny_fit.json").read_text())
     assert _main(["--stages", "solve,validate,report", *args], tmp_path, fake) == 0
 
-    assert len(proposed) == 1 and proposed[0][1] == 4000.0
+    assert [p[1] for p in proposed] == [4000.0, 4000.0]  # the solve of fit.json, then of the refit (one budget each)
     assert json.loads((exp / "solution.json").read_text())["probes"] == {"transfer-optimum": [0.3, 0.7]}
     probe_runs = [name for name, _ in fake.calls if name.startswith("validate-probe-transfer-optimum-")]
     assert len(probe_runs) == 2 and {n.split("-seed")[1][0] for n in probe_runs} == {"0", "1"}
     assert len(fake.calls) == 9 + 3 * 2  # optimal, uniform and the probe, at 2 seeds
 
-    (train, probes, cfg), = settled
+    (recorded, train, probes, cfg), = settled
+    np.testing.assert_allclose(recorded.params.gamma, fixture.params.gamma)  # settled from the recorded fit.json, not a refit
     assert train.tokens.shape == (9, 2) and probes.tokens.shape == (2, 2)  # the probe at both seeds, as repeats
     selected = [json.loads((exp / "runs" / n / "spec.json").read_text())["selected_tokens"] for n in probe_runs]
     assert sorted(probes.tokens[:, 0].tolist()) == sorted(float(s["instruct"]) for s in selected)
@@ -575,8 +577,39 @@ def test_plan_records_token_counts_that_solve_and_report_read(tmp_path, monkeypa
     monkeypatch.setattr(stages, "validation_plan", lambda *a, **k: pytest.fail("the validation plan was made again"))
     assert _main(["--stages", "report"], tmp_path, fake) == 0
     assert calls == [] and "| optimal |" in (exp / "report.md").read_text()
-    # Another validate config makes (and records) another plan, still without tokenizing.
+    # The report reads what validation recorded (validation.csv), not a plan made anew from the config.
     monkeypatch.undo()
     monkeypatch.setattr(ByteTokenizer, "encode_conversations", lambda self, *a, **k: calls.append(1) or encode(self, *a, **k))
     assert _main(["--stages", "report", "--set", "validate.seeds=2"], tmp_path, fake) == 0
-    assert calls == [] and len(json.loads((exp / "validation_plan.json").read_text())["runs"]) == 4
+    assert calls == [] and len(json.loads((exp / "validation_plan.json").read_text())["runs"]) == 2
+    summary = json.loads((exp / "summary.json").read_text())
+    assert summary["validation"]["seeds"] == [0] and set(summary["validation"]["mixtures"]) == {"optimal", "uniform"}
+
+
+def test_stages_read_what_was_recorded(tmp_path, monkeypatch):
+    """The validation plan is made once (by solve), not again after every run; runs.csv is
+    written during perturb only; validation.csv records each run's label, seed and weights,
+    and the report reads it (not every result.json)."""
+    from mixjax.pipeline import stages
+
+    fake = FakeTrain()
+    args = ["--set", "validate.seeds=2"]
+    assert _main(["--stages", "plan,perturb", *args], tmp_path, fake) == 0
+    exp = tmp_path / "tiny"
+    (exp / "fit.json").write_text((Path(__file__).parent / "fixtures" / "tiny_fit.json").read_text())
+    made = []
+    plan = stages.validation_plan
+    monkeypatch.setattr(stages, "validation_plan", lambda *a, **k: made.append(1) or plan(*a, **k))
+    runs_csv = (exp / "runs.csv").read_text()
+    assert _main(["--stages", "solve,validate", *args], tmp_path, fake) == 0
+    assert made == [1]  # once, at solve; the validate stage and its after-run tables read validation_plan.json
+    assert (exp / "runs.csv").read_text() == runs_csv
+    rows = (exp / "validation.csv").read_text().splitlines()
+    assert rows[0].split(",")[:5] == ["run", "label", "seed", "weight.instruct", "weight.math"] and len(rows) == 1 + 2 * 2
+    for name in json.loads((exp / "validation_plan.json").read_text())["runs"]:
+        (exp / "runs" / name["name"] / "result.json").unlink()  # the report must not need them
+    (exp / "runs").rename(exp / "runs-moved")
+    assert _main(["--stages", "report", *args], tmp_path, fake) == 0
+    summary = json.loads((exp / "summary.json").read_text())
+    assert set(summary["validation"]["mixtures"]) == {"optimal", "uniform"} and summary["validation"]["seeds"] == [0, 1]
+    assert summary["answer"] == "solution.json (the fit of the perturbation runs)"

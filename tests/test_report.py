@@ -3,7 +3,7 @@
 import numpy as np
 
 from helpers import PUBLISHED_PARAMS
-from mixjax.mixing.fit import FitResult
+from mixjax.mixing.fit import Fit
 from mixjax.pipeline import report
 
 
@@ -16,7 +16,7 @@ def test_simplex_map_uses_the_solves_importance(tmp_path, monkeypatch):
         return real(w, params, budget, importance)
 
     monkeypatch.setattr(report, "total_loss", spy)
-    fit = FitResult(domains=("if", "math", "code"), params=PUBLISHED_PARAMS, diagnostics=())
+    fit = Fit(domains=("if", "math", "code"), params=PUBLISHED_PARAMS, diagnostics=())
     report.plot_simplex(fit, 20.0, [0.4, 0.3, 0.3], {}, tmp_path / "simplex.png", importance=[1.0, 2.0, 1.0])
     assert (tmp_path / "simplex.png").exists()
     np.testing.assert_array_equal(np.asarray(seen[0]), [1.0, 2.0, 1.0])

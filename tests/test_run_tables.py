@@ -9,10 +9,12 @@ import pytest
 
 from mixjax.fit import main
 from mixjax.mixing.baselines import grid_candidates, simplex_grid
-from mixjax.mixing.design import law_losses, perturbation_runs
-from mixjax.mixing.fit import FitConfig, FitResult
-from mixjax.mixing.fit.diagnostics import UNMEASURED_NOTE
-from mixjax.mixing.fit.table import fit_run_table, predict_table
+from mixjax.mixing.design import perturbation_runs
+from helpers import law_losses
+from helpers import two_stage_config
+from mixjax.mixing.fit import FamilyConfig, Fit, FitConfig, FoldConfig, TwoStageConfig, predict
+from mixjax.mixing.fit.result import UNMEASURED_NOTE
+from mixjax.mixing.mixture import fit_table as fit_run_table
 from mixjax.mixing.law import LawParams
 from mixjax.mixing.runs import RunTable, domain_data, read_run_table, write_run_table
 from mixjax.mixing.solve import Constraints
@@ -22,7 +24,7 @@ TRUTH = LawParams(
     beta=np.array([0.3, 0.25, 0.35]), c=np.array([1.0, 0.8, 1.2]), gamma=np.array([0.3, 0.2, 0.4]),
     alpha=np.array([0.5, 0.5, 0.5]), e=np.array([1.2, 1.0, 0.9]),
 )
-FAST = FitConfig(num_starts=8, bootstrap_samples=0)
+FAST = FitConfig(two_stage=TwoStageConfig(num_starts=8))
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +48,7 @@ def test_zero_token_run_is_data_not_an_error(tmp_path):
     assert table.tokens[-1, 0] == 0.0
     a = domain_data(table)[0]
     assert 0.0 in a.in_domain  # in a's own series (others at base)
-    fit = fit_run_table(table, jax.random.key(0), FitConfig(family="two-stage", num_starts=8, bootstrap_samples=0, alpha_mode="prior"))
+    fit = fit_run_table(table, jax.random.key(0), two_stage_config(num_starts=8, alpha_mode="prior"))
     # The transfer-only point is fitted like any other: residual at the noise level (1e-5).
     assert abs(fit.diagnostics[0].residuals[0]) < 3e-5
     assert fit.diagnostics[0].num_runs == 14  # 6 own-series points (0 included) + 8 cross runs
@@ -107,10 +109,10 @@ def test_cli_reproduces_the_pipeline_weights_from_fit_json(tmp_path, capsys):
     tokens, losses = _4k1(noise=3e-4)
     runs = tmp_path / "runs.csv"
     write_run_table(runs, ("instruct", "math", "code"), tokens, losses)
-    cfg = FitConfig(num_family_starts=3, transfer_prior=1.5, max_folds=7, kfold=5)  # not the defaults
+    cfg = FitConfig(families=FamilyConfig(num_starts=3, transfer_prior=1.5), folds=FoldConfig(max_leave_one_out=7, kfold=5))  # not the defaults
     fit = fit_runs(runs, 3, cfg)
     (tmp_path / "fit.json").write_text(json.dumps(fit.to_dict()))
-    assert FitResult.from_dict(json.loads((tmp_path / "fit.json").read_text())).config == cfg
+    assert Fit.from_dict(json.loads((tmp_path / "fit.json").read_text())).config == cfg
     available = [20000.0, 30000.0, 40000.0]
     constraints = Constraints.create(3, available=available)
     solution = solve_mixture(fit, [18000, 36000], constraints, 3)
@@ -137,27 +139,69 @@ def test_predictions_follow_the_other_tables_row_order(tmp_path, capsys):
     other = np.array([[9000.0, 3000.0, 6000.0], [1000.0, 1000.0, 16000.0]])
     (tmp_path / "other.csv").write_text("tokens.a,tokens.b,tokens.c\n" + "\n".join(",".join(map(str, r)) for r in other) + "\n")
     assert main(["--runs", str(tmp_path / "train.csv"), "--budget", "18000", "--predict", str(tmp_path / "other.csv"),
-                 "--json", "--bootstrap", "0", "--starts", "8"]) == 0
+                 "--json", "--starts", "8"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["predictions"]["domains"] == ["a", "b", "c"]
     np.testing.assert_allclose(out["predictions"]["losses"], law_losses(TRUTH, other), atol=2e-3)
     from mixjax.fit import fit_config, parse_args
 
-    cfg = fit_config(parse_args(["--runs", "x", "--budget", "1", "--bootstrap", "0", "--starts", "8"]))
+    cfg = fit_config(parse_args(["--runs", "x", "--budget", "1", "--starts", "8"]))
     fit = fit_run_table(read_run_table(tmp_path / "train.csv"), jax.random.key(0), cfg)
-    np.testing.assert_allclose(out["predictions"]["losses"], predict_table(fit, ("c", "a", "b"), other[:, [2, 0, 1]]), rtol=1e-9)
+    np.testing.assert_allclose(out["predictions"]["losses"], predict(fit, other[:, [2, 0, 1]], ("c", "a", "b")), rtol=1e-9)
 
 
 def test_a_family_that_cannot_extrapolate_is_never_solved(capsys):
-    from mixjax.mixing.families import fit_table
+    from mixjax.mixing.mixture import fit_table
 
     with pytest.raises(ValueError, match="family must be one of"):
         FitConfig(family="exp")
     tokens, losses = _4k1()
     with pytest.raises(ValueError, match="none extrapolates in N"):
-        fit_table(RunTable(tuple("abc"), tokens, losses, tuple(range(len(tokens)))), jax.random.key(0), FitConfig(families=("exp",)))
+        fit_table(RunTable(tuple("abc"), tokens, losses, tuple(range(len(tokens)))), jax.random.key(0), FitConfig(families=FamilyConfig(scored=("exp",))))
 
 
-def test_bootstrap_is_refused_outside_the_two_stage_fit(capsys):
-    assert main(["--runs", "examples/paper_worked_example.csv", "--budget", "20", "--bootstrap", "8"]) == 2
-    assert "--family two-stage" in capsys.readouterr().err
+def test_two_stage_options_are_refused_under_another_family(capsys):
+    """--bootstrap, --procedure, --alpha-mode and --alpha-prior configure the paper's two-stage
+    fit: under another --family they would do nothing, so they are refused (exit 2, naming
+    the combination that works)."""
+    for flags in (["--bootstrap", "8"], ["--procedure", "paper"], ["--alpha-mode", "prior"], ["--alpha-prior", "0.4"]):
+        assert main(["--runs", "examples/paper_worked_example.csv", "--budget", "20", "--family", "transfer", *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"use --family two-stage {flags[0]}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_two_stage_options_alone_imply_the_two_stage_fit_and_say_so(capsys):
+    """`--procedure paper` without --family fits the paper's two-stage procedure (it gave the
+    transfer family's weights, silently, before), and says so on stderr."""
+    from mixjax.fit import check_flags, fit_config, parse_args
+
+    args = parse_args(["--runs", "x", "--budget", "20", "--procedure", "paper"])
+    assert check_flags(args) == ["--procedure is an option of the paper's two-stage fit: fitting --family two-stage"]
+    cfg = fit_config(args)
+    assert cfg.family == "paper" and cfg.paper_fit == "two-stage" and cfg.two_stage.procedure == "paper"
+    assert main(["--runs", "examples/paper_worked_example.csv", "--budget", "200", "--procedure", "paper", "--alpha-mode", "prior", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "fitting --family two-stage" in captured.err
+    implied = json.loads(captured.out)
+    assert main(["--runs", "examples/paper_worked_example.csv", "--budget", "200", "--family", "two-stage", "--procedure", "paper",
+                 "--alpha-mode", "prior", "--json"]) == 0
+    explicit = json.loads(capsys.readouterr().out)
+    assert implied["weights"] == explicit["weights"]
+    assert implied["params"]["if"]["beta"] < 0.1  # the reference procedure's small betas, not the transfer family's
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--export", "json", "--grid-step", "0.1"], "--grid-step"),
+    (["--export", "json", "--predict", "x.csv"], "--predict"),
+    (["--alpha-prior", "0.4", "--alpha-mode", "fitted"], "--alpha-prior"),
+])
+def test_flags_without_effect_together_are_refused(capsys, flags, message):
+    assert main(["--runs", "examples/paper_worked_example.csv", "--budget", "20", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_json_and_export_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--runs", "examples/paper_worked_example.csv", "--budget", "20", "--json", "--export", "json"])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

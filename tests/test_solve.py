@@ -173,12 +173,12 @@ def test_feasible_mask():
 
 
 def test_report_hides_infeasible_baselines_and_skips_grid_points():
-    from mixjax.mixing.fit import FitResult
-    from mixjax.mixing.mixture import report_for_params
+    from mixjax.mixing.fit import Fit
+    from mixjax.mixing.mixture import decide
 
-    fit = FitResult(domains=("if", "math", "code"), params=PUBLISHED_PARAMS, diagnostics=())
+    fit = Fit(domains=("if", "math", "code"), params=PUBLISHED_PARAMS, diagnostics=())
     cons = Constraints.create(3, available=[4.0, 100.0, 100.0])  # uniform needs 6.67 of if at N=20
-    report = report_for_params(fit, [20.0], cons, jax.random.key(0), grid_step=0.1)
+    report = decide(fit, [20.0], cons, jax.random.key(0), grid_step=0.1)
     b = report.budgets[0]
     assert "uniform" not in b.baselines and "if needs" in b.infeasible_baselines["uniform"]
     assert b.grid_skipped == 36  # w_if >= 0.3 needs more than 4 tokens: 8 + 7 + ... + 1 lattice points

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from mixjax.mixing.law import LawParams, domain_loss, evaluate
-
 PAPER_SCALES = (0.25, 0.5, 2.0, 3.0)
 
 
@@ -28,10 +26,3 @@ def perturbation_runs(base_tokens, scales=PAPER_SCALES) -> np.ndarray:
             row[i] = s * base[i]
             rows.append(row)
     return np.stack(rows)
-
-
-def law_losses(params: LawParams, tokens: np.ndarray) -> np.ndarray:
-    """Per-domain losses the law predicts for runs with the given token counts (R, k)."""
-    tokens = np.asarray(tokens, np.float64)
-    other = tokens.sum(axis=1, keepdims=True) - tokens
-    return evaluate(domain_loss, LawParams(*params), tokens, other)

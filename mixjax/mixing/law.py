@@ -152,6 +152,11 @@ def total_loss(
     return jnp.sum(importance * losses, axis=-1)
 
 
+def objective_value(params: AnyLawParams, weights, budget, importance) -> float:
+    """``sum_i s_i L_i(w, N)`` (nats) in float64, as a Python float (:func:`evaluate`)."""
+    return float(evaluate(total_loss, weights, params, budget, importance))
+
+
 def rescale_units(params: AnyLawParams, scale: Array | float) -> AnyLawParams:
     """Express parameters fitted on tokens ``t / scale`` in the units of ``t``.
 

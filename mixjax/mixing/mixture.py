@@ -1,6 +1,16 @@
-"""From measured runs to recommended weights: fit, solve per budget, baselines, diagnostics.
+"""From measured runs to recommended weights, the one orchestration: fit -> select ->
+solve -> analyse.
 
-The one entry point shared by ``python -m mixjax.fit`` and the pipeline's fit/solve stages.
+- :func:`fit_table`: every law family fitted (:func:`mixjax.mixing.fit.table.fit_families`),
+  one kept (:func:`mixjax.mixing.selection.choose`);
+- :func:`decide`: the optimum at every budget, the baselines, the analysis of the weights
+  (Jacobians, convexity, bootstrap intervals) and, where the tied families disagree, the
+  probe mixtures that would settle it;
+- :func:`optimise_mixture`: both; :func:`settle_with_probes`: the refit once probe runs
+  are measured.
+
+``python -m mixjax.fit``, the pipeline's fit / solve / validate stages and the Python API
+call these; they only parse and write.
 """
 
 from __future__ import annotations
@@ -21,10 +31,12 @@ from mixjax.mixing.baselines import (
     grid_candidates,
     uniform_weights,
 )
-from mixjax.mixing.fit import FitConfig, FitResult
-from mixjax.mixing.fit.table import fit_run_table
+from mixjax.mixing import selection
+from mixjax.mixing.fit.config import FitConfig
+from mixjax.mixing.fit.result import Fit, predict
+from mixjax.mixing.fit.table import fit_families
+from mixjax.mixing.law import evaluate, mixture_losses, objective_value
 from mixjax.mixing.runs import RunTable
-from mixjax.mixing.law import AnyLawParams, evaluate, mixture_losses, total_loss
 from mixjax.mixing.solve import Constraints, check_feasible, host_weight_bounds, solve_sweep
 
 
@@ -47,11 +59,14 @@ class BudgetReport:
     grid_kind: str = ""  # what the grid baseline searched (lattice, or random mixtures at large k)
     uniform_gap: float = float("nan")  # predicted objective(uniform) - objective(optimum)
     warnings: tuple[str, ...] = ()  # why the optimum is poorly determined here
+    # Where the tied families' optima differ (selection.variant_disagreement), with the
+    # probe mixtures that would settle it under "probes"; None where they agree.
+    disagreement: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class MixtureReport:
-    fit: FitResult
+    fit: Fit
     budgets: tuple[BudgetReport, ...]
 
     @property
@@ -78,6 +93,7 @@ class MixtureReport:
             "grid_kind": {key(b): b.grid_kind for b in rows},
             "poorly_determined": {key(b): list(b.warnings) for b in rows},
             "uniform_gap": {key(b): b.uniform_gap for b in rows},
+            "disagreement": {key(b): b.disagreement for b in rows if b.disagreement is not None},
             "validation": self.fit.validation,
             "diagnostics": {
                 "domains": {d.name: d.to_dict() for d in self.fit.diagnostics},
@@ -96,13 +112,59 @@ class MixtureReport:
         }
 
 
-def objective_value(params: AnyLawParams, weights, budget, importance) -> float:
-    """``sum_i s_i L_i(w, N)`` (nats) in float64, as a Python float."""
-    return float(evaluate(total_loss, weights, params, budget, importance))
+def _baselines(fit: Fit, budget: float, constraints: Constraints, grid: np.ndarray) -> tuple[dict, dict, int]:
+    """(feasible baselines name -> weights, infeasible name -> why, grid points skipped)."""
+    k = len(fit.domains)
+    candidates = {"uniform": uniform_weights(k)}
+    if np.all(np.isfinite(constraints.available)):
+        candidates["proportional"] = proportional_weights(constraints.available)
+    baselines, infeasible = {}, {}
+    for name, b in candidates.items():
+        if feasible_mask(b[None], budget, constraints)[0]:
+            baselines[name] = b
+        else:
+            infeasible[name] = infeasibility(b, budget, constraints, fit.domains)
+    skipped = 0
+    if len(grid):
+        ok = feasible_mask(grid, budget, constraints)
+        skipped = int((~ok).sum())
+        if ok.any():
+            baselines["grid"] = grid_search(fit.params, budget, grid[ok], constraints.importance)[0]
+    return baselines, infeasible, skipped
 
 
-def report_for_params(
-    fit: FitResult,
+def _budget_report(fit: Fit, budget: float, w: np.ndarray, constraints: Constraints, grid, grid_kind: str, key) -> BudgetReport:
+    """The optimum ``w`` at ``budget`` against the baselines, with its sensitivities."""
+    objective = lambda weights: objective_value(fit.params, weights, budget, constraints.importance)
+    baselines, infeasible, skipped = _baselines(fit, budget, constraints, grid)
+    d_params, d_budget = weight_jacobians(fit.params, budget, constraints)
+    convexity = check_convexity(fit.params, budget, w, key, constraints.importance)
+    interval = None
+    if fit.bootstrap_params is not None:
+        ci = bootstrap_weights(fit.bootstrap_params, budget, constraints)
+        interval = (ci.low, ci.high)
+    return BudgetReport(
+        budget=budget, weights=w, predicted_losses=evaluate(mixture_losses, fit.params, w, budget), baselines=baselines,
+        baseline_objective={n: objective(b) for n, b in baselines.items()}, objective=objective(w),
+        d_weights_d_budget=d_budget, d_weights_d_params=d_params._asdict(), min_hessian_eigenvalue=convexity.min_eigenvalue,
+        convex=convexity.convex, interval=interval, infeasible_baselines=infeasible, grid_skipped=skipped, grid_kind=grid_kind,
+        uniform_gap=objective(uniform_weights(len(fit.domains))) - objective(w),
+    )
+
+
+def _disagreement(fit: Fit, budget: float, constraints: Constraints, key: jax.Array) -> dict[str, Any] | None:
+    """Where the tied families' optima differ at ``budget``: their report and the probes."""
+    if len(fit.candidates) < 2:
+        return None
+    report = selection.variant_disagreement(fit, budget, constraints)
+    if not report["disagree"]:
+        return None
+    probes = selection.propose_probes(fit, budget, constraints, selection.probe_key(key), report)
+    return report | {"probes": {n: np.asarray(w).tolist() for n, w in probes.items()}}
+
+
+def decide(
+    fit: Fit,
     budgets: Sequence[float],
     constraints: Constraints,
     key: jax.Array,
@@ -115,58 +177,18 @@ def report_for_params(
 
     Baselines that violate the constraints at a budget are left out of ``baselines`` and
     named in ``infeasible_baselines`` (an infeasible mixture may predict a lower loss than
-    the constrained optimum); infeasible grid points are skipped and counted.
+    the constrained optimum); infeasible grid points are skipped and counted. ``key``
+    drives the convexity check and (:func:`mixjax.mixing.selection.probe_key`) the probes.
+
+    Raises:
+      ValueError: an infeasible budget, or degenerate parameters.
     """
     k = len(fit.domains)
     weights = solve_sweep(fit.params, budgets, constraints, fit.domains)  # checks feasibility
-    full_grid, grid_kind = (
-        grid_candidates(k, grid_step, constraints.lower, constraints.upper) if grid_step else (np.zeros((0, k)), "")
-    )
-    rows = []
-    for budget, w, subkey in zip(budgets, weights, jax.random.split(key, len(budgets))):
-        budget = float(budget)
-        candidates = {"uniform": uniform_weights(k)}
-        if np.all(np.isfinite(constraints.available)):
-            candidates["proportional"] = proportional_weights(constraints.available)
-        baselines, infeasible = {}, {}
-        for name, b in candidates.items():
-            if feasible_mask(b[None], budget, constraints)[0]:
-                baselines[name] = b
-            else:
-                infeasible[name] = infeasibility(b, budget, constraints, fit.domains)
-        grid_skipped = 0
-        if len(full_grid):
-            ok = feasible_mask(full_grid, budget, constraints)
-            grid_skipped = int((~ok).sum())
-            if ok.any():
-                baselines["grid"] = grid_search(fit.params, budget, full_grid[ok], constraints.importance)[0]
-        d_params, d_budget = weight_jacobians(fit.params, budget, constraints)
-        convexity = check_convexity(fit.params, budget, w, subkey, constraints.importance)
-        interval = None
-        if fit.bootstrap_params is not None:
-            ci = bootstrap_weights(fit.bootstrap_params, budget, constraints)
-            interval = (ci.low, ci.high)
-        predicted = evaluate(mixture_losses, fit.params, w, budget)
-        objective = objective_value(fit.params, w, budget, constraints.importance)
-        rows.append(
-            BudgetReport(
-                budget=budget,
-                weights=w,
-                predicted_losses=predicted,
-                baselines=baselines,
-                baseline_objective={n: objective_value(fit.params, b, budget, constraints.importance) for n, b in baselines.items()},
-                objective=objective,
-                d_weights_d_budget=d_budget,
-                d_weights_d_params=d_params._asdict(),
-                min_hessian_eigenvalue=convexity.min_eigenvalue,
-                convex=convexity.convex,
-                interval=interval,
-                infeasible_baselines=infeasible,
-                grid_skipped=grid_skipped,
-                grid_kind=grid_kind,
-                uniform_gap=objective_value(fit.params, uniform_weights(k), budget, constraints.importance) - objective,
-            )
-        )
+    grid, grid_kind = grid_candidates(k, grid_step, constraints.lower, constraints.upper) if grid_step else (np.zeros((0, k)), "")
+    rows = [_budget_report(fit, float(b), w, constraints, grid, grid_kind, subkey)
+            for b, w, subkey in zip(budgets, weights, jax.random.split(key, len(budgets)))]
+    rows = [dataclasses.replace(r, disagreement=_disagreement(fit, r.budget, constraints, key)) for r in rows]
     return MixtureReport(fit=fit, budgets=tuple(_with_warnings(rows, constraints, fit.domains, jump, max_interval)))
 
 
@@ -201,6 +223,15 @@ def _with_warnings(rows, constraints: Constraints, domains, jump: float, max_int
     return out
 
 
+def fit_table(table: RunTable, key: jax.Array, cfg: FitConfig = FitConfig()) -> Fit:
+    """Fit every law family to ``table`` and keep the one ``cfg`` asks for (fit -> select).
+
+    Raises:
+      RunTableError / ValueError: a table the fit cannot use.
+    """
+    return selection.choose(fit_families(table, key, cfg))
+
+
 def optimise_mixture(
     table: RunTable,
     budgets: Sequence[float],
@@ -210,7 +241,7 @@ def optimise_mixture(
     grid_step: float | None = 0.05,
 ) -> MixtureReport:
     """Fit the run table, then solve and analyse at every budget: what ``mixjax.fit`` does
-    (same fit, same keys: ``key`` drives both the fit and the analysis).
+    (``key`` drives the fit, the analysis and the probes).
 
     Raises:
       ValueError: a table of fewer than 2 domains, an infeasible budget (both before the
@@ -222,5 +253,77 @@ def optimise_mixture(
     constraints = constraints or Constraints.create(len(table.domains), importance=table.measured.astype(float))
     for budget in budgets:  # fail before the (slow) fit
         check_feasible(constraints, float(budget), list(table.domains))
-    fit = fit_run_table(table, key, cfg)
-    return report_for_params(fit, budgets, constraints, key, grid_step)
+    return decide(fit_table(table, key, cfg), budgets, constraints, key, grid_step)
+
+
+def _rows(table: RunTable, keep: np.ndarray) -> RunTable:
+    return dataclasses.replace(table, tokens=table.tokens[keep], losses=table.losses[keep],
+                               lines=tuple(np.asarray(table.lines)[keep].tolist()))
+
+
+def _concat(a: RunTable, b: RunTable) -> RunTable:
+    return RunTable(domains=a.domains, tokens=np.concatenate([a.tokens, b.tokens]),
+                    losses=np.concatenate([a.losses, b.losses]), lines=tuple(a.lines) + tuple(b.lines),
+                    source=f"{a.source}+{b.source}")
+
+
+def _aligned(probes: RunTable, domains: tuple[str, ...]) -> RunTable:
+    missing = [d for d in domains if d not in probes.domains]
+    if missing:
+        raise ValueError(f"{probes.source}: probe runs lack domains {missing}")
+    order = [probes.domains.index(d) for d in domains]
+    return dataclasses.replace(probes, domains=tuple(domains), tokens=probes.tokens[:, order], losses=probes.losses[:, order])
+
+
+def _leave_one_probe_out(fit: Fit, train: RunTable, probes: RunTable, cfg: FitConfig, key: jax.Array) -> dict[str, np.ndarray]:
+    """Each family refitted on train + the other probe mixtures predicts the held-out one
+    (every seed of it): the other probes calibrate the level at the probes' budget, so the
+    error is about the shape near the optima, which is what moves the weights."""
+    families = tuple(fit.variants)
+    errors = {v: np.full(probes.losses.shape, np.nan) for v in families}
+    quick = dataclasses.replace(cfg, family="auto", families=dataclasses.replace(cfg.families, scored=families),
+                                folds=dataclasses.replace(cfg.folds, enabled=False))
+    mixtures = np.unique(probes.tokens, axis=0)
+    for mixture, subkey in zip(mixtures, jax.random.split(key, len(mixtures))):
+        held = np.all(np.isclose(probes.tokens, mixture[None], rtol=1e-12), axis=1)
+        if held.all():
+            continue
+        refit = fit_table(_concat(train, _rows(probes, ~held)), subkey, quick)
+        for v in families:
+            errors[v][held] = predict(refit, probes.tokens[held], family=v) - probes.losses[held]
+    return errors
+
+
+def settle_with_probes(fit: Fit, train: RunTable, probes: RunTable, cfg: FitConfig, key: jax.Array) -> tuple[Fit, dict]:
+    """Score the families of ``fit`` (the recorded fit of ``train``) on the measured probe
+    runs, choose, refit the chosen one on train + probes.
+
+    Every extrapolating family is scored by its leave-one-probe-out RMSE (nats, over the
+    probes' measured cells); ``"level_rmse"``: ``fit``'s own RMSE on the probes (the level
+    at an extrapolated budget included).
+
+    Returns:
+      (the final Fit, {"scores": {family: RMSE}, "level_rmse", "chosen", "margin" (runner-up
+      score / chosen score), "candidates"}).
+    Raises:
+      ValueError: if the probe table lacks one of the training table's domains or has no
+        measured loss on a domain with a law.
+    """
+    probes = _aligned(probes, tuple(train.domains))
+    measured = ~np.isnan(probes.losses) & fit.has_law[None]
+    if not measured.any():
+        raise ValueError(f"{probes.source}: no measured loss on a domain with a law")
+    level = {v: float(np.sqrt(np.mean((predict(fit, probes.tokens, family=v) - probes.losses)[measured] ** 2))) for v in fit.variants}
+    scores = dict(level)
+    if len(np.unique(probes.tokens, axis=0)) >= 2:
+        errors = _leave_one_probe_out(fit, train, probes, cfg, key)
+        scored = measured & np.isfinite(errors[next(iter(errors))])
+        if scored.any():
+            scores = {v: float(np.sqrt(np.mean(errors[v][scored] ** 2))) for v in errors}
+    chosen = min(scores, key=scores.get)
+    ranked = sorted(scores.values())
+    final = fit_table(_concat(train, probes), jax.random.fold_in(key, 1), dataclasses.replace(cfg, family=chosen))
+    report = {"scores": scores, "level_rmse": level, "chosen": chosen,
+              "margin": ranked[1] / max(ranked[0], 1e-300) if len(ranked) > 1 else float("nan"),
+              "candidates": list(fit.candidates)}
+    return final, report

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mixjax.mixing.fit.types import DomainData
 
 
 class RunTableError(ValueError):
@@ -128,6 +127,59 @@ def read_run_table(path: str | Path, require_losses: bool = True) -> RunTable:
     return parse_run_table(_read_rows(path), str(path), require_losses)
 
 
+@dataclasses.dataclass(frozen=True)
+class DomainData:
+    """What the fit of one domain sees, in the user's token units.
+
+    ``in_domain``/``loss``: the runs that perturb only this domain (its own series, base
+    run included), all at the same other-domain tokens ``other`` (may be empty when the
+    table has no base run, e.g. a random swarm). ``cross_*``: every other run where this
+    domain's loss was measured (they vary ``M`` and so identify ``alpha``).
+
+    Token counts may be zero (a run without this domain measures the transfer-only loss
+    ``c (gamma M^alpha)^-beta + e``, or one that trains only this domain ``M = 0``), but
+    not negative, and every run trains some tokens.
+
+    Raises:
+      ValueError: fewer than 3 points, negative or all-zero tokens, non-finite losses.
+    """
+
+    name: str
+    in_domain: np.ndarray
+    other: float
+    loss: np.ndarray
+    cross_in_domain: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    cross_other: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    cross_loss: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        order = np.argsort(self.in_domain)
+        object.__setattr__(self, "in_domain", np.asarray(self.in_domain, np.float64)[order])
+        object.__setattr__(self, "loss", np.asarray(self.loss, np.float64)[order])
+        for name in ("cross_in_domain", "cross_other", "cross_loss"):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), np.float64))
+        total = len(self.in_domain) + len(self.cross_loss)
+        if len(self.in_domain) < 3 and (len(self.in_domain) > 0 or total < 3):
+            raise ValueError(f"domain {self.name!r}: {len(self.in_domain)} points, the fit needs >= 3")
+        x, m, loss = self.points()
+        if not (np.all(x >= 0) and np.all(m >= 0) and np.all(x + m > 0)):
+            raise ValueError(f"domain {self.name!r}: token counts must be >= 0 and every run must train some tokens")
+        if len(self.in_domain) and not self.other > 0:
+            raise ValueError(f"domain {self.name!r}: the own series needs positive other-domain tokens, got {self.other}")
+        if not np.all(np.isfinite(loss)):
+            raise ValueError(f"domain {self.name!r}: losses must be finite")
+
+    @property
+    def has_series(self) -> bool:
+        return len(self.in_domain) >= 3
+
+    def points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every run of this domain: (in-domain tokens, other tokens, loss), series first."""
+        x = np.concatenate([self.in_domain, self.cross_in_domain])
+        m = np.concatenate([np.full(len(self.in_domain), self.other), self.cross_other])
+        return x, m, np.concatenate([self.loss, self.cross_loss])
+
+
 def domain_data(table: RunTable) -> list[DomainData]:
     """Split the table into per-domain fit inputs, one per measured domain (table order).
 
@@ -187,10 +239,13 @@ def _average_repeats(x: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.nd
     return keys, np.array([loss[x == k].mean() for k in keys])
 
 
-def write_run_table(path: str | Path, domains, tokens, losses) -> None:
-    """Write a CSV run table (empty cells for NaN losses)."""
+def write_run_table(path: str | Path, domains, tokens, losses, extra: dict[str, list] | None = None) -> None:
+    """Write a CSV run table (empty cells for NaN losses); ``extra``: columns written first,
+    one value per run (a run's name, label, seed; the reader ignores them)."""
+    extra = extra or {}
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([f"tokens.{d}" for d in domains] + [f"loss.{d}" for d in domains])
-        for t, l in zip(np.asarray(tokens), np.asarray(losses)):
-            writer.writerow([repr(float(v)) for v in t] + ["" if np.isnan(v) else repr(float(v)) for v in l])
+        writer.writerow([*extra, *(f"tokens.{d}" for d in domains), *(f"loss.{d}" for d in domains)])
+        for r, (t, l) in enumerate(zip(np.asarray(tokens), np.asarray(losses))):
+            writer.writerow([v[r] for v in extra.values()] + [repr(float(v)) for v in t]
+                            + ["" if np.isnan(v) else repr(float(v)) for v in l])

@@ -1,14 +1,13 @@
-"""When the runs cannot choose between law variants, say so and settle it with probe runs
-(issue #14, item 4).
+"""Choosing the law the weights come from: out-of-fold scores, ties, and the runs that
+settle a tie.
 
-The variants are the extrapolating law families of :func:`mixjax.mixing.families.fit_table`
-(the paper's law and its transfer-matrix extension). Those within out-of-fold noise of the
-best (``FamilyFitResult.candidates``) are equally supported by the table; when their
-optima at the target budget differ (half-L1 > ``max_distance``) or one's optimum has a
-relative regret > ``max_regret`` under another, the weights are not determined by the
-data, and the runs that decide are mixtures where the variants' predictions differ most:
-at least every candidate's optimum (:func:`propose_probes`). :func:`settle_with_probes`
-scores every variant on the trained probes and refits the winner on all runs.
+- :func:`score`: out-of-fold (or test) scores of predictions against measured losses.
+- :func:`equivalent`: the families the runs cannot tell from the best one.
+- :func:`choose`: the family a fit keeps (``FitConfig.family``: "auto" is the
+  extrapolating family with the lowest out-of-fold RMSE), as a :class:`Fit`.
+- :func:`variant_disagreement` / :func:`propose_probes`: where the tied families' optima
+  differ at a budget, and the probe mixtures that would settle it (every candidate's
+  optimum and the mixture where their predictions differ most).
 """
 
 from __future__ import annotations
@@ -19,29 +18,145 @@ from typing import Any
 import jax
 import numpy as np
 
-from mixjax.mixing.families import FamilyFitResult, fit_table, predict_losses
-from mixjax.mixing.fit import FitConfig, FitResult
-from mixjax.mixing.mixture import objective_value
-from mixjax.mixing.runs import RunTable
+from mixjax.mixing.fit.families import FAMILIES, GBM_SCORE, exp_params, law_params
+from mixjax.mixing.fit.result import DomainDiagnostics, Fit, predict, unmeasured
+from mixjax.mixing.law import objective_value
 from mixjax.mixing.solve import Constraints, host_weight_bounds, solve_sweep
+from mixjax.mixing.stats import spearman
 
 MAX_DISTANCE = 0.05  # half-L1 between candidate optima
 MAX_REGRET = 0.005  # relative regret of one candidate's optimum under another
 
 
-def _importance(fit: FitResult, constraints: Constraints) -> np.ndarray:
+def score(measured: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Scores of predictions (R, D) against measured losses (R, D; NaN: not measured), nats:
+    ``rmse`` (every measured cell), ``total_rmse`` / ``total_spearman`` (per-run sums over
+    fully measured runs), ``domain_spearman`` (mean over domains)."""
+    ok = ~np.isnan(measured)
+    err = (predicted - measured)[ok]
+    full_rows = np.all(ok, axis=1)
+    total_m, total_p = measured[full_rows].sum(axis=1), predicted[full_rows].sum(axis=1)
+    rhos = [spearman(measured[ok[:, d], d], predicted[ok[:, d], d]) for d in range(measured.shape[1])]
+    return {
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "total_rmse": float(np.sqrt(np.mean((total_p - total_m) ** 2))) if full_rows.any() else float("nan"),
+        "total_spearman": spearman(total_m, total_p),
+        "domain_spearman": float(np.nanmean(rhos)) if np.any(np.isfinite(rhos)) else float("nan"),
+    }
+
+
+def equivalent(errors: dict[str, np.ndarray], best: str, z: float = 2.0) -> list[str]:
+    """Families whose per-run squared error (out-of-fold, (R, D)) is not worse than
+    ``best``'s by more than ``z`` standard errors, paired over runs: the data cannot tell
+    them apart."""
+    out = []
+    base = np.nansum(errors[best] ** 2, axis=1)
+    for name, e in errors.items():
+        d = np.nansum(e**2, axis=1) - base
+        se = np.std(d, ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+        if name == best or np.mean(d) <= z * se:
+            out.append(name)
+    return out
+
+
+def _chosen_family(cfg, scores: dict, extrapolating: list[str], num_folds: int) -> str:
+    if cfg.family != "auto":
+        return cfg.family
+    if not num_folds:
+        return "transfer" if "transfer" in extrapolating else extrapolating[0]
+    return min(extrapolating, key=lambda f: scores[f]["rmse"])
+
+
+def _comparator_note(scores, errors, chosen: str, families) -> list[str]:
+    """A note when a family that cannot extrapolate predicts held-out runs clearly better."""
+    others = [f for f in families if not FAMILIES[f].extrapolates]
+    if not others:
+        return []
+    best = min(others, key=lambda f: scores[f]["rmse"])
+    if chosen in equivalent({chosen: errors[chosen], best: errors[best]}, best) or scores[best]["rmse"] >= scores[chosen]["rmse"]:
+        return []
+    return [f"the {best!r} family (no budget dependence: it cannot extrapolate in N) predicts held-out runs clearly"
+            f" better (out-of-fold RMSE {scores[best]['rmse']:.4g} vs {scores[chosen]['rmse']:.4g}); weights at"
+            " budgets far from the table's are the extrapolating law's"]
+
+
+def choose(fits) -> Fit:
+    """The :class:`Fit` of :func:`mixjax.mixing.fit.table.fit_families`' output: the family
+    ``fits.config.family`` asks for (auto: the extrapolating one with the lowest
+    out-of-fold RMSE), the families within out-of-fold noise of it (``candidates``), every
+    family's scores and the chosen fit's per-domain diagnostics."""
+    if fits.two_stage is not None:
+        return fits.two_stage
+    cfg, table, measured = fits.config, fits.table, fits.measured
+    target = table.losses[:, measured]
+    scores = {f: score(target, ff.oof) | {"extrapolates": FAMILIES[f].extrapolates, "seconds": ff.seconds} for f, ff in fits.fits.items()}
+    if fits.gbm is not None:
+        scores[GBM_SCORE] = score(target, fits.gbm.oof) | {"extrapolates": False, "seconds": fits.gbm.seconds, "reference_only": True}
+    errors = {f: ff.oof - target for f, ff in fits.fits.items()}
+    extrapolating = [f for f in fits.fits if FAMILIES[f].extrapolates]
+    chosen = _chosen_family(cfg, scores, extrapolating, fits.num_folds)
+    candidates = tuple(equivalent({f: errors[f] for f in extrapolating}, chosen)) if fits.num_folds else (chosen,)
+    notes = _comparator_note(scores, errors, chosen, fits.fits) if fits.num_folds else []
+    auto = cfg.family == "auto" and fits.num_folds
+    notes.insert(0, f"law family: {chosen!r}" + (f" (lowest out-of-fold RMSE of the families that extrapolate in N, {fits.num_folds} folds)" if auto else ""))
+    variants = {f: law_params(f, fits.fits[f].theta, measured, fits.scale) for f in extrapolating}
+    fit = Fit(
+        domains=tuple(table.domains), params=variants[chosen], family=chosen, scores=scores, variants=variants,
+        candidates=candidates, exp_params=exp_params(fits.fits["exp"].theta, measured) if "exp" in fits.fits else None,
+        notes=tuple(notes), config=cfg,
+        validation={"oof_rmse": scores[chosen]["rmse"], "oof_spearman": scores[chosen]["domain_spearman"],
+                    "num_points": int((~np.isnan(target)).sum()), "folds": int(fits.num_folds)},
+        diagnostics=tuple(unmeasured(d) if not m else DomainDiagnostics(d) for d, m in zip(table.domains, measured)),
+    )
+    return dataclasses.replace(fit, diagnostics=_diagnostics(fit, table, errors[chosen], measured))
+
+
+def _diagnostics(fit: Fit, table, oof: np.ndarray, measured_cols: np.ndarray) -> tuple[DomainDiagnostics, ...]:
+    """One entry per domain of the table (table order); unmeasured ones say they have no law.
+    ``oof``: out-of-fold errors (R, D) of the measured domains (NaN without folds)."""
+    pred = predict(fit, table.tokens)
+    bounds = fit.config.families.beta_bounds
+    limit = fit.config.checks.max_oof_rel_error
+    out = [unmeasured(d) for d in table.domains]
+    for col, i in enumerate(np.flatnonzero(measured_cols)):
+        ok = ~np.isnan(table.losses[:, i])
+        res = pred[ok, i] - table.losses[ok, i]
+        err = oof[ok, col]
+        rel = np.abs(err) / table.losses[ok, i]
+        oof_max = float(np.nanmax(rel)) if np.any(np.isfinite(rel)) else float("nan")
+        notes = []
+        beta = float(fit.params.beta[i])
+        if not bounds[0] * 1.01 < beta < bounds[1] * 0.99:
+            notes.append(f"beta={beta:.3g} is at its bound: the runs barely constrain the curve's shape, so"
+                         " predictions far from the table's budgets are extrapolations")
+        if np.isfinite(oof_max) and oof_max > limit:
+            notes.append(f"leave-one-out error {oof_max:.2%} exceeds {limit:.2%}")
+        out[i] = DomainDiagnostics(
+            name=table.domains[i], residuals=res.tolist(), rmse=float(np.sqrt(np.mean(res**2))),
+            max_abs_residual=float(np.max(np.abs(res))), oof_errors=err.tolist(), oof_max_rel_error=oof_max,
+            oof_rmse=float(np.sqrt(np.nanmean(err**2))) if np.any(np.isfinite(err)) else float("nan"),
+            oof_spearman=spearman(table.losses[ok, i], table.losses[ok, i] + err), num_runs=int(ok.sum()),
+            notes=notes, poorly_identified=bool(notes),
+        )
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- ties at a budget
+
+
+def _importance(fit: Fit, constraints: Constraints) -> np.ndarray:
     return np.asarray(constraints.importance, np.float64) * fit.has_law
 
 
-def variant_disagreement(fit: FitResult, budget: float, constraints: Constraints) -> dict[str, Any]:
-    """Each candidate variant's optimum at ``budget`` and the mutual regrets.
+def variant_disagreement(fit: Fit, budget: float, constraints: Constraints) -> dict[str, Any]:
+    """Each candidate family's optimum at ``budget`` and the mutual regrets.
 
     Returns:
       ``{"candidates": [...], "weights": {v: [k]}, "half_l1": {a: {b: d}}, "regret": {a: {b: r}}``
       (relative regret of a's optimum under b's law), ``"disagree": bool``, ``"message": str}``;
       ``disagree`` is False (and the maps hold one entry) with fewer than two candidates.
     """
-    names = [c for c in getattr(fit, "candidates", ()) if c in getattr(fit, "variants", {})]
+    names = [c for c in fit.candidates if c in fit.variants]
     constraints = constraints._replace(importance=_importance(fit, constraints))
     weights = {v: solve_sweep(fit.variants[v], [budget], constraints, fit.domains)[0] for v in names}
     half_l1 = {a: {b: float(0.5 * np.abs(weights[a] - weights[b]).sum()) for b in names} for a in names}
@@ -62,14 +177,8 @@ def variant_disagreement(fit: FitResult, budget: float, constraints: Constraints
             rg = ", ".join(f"under {b}: {regret[a][b]:+.2%}" for b in names if b != a)
             lines.append(f"  {a}: {w}; regret {rg}; half-L1 to others {max(half_l1[a].values()):.3f}")
         lines.append("  train the proposed probe mixtures (at least each variant's optimum) and refit with them")
-    return {
-        "candidates": names,
-        "weights": {v: w.tolist() for v, w in weights.items()},
-        "half_l1": half_l1,
-        "regret": regret,
-        "disagree": disagree,
-        "message": "\n".join(lines),
-    }
+    return {"candidates": names, "weights": {v: w.tolist() for v, w in weights.items()}, "half_l1": half_l1,
+            "regret": regret, "disagree": disagree, "message": "\n".join(lines)}
 
 
 def probe_key(key: jax.Array) -> jax.Array:
@@ -78,16 +187,15 @@ def probe_key(key: jax.Array) -> jax.Array:
     return jax.random.fold_in(key, 1)
 
 
-def propose_probes(
-    fit: FitResult, budget: float, constraints: Constraints, key: jax.Array, disagreement: dict[str, Any] | None = None,
-) -> dict[str, np.ndarray]:
-    """Probe mixtures (name -> weights in fit.domains order) that discriminate the fit variants within
-    out-of-fold noise of the best one; {} when the variants agree.
+def propose_probes(fit: Fit, budget: float, constraints: Constraints, key: jax.Array,
+                   disagreement: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Probe mixtures (name -> weights in fit.domains order) that discriminate the candidate
+    families; {} when they agree.
 
-    The probes are every candidate's optimum at ``budget`` (``"optimum:<variant>"``) and
-    the feasible mixture, among 4096 Dirichlet(1) draws (from ``key``), where the
-    candidates' predicted per-domain losses differ most (``"discriminating"``).
-    ``disagreement``: :func:`variant_disagreement` at this budget, when already computed.
+    The probes are every candidate's optimum at ``budget`` (``"optimum:<family>"``) and the
+    feasible mixture, among 4096 Dirichlet(1) draws (from ``key``), where the candidates'
+    predicted per-domain losses differ most (``"discriminating"``). ``disagreement``:
+    :func:`variant_disagreement` at this budget, when already computed.
     """
     report = disagreement or variant_disagreement(fit, budget, constraints)
     if not report["disagree"]:
@@ -99,90 +207,7 @@ def propose_probes(
     lo, hi = host_weight_bounds(constraints, budget)
     draws = draws[np.all((draws >= lo - 1e-12) & (draws <= hi + 1e-12), axis=1)]
     if len(draws):
-        preds = np.stack([predict_losses(dataclasses.replace(fit, family=v, params=fit.variants[v]), draws * budget)
-                          for v in report["candidates"]])
+        preds = np.stack([predict(fit, draws * budget, family=v) for v in report["candidates"]])
         spread = np.nansum(np.nanmax(preds, axis=0) - np.nanmin(preds, axis=0), axis=1)
         probes["discriminating"] = draws[int(np.argmax(spread))]
     return probes
-
-
-def _rows(table: RunTable, keep: np.ndarray) -> RunTable:
-    return dataclasses.replace(table, tokens=table.tokens[keep], losses=table.losses[keep],
-                               lines=tuple(np.asarray(table.lines)[keep].tolist()))
-
-
-def _concat(a: RunTable, b: RunTable) -> RunTable:
-    return RunTable(domains=a.domains, tokens=np.concatenate([a.tokens, b.tokens]),
-                    losses=np.concatenate([a.losses, b.losses]), lines=tuple(a.lines) + tuple(b.lines),
-                    source=f"{a.source}+{b.source}")
-
-
-def _aligned(probes: RunTable, domains: tuple[str, ...]) -> RunTable:
-    missing = [d for d in domains if d not in probes.domains]
-    if missing:
-        raise ValueError(f"{probes.source}: probe runs lack domains {missing}")
-    order = [probes.domains.index(d) for d in domains]
-    return dataclasses.replace(probes, domains=tuple(domains), tokens=probes.tokens[:, order], losses=probes.losses[:, order])
-
-
-def settle_with_probes(train: RunTable, probes: RunTable, cfg: FitConfig, key: jax.Array) -> tuple[FitResult, dict]:
-    """Refit the candidate variants on `train`, score each on the `probes` runs, choose, refit the chosen one
-    on train + probes. Returns (final FitResult, report dict: {"scores": {variant: probe RMSE}, "chosen": str}).
-
-    Every extrapolating variant (the candidates among them) is scored by its
-    leave-one-probe-out RMSE (nats, over the probes' measured cells): refitted on train +
-    the other probe mixtures, it predicts the held-out mixture at every seed it was trained
-    at (the other probes calibrate the level at the probes' budget, so the score is about
-    the shape near the optima). ``"level_rmse"``: the train-only fits' RMSE on the probes.
-    The report also has ``"margin"`` (runner-up score / chosen score) and ``"candidates"``.
-
-    Raises:
-      ValueError: if the probe table lacks one of the training table's domains or has no measured loss.
-    """
-    probes = _aligned(probes, tuple(train.domains))
-    key_fit, key_final = jax.random.split(key)
-    fit = fit_table(train, key_fit, cfg)
-    measured = ~np.isnan(probes.losses) & fit.has_law[None]
-    if not measured.any():
-        raise ValueError(f"{probes.source}: no measured loss on a domain with a law")
-    variants = tuple(fit.variants)
-    # Train-only fits predict every probe (the level at an extrapolated budget included).
-    level = {}
-    for v, law in fit.variants.items():
-        error = predict_losses(dataclasses.replace(fit, family=v, params=law), probes.tokens) - probes.losses
-        level[v] = float(np.sqrt(np.mean(error[measured] ** 2)))
-    # Leave-one-probe-out: each variant refitted on train + the other probes predicts the
-    # held-out probe, so the other probes calibrate it at the probes' budget and the score
-    # is about the shape near the optima, which is what moves the weights.
-    if len(np.unique(probes.tokens, axis=0)) >= 2:
-        errors = {v: np.full(probes.losses.shape, np.nan) for v in variants}
-        quick = dataclasses.replace(cfg, families=variants, family="auto", leave_one_out=False)
-        # Leave out a whole mixture (every seed of it), so no copy of it stays in the refit.
-        mixtures = np.unique(probes.tokens, axis=0)
-        for mixture, subkey in zip(mixtures, jax.random.split(key_fit, len(mixtures))):
-            held = np.all(np.isclose(probes.tokens, mixture[None], rtol=1e-12), axis=1)
-            if held.all():
-                continue
-            refit = fit_table(_concat(train, _rows(probes, ~held)), subkey, quick)
-            for v in variants:
-                law = refit.variants[v]
-                errors[v][held] = predict_losses(dataclasses.replace(refit, family=v, params=law), probes.tokens[held]) - probes.losses[held]
-        scored = measured & np.isfinite(errors[variants[0]])
-        scores = {v: float(np.sqrt(np.mean(errors[v][scored] ** 2))) for v in variants} if scored.any() else dict(level)
-    else:
-        scores = dict(level)
-    chosen = min(scores, key=scores.get)
-    ranked = sorted(scores.values())
-    combined = _concat(train, probes)
-    final = fit_table(combined, key_final, dataclasses.replace(cfg, family=chosen))
-    report = {
-        "scores": scores,
-        "level_rmse": level,
-        "chosen": chosen,
-        "margin": ranked[1] / max(ranked[0], 1e-300) if len(ranked) > 1 else float("nan"),
-        "candidates": list(getattr(fit, "candidates", ())),
-    }
-    return final, report
-
-
-__all__ = ["propose_probes", "settle_with_probes", "variant_disagreement", "FamilyFitResult"]

@@ -20,9 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mixjax.io import write_json_atomic  # noqa: E402
-from mixjax.mixing.fit import FitResult  # noqa: E402
+import csv  # noqa: E402
+
+from mixjax.mixing.fit.result import Fit, predict  # noqa: E402
 from mixjax.mixing.law import LawParams, total_loss  # noqa: E402
-from mixjax.mixing.fit.table import predict_table  # noqa: E402
 from mixjax.mixing.runs import domain_data, read_run_table  # noqa: E402
 from mixjax.mixing.solve import Constraints, solve_sweep  # noqa: E402
 from mixjax.pipeline.paired import mean_sd, paired_difference  # noqa: E402
@@ -32,7 +33,7 @@ from mixjax.pipeline.paired import mean_sd, paired_difference  # noqa: E402
 class ReportInputs:
     name: str
     domains: tuple[str, ...]
-    fit: FitResult
+    fit: Fit
     solution: dict
     runs_csv: Path
     target_budgets: tuple[int, ...]
@@ -46,9 +47,21 @@ class ReportInputs:
     failed: Mapping[str, str] = dataclasses.field(default_factory=dict)
     selection: dict | None = None  # selection.json: the probe runs' choice of fit variant
     solution_final: dict | None = None  # solution_final.json: the solve after the refit with the probes
+    answer: str = "solution.json"  # which recorded file is the experiment's answer (RunStore.answer)
 
 
-def plot_fits(runs_csv: Path, fit: FitResult, path) -> None:
+def read_validation(path: Path, names: Sequence[str]) -> dict[str, tuple[list[float], dict[int, list[float]]]]:
+    """validation.csv as ``{label: (weights, {seed: per-domain losses})}`` (what the
+    validate stage recorded; :meth:`mixjax.pipeline.store.RunStore.write_table`)."""
+    measured: dict[str, tuple[list[float], dict[int, list[float]]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            weights, by_seed = measured.setdefault(row["label"], ([float(row[f"weight.{n}"]) for n in names], {}))
+            by_seed[int(row["seed"])] = [float(row[f"loss.{n}"]) for n in names]
+    return measured
+
+
+def plot_fits(runs_csv: Path, fit: Fit, path) -> None:
     """Per domain: the fitted law along that domain's tokens (others at the base run) and
     the measured runs (those perturbing it, and the others)."""
     table = read_run_table(runs_csv)
@@ -61,7 +74,7 @@ def plot_fits(runs_csv: Path, fit: FitResult, path) -> None:
         x = np.geomspace(max(table.tokens[:, i][table.tokens[:, i] > 0].min(), 1e-9) * 0.5, table.tokens[:, i].max() * 2, 100)
         grid = np.repeat(base[None], len(x), 0)
         grid[:, i] = x
-        ax.plot(x, predict_table(fit, fit.domains, grid)[:, i], label="fitted law")
+        ax.plot(x, predict(fit, grid)[:, i], label="fitted law")
         ax.scatter(d.in_domain, d.loss, color="C1", zorder=3, label="runs perturbing it")
         if d.cross_loss.size:
             ax.scatter(d.cross_in_domain, d.cross_loss, color="C2", marker="x", zorder=3, label="others perturbed")
@@ -75,7 +88,7 @@ def plot_fits(runs_csv: Path, fit: FitResult, path) -> None:
     plt.close(fig)
 
 
-def plot_weights_vs_budget(target_budgets: Sequence[int], constraints: Constraints, fit: FitResult, path) -> None:
+def plot_weights_vs_budget(target_budgets: Sequence[int], constraints: Constraints, fit: Fit, path) -> None:
     budgets = np.geomspace(min(target_budgets) / 10, max(target_budgets) * 10, 40)
     feasible = budgets[budgets <= constraints.available.sum() * 0.999]
     weights = solve_sweep(fit.params, feasible, constraints, fit.domains)
@@ -93,7 +106,7 @@ def plot_weights_vs_budget(target_budgets: Sequence[int], constraints: Constrain
     plt.close(fig)
 
 
-def plot_simplex(fit: FitResult, budget, optimum, validated: dict[str, np.ndarray], path, importance=None) -> None:
+def plot_simplex(fit: Fit, budget, optimum, validated: dict[str, np.ndarray], path, importance=None) -> None:
     """Ternary map of the predicted objective, ``sum_i s_i L_i`` with the solve's importance
     ``s`` (k = 3)."""
     n = 120
@@ -203,7 +216,7 @@ def validation_summary(r: ReportInputs) -> dict:
     rows = {}
     for label, (weights, by_seed) in r.measured.items():
         w = np.asarray(weights, np.float64)
-        predicted = predict_table(r.fit, r.fit.domains, (w * float(r.validate_budget))[None])[0]
+        predicted = predict(r.fit, (w * float(r.validate_budget))[None])[0]
         seeds = sorted(by_seed)
         losses = np.asarray([by_seed[s] for s in seeds], np.float64)  # (S, k)
         mean, sd = mean_sd(losses)
@@ -312,25 +325,26 @@ def write_report(r: ReportInputs, out: Path) -> dict:
         plot_simplex(fit, r.validate_budget, optimum, mixtures, out / "simplex.png", r.constraints.importance)
         plots.append("simplex.png")
     summary = {
-        "experiment": r.name, "domains": list(names), "base_model": r.base_model, "solution": solution,
+        "experiment": r.name, "domains": list(names), "base_model": r.base_model, "answer": r.answer, "solution": solution,
         "validation": validation, "failed_runs": dict(r.failed),
     }
     write_json_atomic(out / "summary.json", summary)
 
-    lines = [f"# mixjax report: {r.name}", "", f"Base model: {r.base_model or 'none (randomly initialised)'}", "", "## Optimal mixture", ""]
+    lines = [f"# mixjax report: {r.name}", "", f"Base model: {r.base_model or 'none (randomly initialised)'}", "", "## Optimal mixture", "",
+             f"The answer: {r.answer}. The weights the validation runs trained (the solve of fit.json):", ""]
     lines.append("| budget (tokens) | " + " | ".join(names) + " | predicted total loss |")
     lines.append("|---|" + "---|" * (len(names) + 1))
     for budget, w in solution["weights"].items():
         objective = solution["diagnostics"]["budgets"][budget]["objective"]
         lines.append(f"| {float(budget):,.0f} | " + " | ".join(f"{x:.3f}" for x in w) + f" | {objective:.4f} |")
-    lines += ["", "## Fitted law", "", "| domain | beta | c | gamma | alpha | e | rmse | LOO max | notes |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Fitted law", "", "| domain | beta | c | gamma | alpha | e | rmse | out-of-fold max | notes |", "|---|---|---|---|---|---|---|---|---|"]
     for i, d in enumerate(fit.diagnostics):
         p = LawParams(*(float(getattr(fit.params, f)[i]) for f in LawParams._fields))
         lines.append(
             f"| {d.name} | {p.beta:.4g} | {p.c:.4g} | {p.gamma:.4g} | {p.alpha:.3f} | {p.e:.4g} | {d.rmse:.2e} |"
-            f" {d.loo_max_rel_error:.2%} | {'; '.join(d.notes) or '-'} |"
+            f" {d.oof_max_rel_error:.2%} | {'; '.join(d.notes) or '-'} |"
         )
-    if hasattr(fit, "score_table"):
+    if fit.scores:
         lines += ["", "Law families, out-of-fold on the same folds (* = used):", "", "```", fit.score_table(), "```", ""]
         lines += [f"- {note}" for note in fit.notes]
     if validation["mixtures"]:

@@ -31,11 +31,10 @@ from mixjax.data.tokenizer import check_vocab, load_tokenizer
 from mixjax.data.pipeline import mixture_selection
 from mixjax.mixing.baselines import feasible_mask, proportional_weights, simplex_grid, uniform_weights
 from mixjax.mixing.design import perturbation_runs
-from mixjax.mixing import selection
-from mixjax.mixing.fit import FitConfig, FitResult
-from mixjax.mixing.fit.table import fit_run_table, load_fit
-from mixjax.mixing.mixture import report_for_params
-from mixjax.mixing.runs import read_run_table
+from mixjax.mixing.fit.config import FitConfig
+from mixjax.mixing.fit.result import Fit
+from mixjax.mixing.mixture import decide, fit_table, settle_with_probes
+from mixjax.mixing.runs import RunTable, read_run_table
 from mixjax.mixing.solve import Constraints
 from mixjax.model.llama import ModelConfig
 from mixjax.pipeline.training import RUN_ERRORS, run_train_config, steps_for_run
@@ -212,14 +211,16 @@ def train_runs(
 # ---------------------------------------------------------------------- fit and solve
 
 
-def fit_runs(runs_csv: Path, seed: int, fit_config: FitConfig) -> FitResult:
+def fit_runs(runs_csv: Path, seed: int, fit_config: FitConfig) -> Fit:
+    """The fit of the recorded perturbation runs (``runs.csv``), keyed by the config's seed."""
     if not runs_csv.exists():
         raise ConfigError("fit: no finished perturbation runs (runs.csv); run the perturb stage first")
-    return fit_run_table(read_run_table(runs_csv), jax.random.key(seed), fit_config)
+    return fit_table(read_run_table(runs_csv), jax.random.key(seed), fit_config)
 
 
-def solve_mixture(fit: FitResult, budgets: Sequence[int], constraints: Constraints, seed: int) -> dict:
-    return report_for_params(fit, sorted(set(budgets)), constraints, jax.random.key(seed)).to_dict()
+def solve_mixture(fit: Fit, budgets: Sequence[int], constraints: Constraints, seed: int) -> dict:
+    """solution.json's content: :func:`~mixjax.mixing.mixture.decide` at every budget."""
+    return decide(fit, sorted(set(budgets)), constraints, jax.random.key(seed)).to_dict()
 
 
 # ---------------------------------------------------------------------- validate
@@ -342,22 +343,19 @@ class Pipeline:
         self.store.write_json("validation_plan.json", {"made_from": made_from, "runs": [dataclasses.asdict(s) for s in specs], "skipped": skipped})
         return specs, skipped
 
-    def write_tables(self) -> None:
-        names = self.config.domain_names
-        self.store.write_table("runs.csv", [s for s in self.store.plan() if s.kind == "perturb"], names)
-        if self.store.read_json("solution.json") is not None:
-            self.store.write_table("validation.csv", self.validation()[0], names)
-
-    def _train(self, specs: Sequence[RunSpec], label: str) -> dict[str, str]:
+    def _train(self, specs: Sequence[RunSpec], label: str, table: str, recorded: Sequence[RunSpec]) -> dict[str, str]:
+        """Train ``specs``; after each run, ``table`` (runs.csv / validation.csv) is written
+        anew from the finished runs among ``recorded`` (every run of that stage)."""
         inputs = self.inputs()
         runs = [prepare_run(s, inputs, self.options.profile) for s in specs]
         val = {n: d.val for n, d in inputs.domains.items()}
+        write = lambda: self.store.write_table(table, recorded, self.config.domain_names)
         failed = train_runs(
             runs, self.store, label, val_sets=val, init_params=inputs.init_params, trainer=lambda: inputs.trainer, options=self.options,
-            after_each=self.write_tables, keep_best_params=self.config.keep_best_params,
+            after_each=write, keep_best_params=self.config.keep_best_params,
         )
         self.failed.update(failed)
-        self.write_tables()
+        write()
         return failed
 
     # -- stages
@@ -378,29 +376,32 @@ class Pipeline:
         self.store.write_plan(specs, dict(zip(cfg.domain_names, map(int, available))))
         self.store.log(f"plan: {len(specs)} perturbation runs (4k+1 with k={len(cfg.domain_names)}), base {cfg.base_tokens:,} tokens per domain")
 
+    def perturbation_specs(self) -> list[RunSpec]:
+        return [s for s in self.store.plan() if s.kind == "perturb"]
+
     def stage_perturb(self) -> None:
-        specs = [s for s in self.store.plan() if s.kind == "perturb"]
+        specs = self.perturbation_specs()
         if not specs:
             raise ConfigError("perturb: no plan.json; run the plan stage first")
-        self._train(specs, "perturbation runs")
+        self._train(specs, "perturbation runs", "runs.csv", specs)
 
     def stage_fit(self) -> None:
-        self.write_tables()
+        # runs.csv from every finished run's result.json (job-array tasks each wrote their own view)
+        self.store.write_table("runs.csv", self.perturbation_specs(), self.config.domain_names)
         fit = fit_runs(self.store.path("runs.csv"), self.config.seed, self.config.fit)
         self.store.write_json("fit.json", fit.to_dict())
         for d in fit.diagnostics:
-            self.store.log(f"fit {d.name}: rmse {d.rmse:.2e}, LOO max {d.loo_max_rel_error:.2%}" + ("  POORLY IDENTIFIED" if d.poorly_identified else ""))
+            self.store.log(f"fit {d.name}: rmse {d.rmse:.2e}, out-of-fold max {d.oof_max_rel_error:.2%}" + ("  POORLY IDENTIFIED" if d.poorly_identified else ""))
+
+    def recorded_fit(self, name: str = "fit.json") -> Fit:
+        fit_json = self.store.read_json(name)
+        if fit_json is None:
+            raise ConfigError(f"no {name}; run the fit stage first")
+        return Fit.from_dict(fit_json)
 
     def stage_solve(self) -> None:
-        fit_json = self.store.read_json("fit.json")
-        if fit_json is None:
-            raise ConfigError("solve: no fit.json; run the fit stage first")
-        fit = load_fit(fit_json)
-        constraints = self.constraints()
-        solution = self.solve(fit, constraints)
-        key = selection.probe_key(jax.random.key(self.config.seed))
-        probes = selection.propose_probes(fit, float(self.validate_budget), constraints, key)
-        solution["probes"] = {name: np.asarray(w, np.float64).tolist() for name, w in probes.items()}
+        fit = self.recorded_fit()
+        solution = self.solve(fit, self.constraints())
         self.store.write_json("solution.json", solution)
         # The previous solve's probe outcome refitted another fit: it no longer answers.
         self.store.discard("fit_final.json", "solution_final.json", "selection.json")
@@ -415,24 +416,30 @@ class Pipeline:
         for label, why in skipped.items():
             self.store.log(f"validate: skipping {label}: {why}")
         self.store.write_json("validation_skipped.json", skipped)
-        failed = self._train(specs, "validation runs")
+        failed = self._train(specs, "validation runs", "validation.csv", specs)
         probes = [s for s in specs if s.label.startswith("probe-")]
         if probes and not any(s.name in failed for s in probes):
             self.settle(probes)
 
-    def solve(self, fit: FitResult, constraints: Constraints) -> dict:
-        """solution.json's content for ``fit``: every target budget and the validation budget."""
-        return solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], constraints, self.config.seed)
+    def solve(self, fit: Fit, constraints: Constraints) -> dict:
+        """solution.json's content for ``fit``: every target budget and the validation budget,
+        and (``probes``) the probe mixtures at the validation budget where the fit's tied
+        families disagree there."""
+        solution = solve_mixture(fit, [*self.config.target_budgets, self.validate_budget], constraints, self.config.seed)
+        disagreement = solution["disagreement"].get(f"{float(self.validate_budget):g}")
+        return solution | {"probes": disagreement["probes"] if disagreement else {}}
 
     def settle(self, probes: Sequence[RunSpec]) -> None:
-        """The probe runs choose between the fit variants: refit on runs.csv + probes.csv
-        (every probe mixture at every seed), solve again; fit_final.json, solution_final.json
-        and selection.json record the outcome."""
+        """The probe runs choose between the families of fit.json: scored on them, the
+        chosen one refitted on runs.csv + the probe runs (every probe mixture at every seed),
+        solved again; fit_final.json, solution_final.json and selection.json record the
+        outcome, probes.csv the probe runs."""
         names = self.config.domain_names
+        measured = self.store.run_table(probes, names, "probe runs")
         self.store.write_table("probes.csv", probes, names)
-        train, measured = read_run_table(self.store.path("runs.csv")), read_run_table(self.store.path("probes.csv"))
+        train = read_run_table(self.store.path("runs.csv"))
         key = jax.random.fold_in(jax.random.key(self.config.seed), 2)
-        fit, report = selection.settle_with_probes(train, measured, self.config.fit, key)
+        fit, report = settle_with_probes(self.recorded_fit(), train, measured, self.config.fit, key)
         solution = self.solve(fit, self.constraints())
         self.store.write_json("fit_final.json", fit.to_dict())
         self.store.write_json("solution_final.json", solution)
@@ -443,31 +450,28 @@ class Pipeline:
         self.store.log(f"validate: refit with the probes, N={self.validate_budget:,}: " + ", ".join(f"{n}={x:.3f}" for n, x in zip(names, w)))
 
     def stage_report(self) -> None:
-        from mixjax.pipeline.report import ReportInputs, write_report
+        from mixjax.pipeline.report import ReportInputs, read_validation, write_report
 
-        fit_json, solution = self.store.read_json("fit.json"), self.store.read_json("solution.json")
-        if fit_json is None or solution is None:
+        answer = self.store.answer()
+        if answer is None or not self.store.path("fit.json").exists():
             self.store.log("report: skipped, no fit/solution")
             return
         names = self.config.domain_names
-        measured: dict[str, tuple[list[float], dict[int, list[float]]]] = {}
-        specs, skipped = (self.validation() if self.store.read_json("validation_skipped.json") is not None else ([], {}))
-        for spec in specs:
-            result = self.store.result(spec.name)
-            if result is not None:
-                weights, by_seed = measured.setdefault(spec.label, ([spec.weights[n] for n in names], {}))
-                by_seed[spec.seed] = [result["best_losses"][n] for n in names]
-        run_names = [s.name for s in self.store.plan()] + [s.name for s in specs]
+        plan = self.store.read_json("validation_plan.json") or {}
+        validated = self.store.path("validation.csv")
+        measured = read_validation(validated, names) if validated.exists() else {}
+        run_names = [s.name for s in self.store.plan()] + [r["name"] for r in plan.get("runs", [])]
         report = ReportInputs(
-            name=self.config.name, domains=names, fit=load_fit(fit_json), solution=solution,
+            name=self.config.name, domains=names, fit=self.recorded_fit(), solution=self.store.read_json("solution.json"),
             runs_csv=self.store.path("runs.csv"), target_budgets=tuple(self.config.target_budgets),
-            validate_budget=self.validate_budget, constraints=self.constraints(), measured=measured, skipped=skipped,
-            histories=self.store.histories(run_names), base_model=self.inputs().config.checkpoint, failed=dict(self.failed),
-            selection=self.store.read_json("selection.json"), solution_final=self.store.read_json("solution_final.json"),
+            validate_budget=self.validate_budget, constraints=self.constraints(), measured=measured,
+            skipped=plan.get("skipped", {}), histories=self.store.histories(run_names), base_model=self.inputs().config.checkpoint,
+            failed=dict(self.failed), selection=self.store.read_json("selection.json"),
+            solution_final=self.store.read_json("solution_final.json"), answer=answer.describe(),
         )
         if self.store.primary:
             write_report(report, self.store.dir)
-        self.store.log(f"report: {self.store.path('report.md')}")
+        self.store.log(f"report: {self.store.path('report.md')} (answer: {answer.describe()})")
 
     def run(self, stages: Sequence[str] = STAGES) -> None:
         for stage in STAGES:
@@ -490,10 +494,10 @@ class Pipeline:
         else:
             if not self.store.plan():
                 self.stage_plan()
-            specs = [s for s in self.store.plan() if s.kind == "perturb"]
+            specs = self.perturbation_specs()
         if not 0 <= index < len(specs):
             raise ConfigError(f"--run {kind}:{index}: there are {kind} runs 0..{len(specs) - 1}")
-        self._train([specs[index]], f"{kind} run {index}")
+        self._train([specs[index]], f"{kind} run {index}", "validation.csv" if kind == "validate" else "runs.csv", specs)
         if self.failed:
             raise RunsFailed(self.failed)
 

@@ -11,7 +11,11 @@
         checkpoints/     the trainer's; deleted once result.json is written (the best
                          step's params kept with ``keep_best_params``)
     runs.csv             per-domain tokens and losses of the finished perturbation runs
-    validation.csv       the same for the validation runs
+    validation.csv       the same for the validation runs, with each run's name, mixture
+                         label, seed and weights
+    probes.csv           the probe mixtures' validation runs the refit used
+    solution.json        the solve of fit.json at every budget (solution_final.json and
+                         fit_final.json: after the probe runs refitted the law)
     log.txt              the pipeline's log
 
 Every file is written atomically and only by process 0 (multi-host runs).
@@ -26,7 +30,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mixjax.io import atomic_path, barrier, is_primary_process, write_json_atomic
-from mixjax.mixing.runs import write_run_table
+import numpy as np
+
+from mixjax.mixing.runs import RunTable, RunTableError, write_run_table
 from mixjax.pipeline.config import ConfigError
 from mixjax.pipeline.fingerprint import describe, differences
 from mixjax.train.checkpoint import release_finished
@@ -170,17 +176,72 @@ class RunStore:
     def histories(self, names: Sequence[str]) -> dict[str, list[dict]]:
         return {n: r.get("history", []) for n in names if (r := self.result(n)) is not None}
 
-    def write_table(self, filename: str, specs: Sequence[RunSpec], domains: Sequence[str]) -> int:
-        """runs.csv / validation.csv from the finished runs: the tokens actually selected
-        per domain (not the planned ones) and the best checkpoint's losses."""
+    def finished(self, specs: Sequence[RunSpec], domains: Sequence[str]) -> list[tuple[RunSpec, list[int], list[float]]]:
+        """(spec, tokens actually selected per domain, best checkpoint's losses) of every
+        finished run among ``specs``, in their order."""
         rows = []
         for spec in specs:
             result, record = self.result(spec.name), self.record(spec.name)
-            if result is None:
-                continue
-            tokens = (record or {}).get("selected_tokens") or spec.tokens
-            rows.append(([tokens[d] for d in domains], [result["best_losses"][d] for d in domains]))
+            if result is not None:
+                tokens = (record or {}).get("selected_tokens") or spec.tokens
+                rows.append((spec, [tokens[d] for d in domains], [result["best_losses"][d] for d in domains]))
+        return rows
+
+    def run_table(self, specs: Sequence[RunSpec], domains: Sequence[str], source: str) -> RunTable:
+        """The finished runs among ``specs`` as a run table (what :meth:`write_table` writes).
+
+        Raises:
+          RunTableError: none of them has finished."""
+        rows = self.finished(specs, domains)
+        if not rows:
+            raise RunTableError(f"{source}: no finished runs")
+        return RunTable(tuple(domains), np.array([r[1] for r in rows], np.float64), np.array([r[2] for r in rows], np.float64),
+                        tuple(range(2, len(rows) + 2)), source)
+
+    def write_table(self, filename: str, specs: Sequence[RunSpec], domains: Sequence[str]) -> int:
+        """runs.csv / validation.csv / probes.csv from the finished runs: the tokens actually
+        selected per domain (not the planned ones) and the best checkpoint's losses; runs
+        with a label (validation runs) also record ``run``, ``label``, ``seed`` and
+        ``weight.<domain>``. Returns the number of rows."""
+        rows = self.finished(specs, domains)
         if rows and self.primary:
+            extra = {}
+            if all(spec.label is not None for spec, _, _ in rows):
+                extra = {"run": [s.name for s, _, _ in rows], "label": [s.label for s, _, _ in rows], "seed": [s.seed for s, _, _ in rows]}
+                extra |= {f"weight.{d}": [repr(float(s.weights[d])) for s, _, _ in rows] for d in domains}
             with atomic_path(self.dir / filename) as tmp:
-                write_run_table(tmp, domains, [r[0] for r in rows], [r[1] for r in rows])
+                write_run_table(tmp, domains, [r[1] for r in rows], [r[2] for r in rows], extra)
         return len(rows)
+
+    # ------------------------------------------------------------------ the answer
+
+    def answer(self) -> "Answer | None":
+        """The experiment's answer (:class:`Answer`); None before the solve stage."""
+        for solution, fit, why in (("solution_final.json", "fit_final.json", "after the probe runs refitted the law"),
+                                   ("solution.json", "fit.json", "the fit of the perturbation runs")):
+            if self.path(solution).exists():
+                return Answer(self.path(solution), self.path(fit), why, self.read_json(solution))
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """Which recorded file is an experiment's answer: ``solution_final.json`` (and
+    ``fit_final.json``) once validation's probe runs refitted the law, else
+    ``solution.json`` (and ``fit.json``). The report, ``mixjax.mix`` and its ``--export``
+    read it and say which file they used."""
+
+    solution_path: Path
+    fit_path: Path
+    why: str
+    solution: dict
+
+    def weights(self, budget: float, domains: Sequence[str]) -> np.ndarray | None:
+        """The solved weights at ``budget`` (None: the solve did not cover it)."""
+        if tuple(self.solution.get("domains", domains)) != tuple(domains):
+            return None
+        weights = self.solution.get("weights", {}).get(f"{float(budget):g}")
+        return None if weights is None else np.asarray(weights, np.float64)
+
+    def describe(self) -> str:
+        return f"{self.solution_path.name} ({self.why})"

@@ -1,253 +1,249 @@
-"""The jitted multi-start fit: every domain x alpha variant x start x fold x bootstrap sample
-in one vmapped call of one compiled function.
-
-Stage 1 (beta and A = gamma M^alpha from the own series' quads), then stages 2 and 3 in one
-multistart (half the starts hold beta at stage 1's value, half fit all five parameters); the
-minimiser is :func:`mixjax.mixing.optim.multistart` (projected Levenberg-Marquardt). Folds and
-bootstrap refits run in a second call warm-started from the full fits. Source: arXiv
-2508.11953, Sec. 3.2.
-"""
+"""The family fits as jitted, vmapped programs: every domain x family x start x fold of one
+family group in one call of the projected Levenberg-Marquardt minimiser
+(:func:`mixjax.mixing.optim.box_lm`), with analytic Jacobians; fold refits start from the
+full fit."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixjax.cache import cached_call, options_for
-from mixjax.mixing.fit.objectives import (
-    linear_c_e,
-    predict,
-    ratio_design,
-    relative_spread,
-    stage1_residuals,
-    stage2_params,
-    stage2_residuals,
-)
-from mixjax.mixing.fit.types import DomainData, FitConfig
-from mixjax.mixing.law import LawParams, domain_loss, evaluate
-from mixjax.mixing.optim import multistart
+from mixjax.cache import compiled, options_for
+from mixjax.mixing.fit.config import FamilyConfig
+from mixjax.mixing.fit.families import LAW_FIXED
+from mixjax.mixing.optim import box_lm
 
 Array = jax.Array
 
 
-def _unit(x: np.ndarray, m: np.ndarray) -> float:
-    """The token unit a domain is fitted in: the median of its positive in-domain tokens."""
-    positive = x[x > 0]
-    return float(np.median(positive if len(positive) else m[m > 0]))
+def _law_terms(theta: Array, tokens: Array, onehot: Array):
+    """Shared pieces of the law and its Jacobian for one domain (``onehot`` marks it)."""
+    c, beta, gamma, alpha, e = jnp.exp(theta[0]), jnp.exp(theta[1]), jnp.exp(theta[2]), theta[3], jnp.exp(theta[4])
+    rho = theta[5]
+    u = theta[LAW_FIXED:]
+    off = 1.0 - onehot
+    count = jnp.maximum(jnp.sum(off), 1.0)
+    w = jnp.exp(u - jnp.max(jnp.where(off > 0, u, -jnp.inf))) * off
+    t = w / (jnp.sum(w) / count)
+    x = tokens @ onehot
+    pos = tokens > 0
+    safe_tokens = jnp.where(pos, tokens, 1.0)
+    powered = jnp.where(pos, safe_tokens**rho, 0.0)  # x_j^rho (R, k)
+    total = powered @ t  # S = sum_j t_j x_j^rho
+    ok = total > 0
+    log_s = jnp.log(jnp.where(ok, total, 1.0))
+    m = jnp.where(ok, jnp.exp(log_s / rho), 0.0)
+    log_m = log_s / rho
+    transferred = jnp.where(ok, jnp.exp(alpha * log_m), 0.0)
+    effective = x + gamma * transferred
+    f = effective ** (-beta)
+    return locals()
 
 
-def law_np(params: LawParams, x, m) -> np.ndarray:
-    """The law (:func:`mixjax.mixing.law.domain_loss`) as float64 numpy, with broadcasting."""
-    return evaluate(domain_loss, LawParams(*params), *np.broadcast_arrays(x, m))
+def _law_predict(theta: Array, tokens: Array, onehot: Array) -> Array:
+    """The paper/transfer law of one domain (``onehot`` marks it) on (R, k) tokens."""
+    v = _law_terms(theta, tokens, onehot)
+    return v["c"] * v["f"] + v["e"]
 
 
-def pack(domains: Sequence[DomainData], cfg: FitConfig, rng: np.random.Generator) -> tuple[dict, int, np.ndarray]:
-    """Normalised, padded arrays for the jitted fit; returns (arrays, number of folds, scales)."""
-    pts = [d.points() for d in domains]
-    p_max = max(len(p[0]) for p in pts)
-    designs = [ratio_design(len(d.in_domain)) if d.has_series else (np.zeros((0, 2), np.int32),) * 2 for d in domains]
-    q2 = max(1, max(len(p) for p, _ in designs))
-    q4 = max(1, max(len(q) for _, q in designs))
-    folds = min(p_max, cfg.max_folds) if cfg.leave_one_out else 0
-    scales = np.array([1.0 if cfg.procedure == "paper" else _unit(x, m) for x, m, _ in pts], np.float64)
-    out: dict[str, list] = {k: [] for k in ("x", "m", "loss", "valid", "series", "other1", "pairs", "pair_ok", "quads", "quad_ok", "fold")}
-    for d, (x, m, loss), (pairs, quads), scale in zip(domains, pts, designs, scales):
-        n, pad = len(x), p_max - len(x)
-        out["x"].append(np.pad(x / scale, (0, pad), constant_values=1.0))
-        out["m"].append(np.pad(m / scale, (0, pad), constant_values=1.0))
-        out["loss"].append(np.pad(loss, (0, pad), constant_values=float(np.mean(loss))))
-        out["valid"].append(np.arange(p_max) < n)
-        out["series"].append(np.arange(p_max) < (len(d.in_domain) if d.has_series else 0))
-        out["other1"].append(d.other / scale if d.has_series else 1.0)
-        out["pairs"].append(np.pad(pairs, ((0, q2 - len(pairs)), (0, 0))))
-        out["pair_ok"].append(np.arange(q2) < len(pairs))
-        out["quads"].append(np.pad(quads, ((0, q4 - len(quads)), (0, 0))))
-        out["quad_ok"].append(np.arange(q4) < len(quads))
-        fold = np.full(p_max, -1)
-        if folds:
-            fold[:n] = np.arange(n) if n <= folds else rng.permutation(n) % folds
-        out["fold"].append(fold)
-    return {k: np.stack(v) for k, v in out.items()}, folds, scales
-
-
-def _fit_one(u, d, mask, loss, fit_alpha, cfg: FitConfig, warm=None):
-    """Fit one domain on the points in ``mask`` (normalised units). Pure and vmappable.
-
-    ``u``: uniform draws (num_starts, 7) for the random starts (drawn outside the jitted
-    function: the in-graph PRNG would dominate its compile time). ``warm`` (a previous
-    fit's output, NaN for none) replaces the first start of every stage.
-    """
-    dtype = d["x"].dtype
-    num_starts = u.shape[0]
-    fmask = mask.astype(dtype)
-    has_series = jnp.sum(mask & d["series"]) >= 3
-    lo_b, hi_b = np.log(cfg.beta_bounds[0]), np.log(cfg.beta_bounds[1])
-    keep_warm = lambda start, w: jnp.where(jnp.isnan(w), start, w)
-
-    # Stage 1: beta and A / M from the own series.
-    lo1, hi1 = jnp.array([lo_b, 1e-6], dtype), jnp.array([hi_b, 1.0], dtype)
-    starts1 = lo1 + (hi1 - lo1) * u[:, :2]
-    if warm is not None:
-        starts1 = starts1.at[0].set(keep_warm(starts1[0], warm["theta1"]))
-    residuals1 = lambda t: stage1_residuals(t, d, mask, loss, cfg)
-    thetas, values1, best1 = multistart(residuals1, starts1, lo1, hi1, cfg.maxiter, cfg.huber_delta_ratio)
-    theta1 = thetas[best1]
-    beta1 = jnp.where(has_series, jnp.exp(theta1[0]), 0.3)
-    betas, fractions = jnp.exp(thetas[:, 0]), thetas[:, 1]
-    near = values1 <= values1[best1] * (1 + 1e-3) + 1e-9
-
-    # Stages 2 and 3 in one multistart over q = (log beta, log c, A_ref / cap, alpha, log e):
-    # the first half of the starts hold beta at stage 1's value (box lo = hi: stage 2),
-    # the second half fit all five jointly (stage 3).
-    lo_q = jnp.array([lo_b, -30.0, 1e-6, 0.0, -30.0], dtype)
-    hi_q = jnp.stack([hi_b, 30.0, 1.0, 1.0, jnp.log(jnp.max(jnp.where(mask, loss, -jnp.inf)))]).astype(dtype)
-
-    def initial_q(log_beta, frac, alpha):
-        phi = jnp.stack([0.0, frac, alpha, 0.0]).astype(dtype)
-        _, transfer_ref, alpha, _, m_ref = stage2_params(phi, d, mask, fit_alpha, cfg)
-        c, e = linear_c_e(jnp.exp(log_beta), transfer_ref * (d["m"] / m_ref) ** alpha, d["x"], loss, fmask)
-        return jnp.clip(jnp.stack([log_beta, jnp.log(c), frac, phi[2], jnp.log(e)]), lo_q, hi_q)
-
-    # beta fixed leaves c, e nearly linear: a quarter of the starts; the joint fit half.
-    half, joint_n = max(1, num_starts // 4), max(2, num_starts // 2)
-    log_beta1 = jnp.log(beta1)
-    random_log_beta = np.log(1e-2) + (np.log(2.0) - np.log(1e-2)) * u[:joint_n, 4]
-    log_betas = jnp.concatenate([jnp.full(half, log_beta1), random_log_beta.at[0].set(log_beta1)])
-    fracs = jnp.concatenate([u[:half, 2], u[:joint_n, 5]])
-    alphas = jnp.concatenate([u[:half, 3], u[:joint_n, 6]])
-    starts = jax.vmap(initial_q)(log_betas, fracs, alphas)
-    if warm is not None:
-        starts = starts.at[half + 1].set(keep_warm(starts[half + 1], warm["q3"]))
-    fixed = jnp.arange(half + joint_n) < half
-    lo = jnp.where(fixed[:, None], lo_q.at[0].set(log_beta1), lo_q)
-    hi = jnp.where(fixed[:, None], hi_q.at[0].set(log_beta1), hi_q)
-    residuals = lambda q: stage2_residuals(q[1:], jnp.exp(q[0]), d, mask, loss, fit_alpha, cfg)
-    qs, values, _ = multistart(residuals, starts, lo, hi, cfg.maxiter, cfg.huber_delta_loss)
-    values2 = jnp.where(fixed, values, jnp.inf)
-    values3 = jnp.where(fixed, jnp.inf, values)
-    best2, best3 = jnp.argmin(values2), jnp.argmin(values3)
-    q2 = qs[best2]
-
-    # Which one is kept (see the module docstring).
-    residual = jnp.abs(predict(q2[1:], beta1, d, mask, fit_alpha, cfg) - loss)
-    spread = jnp.max(jnp.where(mask, loss, -jnp.inf)) - jnp.min(jnp.where(mask, loss, jnp.inf))
-    on_bound = (log_beta1 <= lo_b + np.log(10.0)) | (log_beta1 >= hi_b - 0.1)
-    misfit = jnp.max(jnp.where(mask, residual, 0.0)) > cfg.refine_residual * spread
-    if cfg.procedure == "paper":
-        refine = ~has_series
-    else:
-        refine = on_bound | misfit | fit_alpha | ~has_series
-    use3 = refine & (values3[best3] < values2[best2])
-    q = jnp.where(use3, qs[best3], q2)
-    phi, beta = q[1:], jnp.exp(q[0])
-
-    c, transfer_ref, alpha, e, m_ref = stage2_params(phi, d, mask, fit_alpha, cfg)
-    return dict(
-        beta=beta,
-        c=c,
-        gamma=transfer_ref / m_ref**alpha,
-        alpha=alpha,
-        e=e,
-        stage1_objective=jnp.where(has_series, values1[best1], jnp.nan),
-        objective=jnp.where(use3, values3[best3], values2[best2]),
-        beta_spread=jnp.where(has_series, relative_spread(betas, near, betas[best1]), 0.0),
-        transfer_spread=jnp.where(has_series, relative_spread(fractions, near, jnp.ones_like(betas[best1])), 0.0),
-        transferred_fraction=jnp.where(has_series, theta1[1], phi[1]),
-        stage1_beta=beta1,
-        refined=use3 & has_series,
-        has_series=has_series,
-        theta1=theta1,
-        q3=q,
+def _law_jacobian(theta: Array, tokens: Array, onehot: Array) -> tuple[Array, Array]:
+    """The law and its analytic Jacobian (R, n) in ``theta`` (a few (R, k) passes instead of
+    n forward-mode ones)."""
+    v = _law_terms(theta, tokens, onehot)
+    c, beta, gamma, alpha, rho, t, ok = v["c"], v["beta"], v["gamma"], v["alpha"], v["rho"], v["t"], v["ok"]
+    cf = c * v["f"]
+    d_eff = -beta * cf / v["effective"]  # d pred / d effective
+    g = d_eff * gamma * v["transferred"]  # d pred / d log gamma
+    d_log_m = jnp.where(ok, g * alpha, 0.0)  # d pred / d log M
+    log_x = jnp.where(v["pos"], jnp.log(v["safe_tokens"]), 0.0)
+    safe_s = jnp.where(ok, v["total"], 1.0)
+    # log M = log S / rho: d/d rho = -log S / rho^2 + (sum_j t_j x_j^rho log x_j) / (rho S).
+    d_rho = d_log_m * (-v["log_s"] / rho**2 + ((v["powered"] * log_x) @ t) / (rho * safe_s))
+    # t_j = count w_j / sum w: d S / d u_j = t_j x_j^rho - t_j S / count.
+    d_u = (d_log_m / (rho * safe_s))[:, None] * (v["powered"] - (v["total"] / v["count"])[:, None]) * t[None, :]
+    jac = jnp.concatenate(
+        [jnp.stack([cf, -beta * cf * jnp.log(v["effective"]), g, g * v["log_m"], v["e"] * jnp.ones_like(cf), d_rho], axis=1), d_u],
+        axis=1,
     )
+    return cf + v["e"], jac
 
 
-def law_params(out) -> LawParams:
-    """The law parameters of a fit output dict (any leading batch axes)."""
-    return LawParams(*(out[f] for f in LawParams._fields))
+def _exp_predict(theta: Array, tokens: Array, onehot: Array) -> Array:
+    del onehot
+    r = tokens / jnp.sum(tokens, axis=1, keepdims=True)
+    return theta[0] + jnp.exp(theta[1] + r @ theta[2:])
 
 
-def _warm_start(out) -> dict[str, Array]:
-    return {"theta1": out["theta1"], "q3": out["q3"]}
+def _exp_jacobian(theta: Array, tokens: Array, onehot: Array) -> tuple[Array, Array]:
+    del onehot
+    r = tokens / jnp.sum(tokens, axis=1, keepdims=True)
+    grow = jnp.exp(theta[1] + r @ theta[2:])
+    return theta[0] + grow, jnp.concatenate([jnp.ones_like(grow)[:, None], grow[:, None], grow[:, None] * r], axis=1)
 
 
-def _fit_batch(draws, packed, fit_alpha, masks, losses, warm, *, cfg):
-    """``_fit_one`` vmapped over a flat batch of instances (domain x variant x fold/sample).
+def _linear_c_e(f: Array, loss: Array, mask: Array) -> tuple[Array, Array]:
+    """Least squares ``loss = c f + e`` with ``c > 0`` and ``0 < e < min loss``."""
+    w = mask.astype(f.dtype)
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    fm, lm = jnp.sum(w * f) / n, jnp.sum(w * loss) / n
+    c = jnp.sum(w * (f - fm) * (loss - lm)) / jnp.maximum(jnp.sum(w * (f - fm) ** 2), 1e-300)
+    low = jnp.min(jnp.where(mask, loss, jnp.inf))
+    e = jnp.clip(lm - c * fm, 1e-3 * low, 0.95 * low)
+    c = jnp.maximum(jnp.sum(w * f * (loss - e)) / jnp.maximum(jnp.sum(w * f * f), 1e-300), 1e-6)
+    return c, e
 
-    One compile serves the full fits, the out-of-fold refits and the bootstrap refits:
-    the instances differ only in their data, point masks, losses and warm starts. (One
-    flat vmap traces several times faster than nested vmaps over the three axes.)
+
+def _setup(family: str, tokens, loss, mask, onehot, u, free_u, prec, weak, rho_min: float, beta_bounds: tuple[float, float]):
+    """Box, start and prior of one fit. ``u`` (n,): draws in [0, 1) (0.5: the central start);
+    ``weak``: the scale of the weak beta/alpha priors, (loss noise / Huber delta)^2, so they
+    stay weak against the data at any noise level."""
+    k = tokens.shape[1]
+    n_fit = jnp.maximum(jnp.sum(mask), 1.0)
+    low = jnp.min(jnp.where(mask, loss, jnp.inf))
+    if family == "exp":
+        lo = jnp.concatenate([jnp.stack([-2.0 * low, -20.0]), jnp.full(k, -30.0)])
+        hi = jnp.concatenate([jnp.stack([0.999 * low, 10.0]), jnp.full(k, 30.0)])
+        c0 = u[0] * 0.9 * low
+        t0 = (u[2:] - 0.5) * 2.0
+        mean_loss = jnp.sum(jnp.where(mask, loss, 0.0)) / n_fit
+        x0 = jnp.concatenate([jnp.stack([c0, jnp.log(jnp.maximum(mean_loss - c0, 1e-6))]), t0])
+        # A weak ridge on t fixes the direction sum_j r_j = 1 leaves free (t + a, k e^-a).
+        return x0, lo, hi, (jnp.concatenate([jnp.zeros(2), jnp.full(k, 1e-3 / n_fit)]), jnp.zeros(k + 2))
+    free_u = free_u & (onehot < 1)
+    ub = jnp.where(free_u, 8.0, 0.0)
+    rho_lo = jnp.where(jnp.any(free_u), rho_min, 1.0)
+    lo = jnp.concatenate([jnp.array([-30.0, np.log(beta_bounds[0]), -15.0, 0.0]), jnp.log(jnp.stack([1e-4 * low])), rho_lo[None], -ub])
+    hi = jnp.concatenate([jnp.array([30.0, np.log(beta_bounds[1]), 8.0, 1.0]), jnp.log(jnp.stack([0.999 * low])), jnp.ones(1), ub])
+    beta0 = jnp.exp(jnp.log(0.1) + u[0] * jnp.log(30.0))
+    gamma0 = jnp.exp(jnp.log(0.01) + u[1] * jnp.log(300.0))
+    alpha0 = 0.2 + 0.7 * u[2]
+    f = (tokens @ onehot + gamma0 * (tokens @ (1.0 - onehot)) ** alpha0) ** (-beta0)
+    c, e = _linear_c_e(f, loss, mask)
+    x0 = jnp.concatenate([jnp.log(jnp.stack([c, beta0, gamma0])), jnp.stack([alpha0, jnp.log(e), 1.0]), jnp.zeros(k)])
+    # Priors: u toward 0 (the paper's law, precision 1 / (transfer_prior^2 n)); weak ones
+    # on log beta (toward log 0.5) and alpha (toward 0.5).
+    precision = jnp.concatenate([jnp.array([0.0, 0.05, 0.0, 0.05, 0.0, 0.0]) * weak / n_fit, jnp.where(free_u, prec, 0.0)])
+    mean = jnp.concatenate([jnp.array([0.0, np.log(0.5), 0.0, 0.5, 0.0, 1.0]), jnp.zeros(k)])
+    return x0, lo, hi, (precision, mean)
+
+
+def _fit_all(tokens, losses, masks, onehots, free_u, prec, weak, starts, warm_full, fold_masks, *, family, iterations, fold_iterations, delta, rho_min, beta_bounds):
+    """Every fit of one family group in one program.
+
+    Args (V: law variants x measured domains, S: starts, F: folds; ``tokens`` (R, k) shared):
+      losses/masks (V, R); onehots (V, k); free_u (V,) (transfer matrix free); prec, weak (V,);
+      starts (V, S, n) draws in [0, 1); warm_full (V, n): replaces the first start where
+      finite (the two-stage fit's parameters); fold_masks (F, R) (True: the run is trained on).
+    Returns:
+      (full parameters (V, n), the full fits' predictions (V, R), every fold's fit's
+      predictions of every run (V, F, R)).
     """
+    predict = _exp_predict if family == "exp" else _law_predict
+    jacobian_of = _exp_jacobian if family == "exp" else _law_jacobian
 
-    def one(u, d, alpha_flag, mask, loss, w):
-        return _fit_one(u, d, mask, loss, alpha_flag, cfg, warm=w)  # NaN warm: random start
+    def fit(loss, mask, onehot, free, pr, wk, u, warm, its):
+        x0, lo, hi, prior = _setup(family, tokens, loss, mask, onehot, u, free, pr, wk, rho_min, beta_bounds)
+        x0 = jnp.where(jnp.isfinite(warm), warm, x0)
+        residuals = lambda th: (predict(th, tokens, onehot) - loss, mask.astype(loss.dtype))
+        jacobian = lambda th: jacobian_of(th, tokens, onehot)[1]
+        return box_lm(residuals, x0, lo, hi, its, delta, prior=prior, jacobian=jacobian)
 
-    return jax.vmap(one)(draws, packed, fit_alpha, masks, losses, warm)
+    first = jnp.arange(starts.shape[1]) == 0
+    over_starts = jax.vmap(lambda loss, mask, onehot, free, pr, wk, u, is_first, warm: fit(
+        loss, mask, onehot, free, pr, wk, u, jnp.where(is_first, warm, jnp.nan), iterations), in_axes=(None, None, None, None, None, None, 0, 0, None))
+    xs, values = jax.vmap(over_starts, in_axes=(0, 0, 0, 0, 0, 0, 0, None, 0))(
+        losses, masks, onehots, free_u, prec, weak, starts, first, warm_full)  # (V, S, n), (V, S)
+    values = jnp.where(jnp.isfinite(values), values, jnp.inf)
+    best = jnp.argmin(values, axis=1)
+    full = jnp.take_along_axis(xs, best[:, None, None], axis=1)[:, 0]
+    centre = jnp.full(starts.shape[-1], 0.5, tokens.dtype)
+    over_folds = jax.vmap(lambda loss, mask, onehot, free, pr, wk, warm: fit(loss, mask, onehot, free, pr, wk, centre, warm, fold_iterations)[0],
+                          in_axes=(None, 0, None, None, None, None, None))
+    folds = jax.vmap(lambda loss, mask, onehot, free, pr, wk, warm: over_folds(loss, mask[None] & fold_masks, onehot, free, pr, wk, warm))(
+        losses, masks, onehots, free_u, prec, weak, full)
+    fitted = jax.vmap(predict, in_axes=(0, None, 0))(full, tokens, onehots)
+    fold_fitted = jax.vmap(jax.vmap(predict, in_axes=(0, None, None)), in_axes=(0, None, 0))(folds, tokens, onehots)
+    return full, fitted, fold_fitted
 
 
-def fit_instances(packed, variants, num_folds, cfg, key_fit, key_boot) -> dict[str, dict[str, np.ndarray]]:
-    """Full fits, out-of-fold refits and bootstrap refits, as numpy arrays [domain, variant, ...].
+def _bucket(n: int) -> int:
+    """Pad sizes to a few buckets so tables of similar size share one compiled program."""
+    return max(16, int(2 ** np.ceil(np.log2(n)))) if n <= 64 else int(32 * np.ceil(n / 32))
 
-    Two calls: the full fits (``num_starts`` random starts), then every fold and bootstrap
-    refit warm-started from its full fit with ``bootstrap_starts`` starts.
+
+def _group_inputs(group: tuple[str, ...], tokens, losses, measured_cols, folds, num_folds, cfg: FamilyConfig, rng,
+                  noise: np.ndarray | None = None, warm: np.ndarray | None = None) -> tuple[tuple, dict]:
+    """The arguments (numpy) and static options of :func:`_fit_all` for one family group."""
+    r, k = tokens.shape
+    d_idx = np.flatnonzero(measured_cols)
+    num_d = len(d_idx)
+    family = "exp" if group == ("exp",) else "law"
+    n = 2 + k if family == "exp" else LAW_FIXED + k
+    # Leave-one-run-out folds grow with the table: pad them with the rows (k-fold: exact).
+    rp, fp = _bucket(r), (_bucket(num_folds) if num_folds == r else num_folds) if num_folds else 1
+    pad_tokens = np.concatenate([tokens, np.broadcast_to(tokens.mean(axis=0), (rp - r, k))])
+    measured = np.zeros((num_d, rp), bool)
+    measured[:, :r] = ~np.isnan(losses[:, d_idx]).T
+    loss = np.full((num_d, rp), 1.0)
+    loss[:, :r] = np.where(measured[:, :r], losses[:, d_idx].T, np.nanmean(losses[:, d_idx], axis=0)[:, None])
+    # Prior u ~ N(0, transfer_prior^2) against losses with noise ``noise`` (nats, per domain;
+    # default noise_floor), in the units of the objective (mean Huber / delta^2 over n runs).
+    raw = np.full(num_d, cfg.noise_floor) if noise is None else np.asarray(noise, np.float64)
+    noise = np.maximum(raw, cfg.noise_floor)
+    prec = (noise / cfg.huber_delta) ** 2 / (max(cfg.transfer_prior, 1e-6) ** 2 * np.maximum(measured.sum(axis=1), 1))
+    weak = np.minimum((np.maximum(raw, 1e-6) / cfg.huber_delta) ** 2, 1.0)
+    fold_masks = np.ones((fp, rp), bool)
+    fold_masks[:num_folds, :r] = folds[None] != np.arange(num_folds)[:, None]
+    v = len(group)
+    rep = lambda a: np.concatenate([a] * v)
+    free = np.repeat(np.array([g == "transfer" for g in group]), num_d)
+    s = max(1, cfg.num_starts)
+    starts = rng.uniform(size=(v * num_d, s, n))
+    starts[:, 0] = 0.5  # one central start per fit
+    warm_full = np.full((v * num_d, n), np.nan) if warm is None or family == "exp" else rep(warm)
+    args = (pad_tokens, rep(loss), rep(measured), rep(np.eye(k)[d_idx]), free, rep(prec), rep(weak), starts, warm_full, fold_masks)
+    statics = dict(family=family, iterations=cfg.iterations, fold_iterations=max(8, cfg.iterations // 4),
+                   delta=float(cfg.huber_delta), rho_min=float(cfg.transfer_rho_min),
+                   beta_bounds=tuple(map(float, cfg.beta_bounds)))
+    return tuple(np.asarray(a, np.float64) if a.dtype.kind == "f" else a for a in args), statics
+
+
+def _program(args: tuple, statics: dict):
+    """:func:`_fit_all` compiled for ``args``' shapes (:func:`mixjax.cache.compiled`)."""
+    tokens, *_, starts, _, fold_masks = args  # _fit_all's order
+    work = starts.shape[0] * (starts.shape[1] + fold_masks.shape[0]) * tokens.shape[0]  # lanes x runs
+    return compiled("families", functools.partial(_fit_all, **statics), args, compiler_options=options_for(work))
+
+
+def compile_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num_folds, cfg: FamilyConfig) -> None:
+    """Compile the program :func:`fit_group` will run for these inputs, without running it
+    (call it from a thread while earlier fits run)."""
+    _program(*_group_inputs(group, tokens, losses, measured_cols, folds, num_folds, cfg, np.random.default_rng(0)))
+
+
+def fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num_folds, cfg: FamilyConfig, rng,
+              noise: np.ndarray | None = None, warm: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Full fit (``num_family_starts`` starts) and warm out-of-fold refits of every measured
+    domain for the families of one group (("paper", "transfer") share a program; "exp").
+
+    Returns family -> (full parameters (D, n), out-of-fold predictions (R, D), the full
+    fit's predictions (R, D)).
     """
-    num_d, p = packed["x"].shape
-    num_v, num_b = len(variants), cfg.bootstrap_samples
-    valid, series = packed["valid"], packed["series"]
-    prior = np.where((series.sum(axis=1) >= 3)[:, None], series, valid)
-    base_mask = np.stack([valid if v else prior for v in variants], axis=1)  # (D, V, P)
-    numerics = cfg.numerics()
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key_fit)).ravel()[-1])
-
-    def run(masks, losses, warm, num_starts):
-        """``masks``/``losses`` (D, V, I, P); ``warm``: dict of (D, V, ...) or None."""
-        shape = masks.shape[:3]
-        flat = lambda a: np.ascontiguousarray(np.reshape(a, (-1, *a.shape[3:])))
-        expand = lambda a: np.broadcast_to(a[:, None, None], (*shape, *a.shape[1:]))
-        if warm is None:
-            warm = {"theta1": np.full((*shape, 2), np.nan), "q3": np.full((*shape, 5), np.nan)}
-        else:
-            warm = {k: np.broadcast_to(a[:, :, None], (*shape, *a.shape[2:])) for k, a in warm.items()}
-        args = (
-            flat(rng.uniform(size=(*shape, num_starts, 7))),
-            {k: flat(expand(v)) for k, v in packed.items()},
-            flat(np.broadcast_to(np.asarray(variants)[None, :, None], shape)),
-            flat(masks),
-            flat(losses),
-            {k: flat(v) for k, v in warm.items()},
-        )
-        work = args[0].shape[0] * num_starts * args[3].shape[1]  # instances x starts x points
-        out = cached_call("fit", functools.partial(_fit_batch, cfg=numerics), args, compiler_options=options_for(work))
-        return jax.tree.map(lambda a: np.asarray(a).reshape(*shape, *a.shape[1:]), out)
-
-    losses = np.broadcast_to(packed["loss"][:, None, None], (num_d, num_v, 1, p))
-    full = jax.tree.map(lambda a: a[:, :, 0], run(base_mask[:, :, None], losses, None, cfg.num_starts))
-    result = {"full": full}
-    if not (num_folds or num_b):
-        return result
-    fold_masks = base_mask[:, :, None] & (packed["fold"][:, None, None] != np.arange(num_folds)[None, None, :, None])
-    masks = [fold_masks]
-    refit_losses = [np.broadcast_to(packed["loss"][:, None, None], (num_d, num_v, num_folds, p))]
-    if num_b:
-        # Residual bootstrap around the full fit.
-        pred = law_np(law_params(jax.tree.map(lambda a: a[..., None], full)), packed["x"][:, None], packed["m"][:, None])
-        resid = packed["loss"][:, None] - pred  # (D, V, P)
-        boot_rng = np.random.default_rng(np.asarray(jax.random.key_data(key_boot)).ravel()[-1])
-        boot = np.empty((num_d, num_v, num_b, p))
-        for d in range(num_d):
-            for v in range(num_v):
-                picks = boot_rng.choice(np.flatnonzero(base_mask[d, v]), (num_b, p))
-                boot[d, v] = pred[d, v][None] + resid[d, v][picks]
-        masks.append(np.repeat(base_mask[:, :, None], num_b, 2))
-        refit_losses.append(boot)
-    out = run(np.concatenate(masks, axis=2), np.concatenate(refit_losses, axis=2), _warm_start(full),
-              max(2, min(cfg.bootstrap_starts, cfg.num_starts)))  # >= 2: the warm start and one more
-    if num_folds:
-        result["folds"] = jax.tree.map(lambda a: a[:, :, :num_folds], out)
-    if num_b:
-        result["boot"] = jax.tree.map(lambda a: a[:, :, num_folds:], out)
-    return result
-
+    args, statics = _group_inputs(group, tokens, losses, measured_cols, folds, num_folds, cfg, rng, noise, warm)
+    full, fitted, fold_fitted = (np.asarray(a) for a in _program(args, statics)(*args))
+    r = tokens.shape[0]
+    v, num_d = len(group), int(np.sum(measured_cols))
+    full = full.reshape(v, num_d, -1)
+    fitted = fitted.reshape(v, num_d, -1)[:, :, :r]
+    fold_fitted = fold_fitted.reshape(v, num_d, -1, fold_fitted.shape[-1])[:, :, :num_folds, :r]  # (V, D, F, R)
+    out = {}
+    for g, name in enumerate(group):
+        oof = np.full((r, num_d), np.nan)
+        for f in range(num_folds):
+            held = folds == f
+            oof[held] = fold_fitted[g, :, f, held]  # (held runs, D): numpy puts the split advanced indices first
+        out[name] = (full[g], oof, fitted[g].T)
+    return out

@@ -1,58 +1,162 @@
-"""The fit of a whole run table, the one entry point of the library, ``mixjax.fit`` and the
-pipeline: law families chosen by out-of-fold error (:mod:`mixjax.mixing.families`), or the
-paper's own two-stage procedure (``FitConfig.family="two-stage"``), trained-but-unmeasured
-domains included.
+"""Every law family of :data:`~mixjax.mixing.fit.families.FAMILIES` fitted to a run table
+on the same folds (:func:`fit_families`); :func:`mixjax.mixing.selection.choose` then
+keeps one. With ``FitConfig.paper_fit = "two-stage"`` the paper's own procedure is the
+whole fit.
 
-Source: arXiv 2508.11953, Sec. 3 (the law), applied to any run design (README "Fit and
-solve on your own runs").
+Speed: every fit of every domain x family x start x fold is one call of one jitted,
+vmapped projected Levenberg-Marquardt minimiser (:mod:`mixjax.mixing.fit.engine`); fold
+refits start from the full fit, and the paper and transfer fits start from the paper's
+two-stage fit (:mod:`mixjax.mixing.fit.two_stage`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import jax
 import numpy as np
 
-from mixjax.mixing.fit import FitConfig, FitResult, fit_law
-from mixjax.mixing.families import FamilyFitResult, fit_table, predict_losses
-from mixjax.mixing.fit.diagnostics import unmeasured_diagnostics
-from mixjax.mixing.law import NO_LAW, LawParams
-from mixjax.mixing.runs import RunTable, domain_data
+from mixjax.mixing.fit.config import FitConfig
+from mixjax.mixing.fit.engine import compile_group, fit_group
+from mixjax.mixing.fit.families import FAMILIES
+from mixjax.mixing.fit.folds import run_folds
+from mixjax.mixing.fit.result import Fit, unmeasured
+from mixjax.mixing.fit.two_stage import fit_two_stage
+from mixjax.mixing.law import NO_LAW, LawParams, rescale_units
+from mixjax.mixing.runs import RunTable, RunTableError, domain_data
 
-def fit_run_table(table: RunTable, key: jax.Array, cfg: FitConfig = FitConfig()) -> FitResult:
-    """Fit ``table`` as ``cfg`` says: law families scored on shared folds (default), or
-    the paper's two-stage procedure (``cfg.family == "two-stage"``).
+Array = jax.Array
 
+
+@dataclasses.dataclass(frozen=True)
+class FamilyFit:
+    """One family's fit of every measured domain (D of them), in the fit's normalised units."""
+
+    theta: np.ndarray  # (D, n) fitted vectors
+    oof: np.ndarray  # (R, D) out-of-fold predictions (NaN without folds)
+    fitted: np.ndarray  # (R, D) the full fit's predictions
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyFits:
+    """What :func:`fit_families` measured: every family's fit and out-of-fold predictions."""
+
+    table: RunTable
+    config: FitConfig
+    measured: np.ndarray  # (k,) bool: domains with >= 3 measured runs (the others get no law)
+    scale: float  # token unit of the fits (the median run's total tokens)
+    num_folds: int
+    fits: dict[str, FamilyFit]
+    gbm: FamilyFit | None = None  # LightGBM's out-of-fold predictions (reference only)
+    two_stage: Fit | None = None  # paper_fit="two-stage": the whole fit, over every domain
+
+
+def _check(table: RunTable, cfg: FitConfig) -> tuple[tuple[str, ...], np.ndarray]:
+    """The families to fit and the measured-domain mask; ValueError on an unusable table."""
+    tokens, losses = table.tokens, table.losses
+    families = tuple(cfg.families.scored)
+    for f in families + ((cfg.family,) if cfg.family != "auto" else ()):
+        if f not in FAMILIES:
+            raise ValueError(f"unknown law family {f!r}; choose from {tuple(FAMILIES)}")
+    if cfg.family != "auto" and cfg.family not in families:
+        families = families + (cfg.family,)
+    if not any(FAMILIES[f].extrapolates for f in families):
+        raise ValueError(f"families {families}: none extrapolates in N, so none can be solved (the exp family is a comparator)")
+    if np.any(tokens < 0) or not np.all(np.isfinite(tokens)):
+        raise ValueError(f"{table.source}: tokens must be finite and >= 0")
+    if np.any(tokens.sum(axis=1) <= 0):
+        raise ValueError(f"{table.source}: a run has no tokens")
+    counts = np.sum(~np.isnan(losses), axis=0)
+    few = [(d, int(c)) for d, c in zip(table.domains, counts) if 0 < c < 3]
+    if few:
+        raise ValueError(f"{table.source}: domain {few[0][0]} has {few[0][1]} runs with a measured loss; the fit needs >= 3")
+    if not (counts >= 3).any():
+        raise ValueError(f"{table.source}: no domain has a measured loss")
+    return families, counts >= 3
+
+
+def fit_families(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> FamilyFits:
+    """Fit every family of ``cfg.families.scored`` (and ``cfg.family``) on the same folds.
+
+    Args:
+      table: runs (R, k) of tokens (>= 0, any unit; a 0 is a domain left out of a run) and
+        losses (nats; NaN where not measured). A domain never measured gets no law.
+      key: PRNG key (starts and folds).
+      cfg: the fit's configuration.
     Returns:
-      A :class:`FitResult` over every domain of the table (see :func:`fit_two_stage`).
+      :class:`FamilyFits`.
     Raises:
-      RunTableError / ValueError: a table the fit cannot use.
+      ValueError / RunTableError: negative or non-finite tokens, a run with no tokens, a
+        measured domain with fewer than 3 runs, no measured domain, an unknown family.
     """
-    if cfg.family == "two-stage":
-        return fit_two_stage(table, key, cfg)
-    return fit_table(table, key, cfg)
+    if cfg.two_stage_only:
+        return _two_stage_fits(table, key, cfg)
+    families, measured_cols = _check(table, cfg)
+    tokens, losses = np.asarray(table.tokens, np.float64), np.asarray(table.losses, np.float64)
+    scale = float(np.median(tokens.sum(axis=1)))
+    x = tokens / scale
+    key_fold, key_fit = jax.random.split(key)
+    rng_fold = np.random.default_rng(np.asarray(jax.random.key_data(key_fold)).ravel())
+    rng_fit = np.random.default_rng(np.asarray(jax.random.key_data(key_fit)).ravel())
+    folds, num_folds = run_folds(len(x), cfg.folds, rng_fold)
+    target = losses[:, measured_cols]
+    # The paper's law first: its residuals set the noise scale of the transfer law's
+    # prior (an empirical-Bayes ridge: the worse the lumped law fits, the more freedom).
+    order = [f for f in ("paper", "transfer", "exp") if f in families or (f == "paper" and "transfer" in families)]
+    fits = {}
+    with ThreadPoolExecutor(max_workers=1) as ahead, jax.enable_x64(True):
+        # Compile the families' programs (paper and transfer share one) while the two-stage
+        # start runs: XLA compiles without the GIL, and compiling is most of a first call.
+        compiling = [ahead.submit(compile_group, group, x, losses, measured_cols, folds, num_folds, cfg.families)
+                     for group in dict.fromkeys(("exp",) if f == "exp" else ("paper",) for f in order)]
+        warm, noise = two_stage_start(table, measured_cols, scale, key_fit, cfg)
+        for family in order:
+            start = time.perf_counter()
+            group = fit_group((family,), x, losses, measured_cols, folds, num_folds, cfg.families, rng_fit, noise, warm)
+            theta, oof, fitted = group[family]
+            if family == "paper":  # its residual RMS per domain (nats)
+                noise = np.sqrt(np.nanmean((fitted - target) ** 2, axis=0))
+            if family in families:
+                fits[family] = FamilyFit(theta, oof, fitted, time.perf_counter() - start)
+        for job in compiling:
+            job.result()  # a compile that failed in the thread (its fit compiled it again) is not lost
+    gbm = None
+    if cfg.families.reference_gbm and num_folds:
+        start = time.perf_counter()
+        oof = _gbm_oof(x, losses, measured_cols, folds, num_folds, int(rng_fit.integers(2**31)))
+        gbm = FamilyFit(np.zeros((0, 0)), oof, np.full_like(oof, np.nan), time.perf_counter() - start)
+    fits = {f: fits[f] for f in families}
+    return FamilyFits(table, cfg, measured_cols, scale, num_folds, fits, gbm)
 
 
-def load_fit(d: dict) -> FitResult:
-    """A fit read back from its ``to_dict`` (``fit.json``), of whichever kind it was."""
-    if "family" in d:
-        return FamilyFitResult.from_dict(d)
-    return FitResult.from_dict(d)
+def two_stage_start(table: RunTable, measured_cols: np.ndarray, scale: float, key: Array, cfg: FitConfig):
+    """The start strategy of the paper and transfer families: the paper's two-stage fit
+    (t = 1, rho = 1: the same law), in the normalised units, when every measured domain has
+    an own series (a 4k+1 design): the joint fit of five parameters from few runs is
+    ill-conditioned, stage 1's ratios are not. Returns (starts (D, n), its residual RMS per
+    domain (nats): the noise scale of the paper fit's priors), or (None, None)."""
+    try:
+        data = [d for d in domain_data(table) if d.name in np.asarray(table.domains)[measured_cols]]
+    except RunTableError:
+        return None, None
+    if len(data) != int(measured_cols.sum()) or not all(d.has_series for d in data):
+        return None, None
+    start_cfg = dataclasses.replace(cfg, folds=dataclasses.replace(cfg.folds, enabled=False))
+    fit = fit_two_stage(data, key, start_cfg)
+    p = rescale_units(fit.params, 1.0 / scale)
+    k = len(table.domains)
+    fixed = np.stack([np.log(np.maximum(p.c, 1e-300)), np.log(p.beta), np.log(np.maximum(p.gamma, 1e-300)), p.alpha,
+                      np.log(np.maximum(p.e, 1e-300)), np.ones_like(p.beta)], axis=1)
+    return np.concatenate([fixed, np.zeros((len(data), k))], axis=1), np.array([d.rmse for d in fit.diagnostics])
 
 
-def fit_two_stage(table: RunTable, key: jax.Array, cfg: FitConfig = FitConfig()) -> FitResult:
-    """Fit the paper's law to every measured domain of ``table`` with the paper's two-stage
-    procedure (:func:`mixjax.mixing.fit.fit_law`).
-
-    Returns:
-      A :class:`FitResult` over every domain of the table, in table order; a domain that
-      was trained but never measured gets a law that predicts 0 (``c = e = 0``), so it adds
-      nothing to the objective, and a diagnostics note saying so.
-    Raises:
-      RunTableError: a measured domain with too few runs (see :func:`domain_data`).
-    """
-    fit = fit_law(domain_data(table), key, cfg)
-    if len(fit.domains) == len(table.domains):
-        return fit
+def _two_stage_fits(table: RunTable, key: Array, cfg: FitConfig) -> FamilyFits:
+    """``paper_fit="two-stage"``: the paper's procedure on every measured domain, over
+    every domain of the table (a domain never measured gets :data:`NO_LAW` and says so)."""
+    fit = fit_two_stage(domain_data(table), key, cfg)
     where = [table.domains.index(n) for n in fit.domains]
 
     def expand(params: LawParams | None) -> LawParams | None:
@@ -67,27 +171,28 @@ def fit_two_stage(table: RunTable, key: jax.Array, cfg: FitConfig = FitConfig())
         return LawParams(*fields)
 
     rows = dict(zip(fit.domains, fit.diagnostics))
-    diagnostics = tuple(rows[n] if n in rows else unmeasured_diagnostics(n) for n in table.domains)
-    return FitResult(
-        domains=table.domains, params=expand(fit.params), diagnostics=diagnostics,
-        bootstrap_params=expand(fit.bootstrap_params), validation=fit.validation, config=fit.config,
-    )
+    diagnostics = tuple(rows[n] if n in rows else unmeasured(n) for n in table.domains)
+    fit = dataclasses.replace(fit, domains=table.domains, params=expand(fit.params), diagnostics=diagnostics,
+                              bootstrap_params=expand(fit.bootstrap_params), variants={"paper": expand(fit.params)},
+                              candidates=("paper",))
+    measured = np.array([d.measured for d in diagnostics])
+    return FamilyFits(table, cfg, measured, 1.0, int((fit.validation or {}).get("folds", 0)), {}, two_stage=fit)
 
 
-def predict_table(fit: FitResult, domains: tuple[str, ...], tokens: np.ndarray) -> np.ndarray:
-    """The fit's predicted loss for each run and each of ``fit.domains``.
+def _gbm_oof(tokens, losses, measured_cols, folds, num_folds, seed: int) -> np.ndarray:
+    """Out-of-fold LightGBM predictions on the proportions (a reference only; never solved)."""
+    import lightgbm
 
-    Args:
-      fit: any fit of :func:`fit_run_table` over ``fit.domains``.
-      domains: the token columns of ``tokens``: the fit's domains, in any order.
-      tokens: (R, len(domains)) tokens per run, in the fit's token units.
-    Returns:
-      (R, len(fit.domains)) predicted validation losses (nats), NaN for a domain without
-      a law of its own (trained but never measured).
-    Raises:
-      ValueError: ``domains`` is not the fit's set of domains.
-    """
-    if sorted(domains) != sorted(fit.domains):
-        raise ValueError(f"the table to predict has token columns {', '.join(domains)}; the fit's domains are {', '.join(fit.domains)}")
-    tokens = np.asarray(tokens, np.float64)[:, [domains.index(d) for d in fit.domains]]
-    return predict_losses(fit, tokens)
+    r = tokens / tokens.sum(axis=1, keepdims=True)
+    d_idx = np.flatnonzero(measured_cols)
+    oof = np.full((len(r), len(d_idx)), np.nan)
+    for col, d in enumerate(d_idx):
+        ok = ~np.isnan(losses[:, d])
+        for f in range(num_folds):
+            train, test = ok & (folds != f), folds == f
+            # min_child_samples: LightGBM's default 20 makes no split at all on small tables.
+            model = lightgbm.LGBMRegressor(n_estimators=1000, learning_rate=0.01, num_leaves=31, random_state=seed,
+                                           min_child_samples=int(max(2, min(20, train.sum() // 5))), verbose=-1, n_jobs=2)
+            model.fit(r[train], losses[train, d])
+            oof[test, col] = model.predict(r[test])
+    return oof

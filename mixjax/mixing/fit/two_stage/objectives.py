@@ -1,7 +1,7 @@
 """The fit's objectives: stage-1 statistics on quads of loss differences, stages 2-3 on losses.
 
 Inputs are one domain's packed arrays ``d`` (normalised token units, see
-:func:`mixjax.mixing.fit.engine.pack`), a point mask and the losses; every function is pure
+:func:`mixjax.mixing.fit.two_stage.engine.pack`), a point mask and the losses; every function is pure
 and vmappable. Source: arXiv 2508.11953, Sec. 3.2 (the ratios of loss differences cancel
 ``c`` and ``e``).
 """
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixjax.mixing.fit.types import FitConfig
+from mixjax.mixing.fit.config import TwoStageConfig
 from mixjax.mixing.law import safe_power
 
 Array = jax.Array
@@ -37,7 +37,7 @@ def masked_mean(values: Array, weight: Array) -> Array:
     return jnp.sum(jnp.where(weight > 0, weight * values, 0.0)) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def stage1_residuals(theta, d, mask, loss, cfg: FitConfig):
+def stage1_residuals(theta, d, mask, loss, cfg: TwoStageConfig):
     """theta = (log beta, A / M) on the own series -> (residual per quad, weight)."""
     beta, transfer = jnp.exp(theta[0]), d["other1"] * theta[1]
     f = (d["x"] + transfer) ** (-beta)
@@ -58,7 +58,7 @@ def stage1_residuals(theta, d, mask, loss, cfg: FitConfig):
     return residual, (weight & usable).astype(theta.dtype)
 
 
-def stage2_params(phi, d, mask, fit_alpha, cfg: FitConfig):
+def stage2_params(phi, d, mask, fit_alpha, cfg: TwoStageConfig):
     """phi = (log c, A_ref / cap, alpha, log e) -> (c, A_ref, alpha, e, M_ref).
 
     ``cap`` makes ``gamma M^alpha <= M`` hold at every observed M (``M_ref``: geometric

@@ -1,4 +1,4 @@
-"""From the jitted fit's raw outputs to a :class:`FitResult`: the chosen alpha variant per
+"""From the jitted fit's raw outputs to a :class:`~mixjax.mixing.fit.result.Fit`: the chosen alpha variant per
 domain, user-unit parameters, residuals, out-of-fold errors and the notes that say when a
 domain is poorly identified (arXiv 2508.11953, Sec. 3.2; README "Where mixjax departs").
 """
@@ -7,35 +7,21 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-import scipy.stats
 
-from mixjax.mixing.fit.engine import law_np, law_params
-from mixjax.mixing.fit.types import DomainDiagnostics, FitResult
-from mixjax.mixing.law import LawParams, rescale_units
-
-
-UNMEASURED_NOTE = "trained but never measured: no law of its own (importance 0); its tokens count in the others' transfer"
+from mixjax.mixing.fit.config import FitConfig
+from mixjax.mixing.fit.result import DomainDiagnostics, Fit, TwoStageDiagnostics
+from mixjax.mixing.fit.two_stage.engine import law_params
+from mixjax.mixing.law import LawParams, domain_loss, evaluate, rescale_units
+from mixjax.mixing.stats import spearman
 
 
-def unmeasured_diagnostics(name: str) -> DomainDiagnostics:
-    nan = float("nan")
-    return DomainDiagnostics(
-        name=name, residuals=[], rmse=nan, max_abs_residual=nan, loo_errors=[], loo_max_rel_error=nan,
-        stage1_objective=nan, beta_start_spread=nan, transfer_start_spread=nan, transferred_fraction=nan,
-        alpha_identified=False, refined=False, notes=[UNMEASURED_NOTE], poorly_identified=False, measured=False,
-    )
+def _law_at(params: LawParams, x, m) -> np.ndarray:
+    return evaluate(domain_loss, LawParams(*params), *np.broadcast_arrays(x, m))
 
 
-def spearman(a, b) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN for fewer than 3 points or a
-    constant input."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if len(a) < 3 or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))) or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(scipy.stats.spearmanr(a, b).statistic)
-
-
-def assemble(domains, cfg, packed, out, scales, variants, m_varies) -> FitResult:
+def assemble(domains, cfg: FitConfig, packed, out, scales, variants, m_varies) -> Fit:
+    """The :class:`Fit` of the paper's law over ``domains`` (each domain's alpha variant
+    chosen by leave-one-run-out error)."""
     params, diags, boots, pooled = [], [], [], ([], [])
     for i, data in enumerate(domains):
         x, m, loss = data.points()
@@ -49,7 +35,7 @@ def assemble(domains, cfg, packed, out, scales, variants, m_varies) -> FitResult
             if "folds" in out:
                 folds = law_params(take(out["folds"], v))
                 fold = packed["fold"][i, :n]
-                pred = law_np(LawParams(*(a[fold] for a in folds)), xs, ms)
+                pred = _law_at(LawParams(*(a[fold] for a in folds)), xs, ms)
                 oof[fit_alpha] = pred - loss
                 loo_rmse[fit_alpha] = float(np.sqrt(np.mean(oof[fit_alpha] ** 2)))
         if len(variants) == 1:
@@ -63,7 +49,7 @@ def assemble(domains, cfg, packed, out, scales, variants, m_varies) -> FitResult
         v = variants.index(chosen)
         full = take(out["full"], v)
         p = law_params(full)
-        residuals = law_np(p, xs, ms) - loss
+        residuals = _law_at(p, xs, ms) - loss
         fitted_mask = np.ones(n, bool) if chosen else prior_mask
         errors = oof.get(chosen, np.full(n, np.nan))
         if np.all(np.isfinite(errors)):
@@ -86,8 +72,9 @@ def assemble(domains, cfg, packed, out, scales, variants, m_varies) -> FitResult
             "num_points": int(len(measured)),
             "folds": int(out["folds"]["beta"].shape[2]) if "folds" in out else 0,
         }
-    return FitResult(
+    return Fit(
         domains=tuple(d.name for d in domains),
+        family="paper",
         params=LawParams(*(np.asarray(a, np.float64) for a in jax.tree.map(stack, *params))),
         diagnostics=tuple(diags),
         bootstrap_params=jax.tree.map(stack, *boots) if boots else None,
@@ -96,7 +83,9 @@ def assemble(domains, cfg, packed, out, scales, variants, m_varies) -> FitResult
     )
 
 
-def diagnose(data, cfg, out, residuals, fitted_mask, errors, alpha_identified, chosen, loo_rmse, rho) -> DomainDiagnostics:
+def diagnose(data, cfg: FitConfig, out, residuals, fitted_mask, errors, alpha_identified, chosen, loo_rmse, rho) -> DomainDiagnostics:
+    """One domain's diagnostics with its two-stage record and the notes that flag it."""
+    checks, cfg = cfg.checks, cfg.two_stage
     has_series = bool(out["has_series"])
     beta = float(out["stage1_beta"])
     fraction = float(out["transferred_fraction"])
@@ -114,12 +103,12 @@ def diagnose(data, cfg, out, residuals, fitted_mask, errors, alpha_identified, c
         serious.append(f"beta={beta:.3g} is at its bound")
     if fraction < 1e-3 or fraction > 0.999:
         notes.append(f"transferred data A/M={fraction:.3g} is at its bound (the transfer constraint binds)")
-    if has_series and float(out["beta_spread"]) > cfg.max_start_spread and not refined:
+    if has_series and float(out["beta_spread"]) > checks.max_start_spread and not refined:
         serious.append(f"starts with near-best stage-1 objective disagree on beta by {float(out['beta_spread']):.0%}")
-    if has_series and float(out["transfer_spread"]) > cfg.max_start_spread and not refined:
+    if has_series and float(out["transfer_spread"]) > checks.max_start_spread and not refined:
         serious.append(f"starts with near-best stage-1 objective disagree on A/M by {float(out['transfer_spread']):.0%}")
-    if np.isfinite(loo_max) and loo_max > cfg.max_loo_rel_error:
-        serious.append(f"leave-one-out error {loo_max:.2%} exceeds {cfg.max_loo_rel_error:.2%}")
+    if np.isfinite(loo_max) and loo_max > checks.max_oof_rel_error:
+        serious.append(f"leave-one-out error {loo_max:.2%} exceeds {checks.max_oof_rel_error:.2%}")
     if len(loo_rmse) == 2:
         notes.append(
             f"alpha {'fitted on every run' if chosen else f'held at {cfg.alpha_prior} (own series)'}:"
@@ -130,26 +119,15 @@ def diagnose(data, cfg, out, residuals, fitted_mask, errors, alpha_identified, c
             f"one other-domain size observed: gamma/alpha split not identified, alpha held at {cfg.alpha_prior}"
         )
     fr = residuals[fitted_mask]
+    record = TwoStageDiagnostics(
+        procedure=cfg.procedure, stage1_objective=float(out["stage1_objective"]), beta_start_spread=float(out["beta_spread"]),
+        transfer_start_spread=float(out["transfer_spread"]), transferred_fraction=fraction, alpha_identified=alpha_identified,
+        alpha_choice="fitted" if chosen else "prior", refined=refined,
+        loo_rmse_prior=loo_rmse.get(False, float("nan")), loo_rmse_fitted=loo_rmse.get(True, float("nan")),
+    )
     return DomainDiagnostics(
-        name=data.name,
-        residuals=[float(r) for r in residuals],
-        rmse=float(np.sqrt(np.mean(fr**2))),
-        max_abs_residual=float(np.max(np.abs(fr))),
-        loo_errors=[float(r) for r in errors],
-        loo_max_rel_error=loo_max,
-        stage1_objective=float(out["stage1_objective"]),
-        beta_start_spread=float(out["beta_spread"]),
-        transfer_start_spread=float(out["transfer_spread"]),
-        transferred_fraction=fraction,
-        alpha_identified=alpha_identified,
-        refined=refined,
-        notes=notes + serious,
-        poorly_identified=bool(serious),
-        procedure=cfg.procedure,
-        alpha_choice="fitted" if chosen else "prior",
-        loo_rmse_prior=loo_rmse.get(False, float("nan")),
-        loo_rmse_fitted=loo_rmse.get(True, float("nan")),
-        oof_rmse=float(np.sqrt(np.mean(errors**2))),
-        oof_spearman=rho,
-        num_runs=len(residuals),
+        name=data.name, residuals=[float(r) for r in residuals], rmse=float(np.sqrt(np.mean(fr**2))),
+        max_abs_residual=float(np.max(np.abs(fr))), oof_errors=[float(r) for r in errors], oof_max_rel_error=loo_max,
+        oof_rmse=float(np.sqrt(np.mean(errors**2))), oof_spearman=rho, num_runs=len(residuals),
+        notes=notes + serious, poorly_identified=bool(serious), two_stage=record,
     )
