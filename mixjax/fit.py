@@ -26,6 +26,7 @@ import numpy as np
 
 from mixjax.cache import enable_compilation_cache
 from mixjax.cli import per_domain_values
+from mixjax.mixing.decision import propose_runs
 from mixjax.mixing.export import FORMATS, export_weights
 from mixjax.mixing.fit.config import ALPHA_MODES, FAMILY_CHOICES, PROCEDURES, FitConfig
 from mixjax.mixing.fit.result import Fit, predict
@@ -71,6 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="two-stage fit (implies --family two-stage): alpha at the prior (own series), fitted (every run), or auto: by leave-one-run-out error")
     p.add_argument("--alpha-prior", type=float, default=None, help="two-stage fit: hold alpha at this value (implies --family two-stage --alpha-mode prior)")
     p.add_argument("--predict", metavar="TABLE", help="also predict every run of this table (tokens.<domain> columns; losses optional)")
+    p.add_argument("--propose", type=int, metavar="R", help="also give R mixtures to train at the base run's budget that would most change the recommendation")
+    p.add_argument("--prior", choices=("uniform", "proportional"), help="the mixture the recommendation is pulled toward (default uniform; proportional needs --available)")
+    p.add_argument("--max-epochs", type=float, metavar="E", help="passes over each domain's available tokens a mixture may take (default 1; needs --available)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -86,6 +90,14 @@ def check_flags(args: argparse.Namespace) -> list[str]:
         raise ValueError("--grid-step: the grid baseline is not part of an --export; drop --grid-step (or --export for the tables)")
     if args.export and args.predict:
         raise ValueError("--predict: predictions are not part of an --export; use --json or the tables with --predict")
+    if args.export and args.propose:
+        raise ValueError("--propose: proposals are not part of an --export; use --json or the tables with --propose")
+    if args.max_epochs is not None and not args.available:
+        raise ValueError("--max-epochs caps the passes over the available tokens: give --available too")
+    if args.max_epochs is not None and not args.max_epochs > 0:
+        raise ValueError(f"--max-epochs must be positive, got {args.max_epochs}")
+    if args.prior == "proportional" and not args.available:
+        raise ValueError("--prior proportional is proportional to the available tokens: give --available too")
     if args.alpha_prior is not None and args.alpha_mode not in (None, "prior"):
         raise ValueError(f"--alpha-prior holds alpha at a value; --alpha-mode {args.alpha_mode} would not: drop one of them")
     given = [flag for dest, flag in TWO_STAGE_FLAGS.items() if getattr(args, dest) is not None]
@@ -118,6 +130,8 @@ def fit_config(args: argparse.Namespace) -> FitConfig:
                "alpha_mode": "prior" if args.alpha_prior is not None else args.alpha_mode, "alpha_prior": args.alpha_prior}
     cfg = dataclasses.replace(cfg, two_stage=dataclasses.replace(cfg.two_stage, **{k: v for k, v in section.items() if v is not None}),
                               **{k: v for k, v in family.items() if v is not None})
+    if args.prior:
+        cfg = dataclasses.replace(cfg, decision=dataclasses.replace(cfg.decision, prior=args.prior))
     return cfg
 
 
@@ -152,7 +166,8 @@ def _budget_lines(b, names) -> list[str]:
     """One budget's optimum against the baselines, its interval, dw/dN and any disagreement."""
     lines = [f"\nBudget N = {b.budget:g}   (predicted total loss, lower is better)",
              f"  {'mixture':<12} " + " ".join(f"{n:>{max(7, len(n))}}" for n in names) + f" {'total':>9}"]
-    rows = [("optimal", b.weights, b.objective)] + [(n, w, b.baseline_objective[n]) for n, w in b.baselines.items()]
+    rows = [("recommended", b.weights, b.objective), ("law optimum", b.optimum, b.optimum_objective)]
+    rows += [(n, w, b.baseline_objective[n]) for n, w in b.baselines.items()]
     for label, w, obj in rows:
         lines.append(f"  {label:<12} " + " ".join(f"{x:>{max(7, len(n))}.4f}" for x, n in zip(w, names)) + f" {obj:9.5f}")
     for name, why in b.infeasible_baselines.items():
@@ -162,7 +177,8 @@ def _budget_lines(b, names) -> list[str]:
     if b.interval is not None:
         lo, hi = b.interval
         lines.append("  90% bootstrap interval: " + ", ".join(f"{n} [{l:.3f}, {h:.3f}]" for n, l, h in zip(names, lo, hi)))
-    lines.append("  dw/dN: " + ", ".join(f"{n} {d:+.2e}" for n, d in zip(names, b.d_weights_d_budget)))
+    lines.append(f"  {b.decision.message}")
+    lines.append("  dw/dN (law optimum): " + ", ".join(f"{n} {d:+.2e}" for n, d in zip(names, b.d_weights_d_budget)))
     if b.disagreement:
         lines += ["  " + line for line in b.disagreement["message"].splitlines()]
         lines += [f"  probe {name}: " + ", ".join(f"{n}={x:.3f}" for n, x in zip(names, w)) for name, w in b.disagreement["probes"].items()]
@@ -205,13 +221,16 @@ def predictions(fit: Fit, path: str) -> dict:
 def _constraints(args: argparse.Namespace, table) -> Constraints:
     names = table.domains
     importance = _per_domain(args.importance, names, "--importance") or table.measured.astype(float).tolist()
+    available = _per_domain(args.available, names, "--available")
+    if available is not None and args.max_epochs is not None:
+        available = [a * args.max_epochs for a in available]
     return Constraints.create(
         len(names), lower=_per_domain(args.lower, names, "--lower"), upper=_per_domain(args.upper, names, "--upper"),
-        available=_per_domain(args.available, names, "--available"), importance=importance,
+        available=available, importance=importance,
     )
 
 
-def _print(args: argparse.Namespace, report: MixtureReport, predicted: dict | None) -> None:
+def _print(args: argparse.Namespace, report: MixtureReport, predicted: dict | None, proposals: np.ndarray | None) -> None:
     fit = report.fit
     if args.export:
         print(export_weights(args.export, fit.domains, {b.budget: b.weights for b in report.budgets}, seed=args.seed))
@@ -221,6 +240,8 @@ def _print(args: argparse.Namespace, report: MixtureReport, predicted: dict | No
             out["family"] = {"chosen": fit.family, "scores": fit.scores, "candidates": list(fit.candidates), "notes": list(fit.notes)}
         if predicted is not None:
             out["predictions"] = predicted
+        if proposals is not None:
+            out["proposals"] = {"budget": proposals[0], "weights": proposals[1].tolist()}
         print(json.dumps(out))
     else:
         print(format_report(report))
@@ -229,6 +250,10 @@ def _print(args: argparse.Namespace, report: MixtureReport, predicted: dict | No
             print("  " + " ".join(f"{n:>10}" for n in predicted["domains"]))
             for row in predicted["losses"]:
                 print("  " + " ".join(f"{'-':>10}" if v is None else f"{v:10.4f}" for v in row))
+        if proposals is not None:
+            print(f"\nRuns to train next at N = {proposals[0]:g} (the base run's budget): the optima at N = {args.budget[0]:g} of plausible laws drawn at random")
+            for w in proposals[1]:
+                print("  " + ", ".join(f"{n}={x:.3f}" for n, x in zip(fit.domains, w)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,12 +273,17 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always")
             report = optimise_mixture(table, args.budget, constraints, cfg, key, grid_step or None)
             predicted = predictions(report.fit, args.predict) if args.predict else None
+            proposals = None
+            if args.propose:
+                base = float(np.median(table.tokens.sum(axis=1)))  # the base run's budget (a 4k+1 design's median run)
+                target = float(args.budget[0])  # the plausible laws' optima at the (first) target budget, trained at the base budget
+                proposals = (base, propose_runs(report.fit, target, constraints, args.propose, jax.random.fold_in(key, 3)))
     except (RunTableError, ValueError) as err:
         print(f"mixjax.fit: error: {err}", file=sys.stderr)
         return 2
     for w in caught:
         print(f"mixjax.fit: warning: {w.message}", file=sys.stderr)
-    _print(args, report, predicted)
+    _print(args, report, predicted, proposals)
     return 0
 
 

@@ -87,7 +87,8 @@ def cases():
 
 
 def answer(path: Path, budgets: list[str], flags: list[str]) -> dict:
-    """``mixjax.fit --json``'s weights and predicted losses."""
+    """``mixjax.fit --json``'s optimum of the chosen law and its predicted losses (the
+    recommendation on top of it is mixjax.mixing.decision's)."""
     from mixjax.fit import main
 
     buf = io.StringIO()
@@ -95,7 +96,7 @@ def answer(path: Path, budgets: list[str], flags: list[str]) -> dict:
         code = main(["--runs", str(path), "--budget", *budgets, "--json", *flags])
     assert code == 0, code
     out = json.loads(buf.getvalue())
-    return {"weights": out["weights"], "predicted_losses": out["predicted_losses"]}
+    return {"weights": out["optimum"], "predicted_losses": out["optimum_predicted_losses"]}
 
 
 if __name__ == "__main__":

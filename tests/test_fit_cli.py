@@ -31,7 +31,7 @@ def test_cli_json_on_worked_example(capsys):
 def test_cli_human_table(capsys):
     assert main(["--runs", str(EXAMPLE), "--budget", "20"]) == 0
     out = capsys.readouterr().out
-    assert "Budget N = 20" in out and "optimal" in out and "uniform" in out
+    assert "Budget N = 20" in out and "recommended" in out and "law optimum" in out and "uniform" in out
 
 
 def _write(tmp_path, text, name="runs.csv"):
@@ -92,7 +92,7 @@ def test_published_weights_constant_is_consistent():
 def test_cli_export_and_poorly_determined_message(capsys):
     import yaml
 
-    assert main(["--runs", str(EXAMPLE), "--budget", "20", "--export", "levanter", "--bootstrap", "0"]) == 0
+    assert main(["--runs", str(EXAMPLE), "--budget", "20", "--export", "levanter"]) == 0
     weights = yaml.safe_load(capsys.readouterr().out)["data"]["train_weights"]
     assert set(weights) == {"if", "math", "code"} and sum(weights.values()) == pytest.approx(1.0, abs=1e-9)
     assert main(["--runs", str(EXAMPLE), "--budget", "5", "20", "200", "--family", "two-stage", "--bootstrap", "8"]) == 0
@@ -104,7 +104,7 @@ def test_cli_export_and_poorly_determined_message(capsys):
 
 def test_cli_infeasible_uniform_is_not_compared(capsys):
     assert main(["--runs", str(EXAMPLE), "--budget", "20", "--available", "if=4", "math=100", "code=100",
-                 "--json", "--bootstrap", "0"]) == 0
+                 "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert "uniform" not in out["baselines"]["20"] and "uniform" in out["infeasible_baselines"]["20"]
     assert out["grid_skipped"]["20"] > 0

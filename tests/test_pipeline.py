@@ -613,3 +613,19 @@ def test_stages_read_what_was_recorded(tmp_path, monkeypatch):
     summary = json.loads((exp / "summary.json").read_text())
     assert set(summary["validation"]["mixtures"]) == {"optimal", "uniform"} and summary["validation"]["seeds"] == [0, 1]
     assert summary["answer"] == "solution.json (the fit of the perturbation runs)"
+
+
+def test_adaptive_rounds_train_proposed_runs_and_refit(tmp_path):
+    """adaptive_rounds=1: after the 4k+1 runs the fit stage trains k proposed mixtures at the
+    base run's budget (recorded in adaptive.json), adds them to runs.csv and refits."""
+    fake = FakeTrain()
+    args = ["--set", "adaptive_rounds=1", "fit.decision.samples=8"]
+    assert _main(["--stages", "plan,perturb,fit", *args], tmp_path, fake) == 0
+    exp = tmp_path / "tiny"
+    adaptive = json.loads((exp / "adaptive.json").read_text())["runs"]
+    assert [r["name"] for r in adaptive] == ["adapt0-0", "adapt0-1"]
+    assert all(sum(r["tokens"].values()) == 2 * 2000 for r in adaptive)  # the base run's budget
+    assert len((exp / "runs.csv").read_text().splitlines()) == 1 + 9 + 2
+    assert len(fake.calls) == 9 + 2
+    assert _main(["--stages", "fit", *args], tmp_path, fake) == 0  # a rerun trains nothing new
+    assert len(fake.calls) == 11

@@ -102,11 +102,17 @@ class WeightInterval:
     level: float
 
 
+def solve_samples(params, budget: float, constraints: Constraints) -> np.ndarray:
+    """The optimum of each of several laws (stacked params, (S, k) per field): (S', k), the
+    non-finite solves dropped (vmapped :func:`~mixjax.mixing.solve.solve_weights`)."""
+    with jax.enable_x64(True):
+        samples = np.asarray(cached_call("bootstrap", _solve_samples, (_x64(params), jnp.float64(budget), _x64(constraints))))
+    return samples[np.all(np.isfinite(samples), axis=1)]
+
+
 def bootstrap_weights(bootstrap_params: LawParams, budget: float, constraints: Constraints, level: float = 0.9) -> WeightInterval:
     """Percentile interval of the optimal weights over bootstrap refits (vmapped solve)."""
-    with jax.enable_x64(True):
-        samples = np.asarray(cached_call("bootstrap", _solve_samples, (_x64(bootstrap_params), jnp.float64(budget), _x64(constraints))))
-    samples = samples[np.all(np.isfinite(samples), axis=1)]
+    samples = solve_samples(bootstrap_params, budget, constraints)
     tail = (1.0 - level) / 2 * 100
     low, high = np.percentile(samples, [tail, 100 - tail], axis=0)
     return WeightInterval(samples=samples, low=low, high=high, level=level)

@@ -32,6 +32,7 @@ from mixjax.mixing.baselines import (
     uniform_weights,
 )
 from mixjax.mixing import selection
+from mixjax.mixing.decision import Decision, decide_weights
 from mixjax.mixing.fit.config import FitConfig
 from mixjax.mixing.fit.result import Fit, predict
 from mixjax.mixing.fit.table import fit_families
@@ -43,8 +44,8 @@ from mixjax.mixing.solve import Constraints, check_feasible, host_weight_bounds,
 @dataclasses.dataclass(frozen=True)
 class BudgetReport:
     budget: float
-    weights: np.ndarray
-    predicted_losses: np.ndarray  # per domain, at the optimum
+    weights: np.ndarray  # the recommendation (decision.weights)
+    predicted_losses: np.ndarray  # per domain, at the recommendation
     baselines: dict[str, np.ndarray]  # name -> weights
     baseline_objective: dict[str, float]  # name -> predicted objective
     objective: float
@@ -62,6 +63,10 @@ class BudgetReport:
     # Where the tied families' optima differ (selection.variant_disagreement), with the
     # probe mixtures that would settle it under "probes"; None where they agree.
     disagreement: dict[str, Any] | None = None
+    optimum: np.ndarray | None = None  # the chosen law's optimum
+    optimum_predicted_losses: np.ndarray | None = None
+    optimum_objective: float = float("nan")
+    decision: Decision | None = None  # how sure, and the recommendation (mixjax.mixing.decision)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +86,9 @@ class MixtureReport:
             "params": self.fit.params_dict(),
             "weights": {key(b): b.weights.tolist() for b in rows},
             "predicted_losses": {key(b): b.predicted_losses.tolist() for b in rows},
+            "optimum": {key(b): b.optimum.tolist() for b in rows},
+            "optimum_predicted_losses": {key(b): b.optimum_predicted_losses.tolist() for b in rows},
+            "decision": {key(b): b.decision.to_dict() for b in rows},
             "baselines": {
                 key(b): {
                     name: {"weights": w.tolist(), "objective": b.baseline_objective[name]}
@@ -143,9 +151,12 @@ def _budget_report(fit: Fit, budget: float, w: np.ndarray, constraints: Constrai
     if fit.bootstrap_params is not None:
         ci = bootstrap_weights(fit.bootstrap_params, budget, constraints)
         interval = (ci.low, ci.high)
+    decision = decide_weights(fit, budget, constraints, w)
+    recommended = decision.weights
     return BudgetReport(
-        budget=budget, weights=w, predicted_losses=evaluate(mixture_losses, fit.params, w, budget), baselines=baselines,
-        baseline_objective={n: objective(b) for n, b in baselines.items()}, objective=objective(w),
+        budget=budget, weights=recommended, predicted_losses=evaluate(mixture_losses, fit.params, recommended, budget),
+        optimum=w, optimum_predicted_losses=evaluate(mixture_losses, fit.params, w, budget), decision=decision, optimum_objective=objective(w),
+        baselines=baselines, baseline_objective={n: objective(b) for n, b in baselines.items()}, objective=objective(recommended),
         d_weights_d_budget=d_budget, d_weights_d_params=d_params._asdict(), min_hessian_eigenvalue=convexity.min_eigenvalue,
         convex=convexity.convex, interval=interval, infeasible_baselines=infeasible, grid_skipped=skipped, grid_kind=grid_kind,
         uniform_gap=objective(uniform_weights(len(fit.domains))) - objective(w),

@@ -45,16 +45,18 @@ def score(measured: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     }
 
 
-def equivalent(errors: dict[str, np.ndarray], best: str, z: float = 2.0) -> list[str]:
-    """Families whose per-run squared error (out-of-fold, (R, D)) is not worse than
-    ``best``'s by more than ``z`` standard errors, paired over runs: the data cannot tell
-    them apart."""
+def equivalent(errors: dict[str, np.ndarray], best: str, z: float = 2.0, tolerance: float = 0.0) -> list[str]:
+    """Families the data cannot tell from ``best``: their out-of-fold RMSE (errors (R, D))
+    is within ``tolerance`` (a fraction) of best's, a difference the runs' noise cannot
+    resolve, or their per-run squared error is not worse than best's by more than ``z``
+    standard errors, paired over runs."""
     out = []
     base = np.nansum(errors[best] ** 2, axis=1)
+    rmse = lambda e: float(np.sqrt(np.nanmean(e**2)))
     for name, e in errors.items():
         d = np.nansum(e**2, axis=1) - base
         se = np.std(d, ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
-        if name == best or np.mean(d) <= z * se:
+        if name == best or np.mean(d) <= z * se or rmse(e) <= (1 + tolerance) * rmse(errors[best]):
             out.append(name)
     return out
 
@@ -95,7 +97,8 @@ def choose(fits) -> Fit:
     errors = {f: ff.oof - target for f, ff in fits.fits.items()}
     extrapolating = [f for f in fits.fits if FAMILIES[f].extrapolates]
     chosen = _chosen_family(cfg, scores, extrapolating, fits.num_folds)
-    candidates = tuple(equivalent({f: errors[f] for f in extrapolating}, chosen)) if fits.num_folds else (chosen,)
+    tolerance = cfg.decision.equivalence
+    candidates = tuple(equivalent({f: errors[f] for f in extrapolating}, chosen, tolerance=tolerance)) if fits.num_folds else (chosen,)
     notes = _comparator_note(scores, errors, chosen, fits.fits) if fits.num_folds else []
     auto = cfg.family == "auto" and fits.num_folds
     notes.insert(0, f"law family: {chosen!r}" + (f" (lowest out-of-fold RMSE of the families that extrapolate in N, {fits.num_folds} folds)" if auto else ""))
@@ -107,8 +110,15 @@ def choose(fits) -> Fit:
         validation={"oof_rmse": scores[chosen]["rmse"], "oof_spearman": scores[chosen]["domain_spearman"],
                     "num_points": int((~np.isnan(target)).sum()), "folds": int(fits.num_folds)},
         diagnostics=tuple(unmeasured(d) if not m else DomainDiagnostics(d) for d, m in zip(table.domains, measured)),
+        samples={f: _stacked([law_params(f, theta, measured, fits.scale) for theta in fits.fits[f].samples])
+                 for f in extrapolating if fits.fits[f].samples is not None and len(fits.fits[f].samples)},
     )
     return dataclasses.replace(fit, diagnostics=_diagnostics(fit, table, errors[chosen], measured))
+
+
+def _stacked(laws: list):
+    """Parameters of several laws stacked on a leading axis."""
+    return type(laws[0])(*(np.stack(fields) for fields in zip(*laws)))
 
 
 def _diagnostics(fit: Fit, table, oof: np.ndarray, measured_cols: np.ndarray) -> tuple[DomainDiagnostics, ...]:

@@ -199,8 +199,15 @@ def _solve_separable_jvp(primals, tangents):
 
 
 def _newton(params: AnyLawParams, budget, lo: Array, hi: Array, importance: Array, iterations: int) -> Array:
-    """Projected Newton on the bounded simplex with a projected-gradient safeguard (fixed steps)."""
-    f = lambda w: total_loss(w, params, budget, importance)
+    """:func:`projected_newton` on the law's objective."""
+    return projected_newton(lambda w: total_loss(w, params, budget, importance), lo, hi, iterations)
+
+
+def projected_newton(f, lo: Array, hi: Array, iterations: int) -> Array:
+    """Minimise a smooth convex ``f`` over ``{w : lo <= w <= hi, sum w = 1}``: projected
+    Newton on the free coordinates with a projected-gradient safeguard, a fixed number of
+    steps from the projected uniform mixture; the best candidate of each step is kept.
+    Pure and jittable."""
     grad, hess = jax.grad(f), jax.hessian(f)
     k = lo.shape[-1]
     safe_f = lambda w: jnp.where(jnp.isfinite(f(w)), f(w), jnp.inf)

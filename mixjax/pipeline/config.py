@@ -80,6 +80,9 @@ class ExperimentConfig:
     # A finished run's checkpoints are deleted once its result.json is written (the full
     # state is ~90 GiB for 8B; nothing resumes a finished run); True keeps its best params.
     keep_best_params: bool = False
+    # After the 4k+1 runs: rounds of k proposed runs each (mixjax.mixing.decision.propose_runs,
+    # at the base run's budget), every round refitted before the next is proposed.
+    adaptive_rounds: int = 0
 
     @property
     def experiment_dir(self) -> Path:
@@ -194,6 +197,8 @@ def validate(config: ExperimentConfig, device_count: int | None = None) -> None:
         for source in domain.sources:
             if not source.startswith(("synthetic:", "tfds:")) and not Path(source).exists():
                 raise ConfigError(f"domain {domain.name}: source {source} does not exist")
+    if config.adaptive_rounds < 0:
+        raise ConfigError(f"adaptive_rounds: a number of rounds >= 0, got {config.adaptive_rounds}")
     if config.validate.seeds < 1:
         raise ConfigError(f"validate.seeds: need at least 1 seed, got {config.validate.seeds}")
     unknown = set(config.validate.baselines) - {"uniform", "proportional"}

@@ -337,6 +337,10 @@ def write_report(r: ReportInputs, out: Path) -> dict:
     for budget, w in solution["weights"].items():
         objective = solution["diagnostics"]["budgets"][budget]["objective"]
         lines.append(f"| {float(budget):,.0f} | " + " | ".join(f"{x:.3f}" for x in w) + f" | {objective:.4f} |")
+    lines += ["", "How sure, at each budget (over the plausible laws: the candidate families refitted on residual-bootstrap tables):", ""]
+    for budget, d in solution.get("decision", {}).items():
+        optimum = ", ".join(f"{n}={x:.3f}" for n, x in zip(names, d["optimum"]))
+        lines.append(f"- N = {float(budget):,.0f}: {d['message']} (the law's optimum: {optimum})")
     lines += ["", "## Fitted law", "", "| domain | beta | c | gamma | alpha | e | rmse | out-of-fold max | notes |", "|---|---|---|---|---|---|---|---|---|"]
     for i, d in enumerate(fit.diagnostics):
         p = LawParams(*(float(getattr(fit.params, f)[i]) for f in LawParams._fields))

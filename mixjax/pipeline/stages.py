@@ -377,7 +377,28 @@ class Pipeline:
         self.store.log(f"plan: {len(specs)} perturbation runs (4k+1 with k={len(cfg.domain_names)}), base {cfg.base_tokens:,} tokens per domain")
 
     def perturbation_specs(self) -> list[RunSpec]:
-        return [s for s in self.store.plan() if s.kind == "perturb"]
+        """The 4k+1 runs of plan.json and the adaptive rounds' runs recorded so far."""
+        adaptive = self.store.read_json("adaptive.json") or {"runs": []}
+        return [s for s in self.store.plan() if s.kind == "perturb"] + [RunSpec(**r) for r in adaptive["runs"]]
+
+    def adaptive_round(self, index: int, fit: Fit) -> list[RunSpec]:
+        """Round ``index``'s proposed runs (k mixtures at the base run's budget), proposed from
+        ``fit`` once and recorded in adaptive.json (a rerun trains the recorded ones)."""
+        recorded = self.store.read_json("adaptive.json") or {"runs": []}
+        mine = [RunSpec(**r) for r in recorded["runs"] if r["name"].startswith(f"adapt{index}-")]
+        if mine:
+            return mine
+        names, budget = self.config.domain_names, self.validate_budget
+        from mixjax.mixing.decision import propose_runs
+
+        key = jax.random.fold_in(jax.random.key(self.config.seed), 100 + index)
+        mixtures = propose_runs(fit, float(budget), self.constraints(), len(names), key)
+        base = self.config.base_tokens * len(names)
+        specs = [RunSpec(f"adapt{index}-{i}", "perturb", token_budgets(w, base, names), dict(zip(names, map(float, w))))
+                 for i, w in enumerate(mixtures)]
+        every = [RunSpec(**r) for r in recorded["runs"]] + specs
+        self.store.write_json("adaptive.json", {"runs": [dataclasses.asdict(s) for s in every]})
+        return specs
 
     def stage_perturb(self) -> None:
         specs = self.perturbation_specs()
@@ -389,6 +410,11 @@ class Pipeline:
         # runs.csv from every finished run's result.json (job-array tasks each wrote their own view)
         self.store.write_table("runs.csv", self.perturbation_specs(), self.config.domain_names)
         fit = fit_runs(self.store.path("runs.csv"), self.config.seed, self.config.fit)
+        for index in range(self.config.adaptive_rounds):
+            specs = self.adaptive_round(index, fit)
+            if self._train(specs, f"adaptive round {index + 1}", "runs.csv", self.perturbation_specs()):
+                raise RunsFailed(self.failed)
+            fit = fit_runs(self.store.path("runs.csv"), self.config.seed, self.config.fit)
         self.store.write_json("fit.json", fit.to_dict())
         for d in fit.diagnostics:
             self.store.log(f"fit {d.name}: rmse {d.rmse:.2e}, out-of-fold max {d.oof_max_rel_error:.2%}" + ("  POORLY IDENTIFIED" if d.poorly_identified else ""))

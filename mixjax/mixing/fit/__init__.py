@@ -17,12 +17,12 @@ Choosing the family is :mod:`mixjax.mixing.selection`'s; the orchestration fit -
 -> solve -> analyse is :mod:`mixjax.mixing.mixture`'s.
 """
 
-from mixjax.mixing.fit.config import CheckConfig, FamilyConfig, FitConfig, FoldConfig, TwoStageConfig
+from mixjax.mixing.fit.config import CheckConfig, DecisionConfig, FamilyConfig, FitConfig, FoldConfig, TwoStageConfig
 from mixjax.mixing.fit.result import DomainDiagnostics, Fit, TwoStageDiagnostics, predict
 
 load_fit = Fit.from_dict
 
 __all__ = [
-    "CheckConfig", "DomainDiagnostics", "FamilyConfig", "Fit", "FitConfig", "FoldConfig", "TwoStageConfig",
+    "CheckConfig", "DecisionConfig", "DomainDiagnostics", "FamilyConfig", "Fit", "FitConfig", "FoldConfig", "TwoStageConfig",
     "TwoStageDiagnostics", "load_fit", "predict",
 ]

@@ -8,7 +8,8 @@ One set of defaults serves the library, ``python -m mixjax.fit`` and the pipelin
   the start of every law fit and, with ``FitConfig.paper_fit = "two-stage"``, the paper
   family's fit itself;
 - :class:`FoldConfig`: the folds of whole runs every family is scored on;
-- :class:`CheckConfig`: the thresholds that flag a domain as poorly identified.
+- :class:`CheckConfig`: the thresholds that flag a domain as poorly identified;
+- :class:`DecisionConfig`: the plausible laws and the recommendation made from them.
 """
 
 from __future__ import annotations
@@ -95,6 +96,26 @@ class CheckConfig:
     max_start_spread: float = 0.1  # two-stage: near-best starts disagreeing on beta or A/M
 
 
+Prior = Literal["uniform", "proportional"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionConfig:
+    """How the recommendation is made from the plausible laws (:mod:`mixjax.mixing.decision`)."""
+
+    samples: int = 32
+    """Refits of every candidate family on residual-bootstrap tables (the fit's predictions
+    plus its out-of-fold errors resampled over runs); 0: the point fit alone."""
+    equivalence: float = 0.1
+    """Families tie when their out-of-fold RMSE is within this fraction of the best one's
+    (differences the runs' noise cannot resolve), or not significantly worse."""
+    prior: Prior = "uniform"
+    """The mixture the recommendation is pulled toward ("proportional": to the available tokens)."""
+    quantile: float = 0.1
+    """The pull's strength is the one whose gain over the prior, at this quantile of the
+    plausible laws, is largest (0 gain: the prior itself)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
     """The whole fit: which family is solved, and each section's settings."""
@@ -109,6 +130,7 @@ class FitConfig:
     two_stage: TwoStageConfig = TwoStageConfig()
     folds: FoldConfig = FoldConfig()
     checks: CheckConfig = CheckConfig()
+    decision: DecisionConfig = DecisionConfig()
 
     def __post_init__(self) -> None:
         if self.family not in FAMILY_CHOICES:
@@ -117,6 +139,10 @@ class FitConfig:
             raise ValueError(f"paper_fit must be one of {PAPER_FITS}, got {self.paper_fit!r}")
         if self.paper_fit == "two-stage" and self.family != "paper":
             raise ValueError(f"paper_fit='two-stage' fits the paper family alone: set family='paper' (got {self.family!r})")
+        if self.decision.prior not in ("uniform", "proportional"):
+            raise ValueError(f"decision.prior must be uniform or proportional, got {self.decision.prior!r}")
+        if not 0 < self.decision.quantile < 1:
+            raise ValueError(f"decision.quantile must be in (0, 1), got {self.decision.quantile}")
         if self.two_stage.bootstrap_samples and not self.two_stage_only:
             raise ValueError("two_stage.bootstrap_samples: bootstrap intervals come with paper_fit='two-stage' (family='paper')")
 

@@ -130,6 +130,27 @@ def _setup(family: str, tokens, loss, mask, onehot, u, free_u, prec, weak, rho_m
     return x0, lo, hi, (precision, mean)
 
 
+def _fit_law(family, tokens, loss, mask, onehot, free, pr, wk, u, warm, its, *, delta, rho_min, beta_bounds):
+    """One fit of one domain (``onehot``) on the runs in ``mask``: (parameters (n,), objective)."""
+    predict = _exp_predict if family == "exp" else _law_predict
+    jacobian_of = _exp_jacobian if family == "exp" else _law_jacobian
+    x0, lo, hi, prior = _setup(family, tokens, loss, mask, onehot, u, free, pr, wk, rho_min, beta_bounds)
+    x0 = jnp.where(jnp.isfinite(warm), warm, x0)
+    residuals = lambda th: (predict(th, tokens, onehot) - loss, mask.astype(loss.dtype))
+    jacobian = lambda th: jacobian_of(th, tokens, onehot)[1]
+    return box_lm(residuals, x0, lo, hi, its, delta, prior=prior, jacobian=jacobian)
+
+
+def _refit_all(tokens, sample_losses, masks, onehots, free_u, prec, weak, warm_full, *, family, fold_iterations, delta, rho_min, beta_bounds):
+    """Refits of every fit (V) on each of its resampled loss vectors ``sample_losses``
+    (V, B, R), warm-started from ``warm_full`` (V, n): parameters (V, B, n)."""
+    fit = functools.partial(_fit_law, family, tokens, delta=delta, rho_min=rho_min, beta_bounds=beta_bounds)
+    centre = jnp.full(warm_full.shape[-1], 0.5, tokens.dtype)
+    over = jax.vmap(lambda loss, mask, onehot, free, pr, wk, warm: fit(loss, mask, onehot, free, pr, wk, centre, warm, fold_iterations)[0],
+                    in_axes=(0, None, None, None, None, None, None))
+    return jax.vmap(over)(sample_losses, masks, onehots, free_u, prec, weak, warm_full)
+
+
 def _fit_all(tokens, losses, masks, onehots, free_u, prec, weak, starts, warm_full, fold_masks, *, family, iterations, fold_iterations, delta, rho_min, beta_bounds):
     """Every fit of one family group in one program.
 
@@ -142,14 +163,7 @@ def _fit_all(tokens, losses, masks, onehots, free_u, prec, weak, starts, warm_fu
       predictions of every run (V, F, R)).
     """
     predict = _exp_predict if family == "exp" else _law_predict
-    jacobian_of = _exp_jacobian if family == "exp" else _law_jacobian
-
-    def fit(loss, mask, onehot, free, pr, wk, u, warm, its):
-        x0, lo, hi, prior = _setup(family, tokens, loss, mask, onehot, u, free, pr, wk, rho_min, beta_bounds)
-        x0 = jnp.where(jnp.isfinite(warm), warm, x0)
-        residuals = lambda th: (predict(th, tokens, onehot) - loss, mask.astype(loss.dtype))
-        jacobian = lambda th: jacobian_of(th, tokens, onehot)[1]
-        return box_lm(residuals, x0, lo, hi, its, delta, prior=prior, jacobian=jacobian)
+    fit = functools.partial(_fit_law, family, tokens, delta=delta, rho_min=rho_min, beta_bounds=beta_bounds)
 
     first = jnp.arange(starts.shape[1]) == 0
     over_starts = jax.vmap(lambda loss, mask, onehot, free, pr, wk, u, is_first, warm: fit(
@@ -247,3 +261,28 @@ def fit_group(group: tuple[str, ...], tokens, losses, measured_cols, folds, num_
             oof[held] = fold_fitted[g, :, f, held]  # (held runs, D): numpy puts the split advanced indices first
         out[name] = (full[g], oof, fitted[g].T)
     return out
+
+
+def refit_group(family: str, tokens, losses, measured_cols, sample_losses: np.ndarray, cfg: FamilyConfig, full: np.ndarray,
+                noise: np.ndarray | None = None) -> np.ndarray:
+    """One law family's fit of every measured domain refitted on resampled losses.
+
+    Args:
+      family: "paper" or "transfer".
+      tokens, losses, measured_cols: as :func:`fit_group`'s (``losses`` sets the prior's scale).
+      sample_losses: (B, R, D) resampled losses of the measured domains (nats).
+      full: (D, n) the full fits (:func:`fit_group`), the refits' warm start.
+      noise: the loss noise (nats, per domain) the full fit's prior assumed.
+    Returns:
+      (B, D, n) refitted vectors.
+    """
+    r = tokens.shape[0]
+    args, statics = _group_inputs((family,), tokens, losses, measured_cols, np.zeros(r, int), 0, cfg, np.random.default_rng(0), noise)
+    pad_tokens, loss, measured, onehots, free, prec, weak, _, _, _ = args
+    resampled = np.repeat(loss[:, None, :], len(sample_losses), axis=1)  # (D, B, R padded)
+    resampled[:, :, :r] = np.where(measured[:, None, :r], np.transpose(sample_losses, (2, 0, 1)), resampled[:, :, :r])
+    inputs = (pad_tokens, resampled, measured, onehots, free, prec, weak, np.asarray(full, np.float64))
+    statics = {k: v for k, v in statics.items() if k != "iterations"}
+    work = onehots.shape[0] * len(sample_losses) * pad_tokens.shape[0]
+    program = compiled("family-refits", functools.partial(_refit_all, **statics), inputs, compiler_options=options_for(work))
+    return np.swapaxes(np.asarray(program(*inputs)), 0, 1)

@@ -100,6 +100,9 @@ class Fit:
     validation: dict[str, float] | None = None
     bootstrap_params: LawParams | None = None  # two-stage: (B, k) per field
     config: FitConfig | None = FitConfig()
+    # Plausible laws: every extrapolating family refitted on residual-bootstrap tables,
+    # (B, k) per field (transfer (B, k, k)), in the table's token units.
+    samples: dict[str, AnyLawParams] = dataclasses.field(default_factory=dict)
 
     @property
     def has_law(self) -> np.ndarray:
@@ -141,6 +144,7 @@ class Fit:
             "validation": self.validation,
             "bootstrap_params": None if self.bootstrap_params is None else _law_to_dict(self.bootstrap_params),
             "config": None if self.config is None else self.config.to_dict(),
+            "samples": {name: _law_to_dict(p) for name, p in self.samples.items()},
         }
 
     @classmethod
@@ -159,6 +163,7 @@ class Fit:
             validation=d.get("validation"),
             bootstrap_params=None if d.get("bootstrap_params") is None else _law_from_dict(d["bootstrap_params"]),
             config=None if d.get("config") is None else FitConfig.from_dict(d["config"]),
+            samples={name: _law_from_dict(p) for name, p in d.get("samples", {}).items()},
         )
 
 

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from mixjax.mixing.fit.config import FitConfig
-from mixjax.mixing.fit.engine import compile_group, fit_group
+from mixjax.mixing.fit.engine import compile_group, fit_group, refit_group
 from mixjax.mixing.fit.families import FAMILIES
 from mixjax.mixing.fit.folds import run_folds
 from mixjax.mixing.fit.result import Fit, unmeasured
@@ -38,6 +38,7 @@ class FamilyFit:
     oof: np.ndarray  # (R, D) out-of-fold predictions (NaN without folds)
     fitted: np.ndarray  # (R, D) the full fit's predictions
     seconds: float
+    samples: np.ndarray | None = None  # (B, D, n) refits on residual-bootstrap tables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +104,7 @@ def fit_families(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> F
     rng_fit = np.random.default_rng(np.asarray(jax.random.key_data(key_fit)).ravel())
     folds, num_folds = run_folds(len(x), cfg.folds, rng_fold)
     target = losses[:, measured_cols]
+    rng_samples = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(key, 7))).ravel())
     # The paper's law first: its residuals set the noise scale of the transfer law's
     # prior (an empirical-Bayes ridge: the worse the lumped law fits, the more freedom).
     order = [f for f in ("paper", "transfer", "exp") if f in families or (f == "paper" and "transfer" in families)]
@@ -117,10 +119,15 @@ def fit_families(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> F
             start = time.perf_counter()
             group = fit_group((family,), x, losses, measured_cols, folds, num_folds, cfg.families, rng_fit, noise, warm)
             theta, oof, fitted = group[family]
+            samples = None
+            if family in families and FAMILIES[family].extrapolates and cfg.decision.samples:
+                residuals = bootstrap_residuals(fitted, oof, target, 5 if family == "paper" else 6)
+                boot = resampled_losses(fitted, residuals, cfg.decision.samples, rng_samples)
+                samples = refit_group(family, x, losses, measured_cols, boot, cfg.families, theta, noise)
             if family == "paper":  # its residual RMS per domain (nats)
                 noise = np.sqrt(np.nanmean((fitted - target) ** 2, axis=0))
             if family in families:
-                fits[family] = FamilyFit(theta, oof, fitted, time.perf_counter() - start)
+                fits[family] = FamilyFit(theta, oof, fitted, time.perf_counter() - start, samples)
         for job in compiling:
             job.result()  # a compile that failed in the thread (its fit compiled it again) is not lost
     gbm = None
@@ -130,6 +137,27 @@ def fit_families(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> F
         gbm = FamilyFit(np.zeros((0, 0)), oof, np.full_like(oof, np.nan), time.perf_counter() - start)
     fits = {f: fits[f] for f in families}
     return FamilyFits(table, cfg, measured_cols, scale, num_folds, fits, gbm)
+
+
+def resampled_losses(fitted: np.ndarray, residuals: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` residual-bootstrap tables (B, R, D): the fit's predictions plus each
+    domain's ``residuals`` resampled over its measured runs (Efron & Tibshirani 1993,
+    ch. 9). ``fitted``/``residuals``: (R, D), NaN where not measured (kept NaN)."""
+    out = np.repeat(np.where(np.isnan(residuals), np.nan, fitted)[None], count, axis=0)
+    for d in range(residuals.shape[1]):
+        rows = np.flatnonzero(~np.isnan(residuals[:, d]))
+        out[:, rows, d] = fitted[rows, d][None] + rng.choice(residuals[rows, d], (count, len(rows)))
+    return out
+
+
+def bootstrap_residuals(fitted: np.ndarray, oof: np.ndarray, target: np.ndarray, num_params: int) -> np.ndarray:
+    """The errors a bootstrap resamples: out-of-fold errors where the table has folds (they
+    hold the law's misfit and its extrapolation error, not only the noise), else the
+    in-sample residuals inflated by sqrt(n / (n - p)) for the p parameters fitted."""
+    if np.all(np.isnan(oof) == np.isnan(target)) and np.any(np.isfinite(oof)):
+        return oof - target
+    n = np.sum(~np.isnan(target), axis=0)
+    return (target - fitted) * np.sqrt(n / np.maximum(n - num_params, 1))
 
 
 def two_stage_start(table: RunTable, measured_cols: np.ndarray, scale: float, key: Array, cfg: FitConfig):
