@@ -212,6 +212,11 @@ def _build(spec: DomainSpec, split: _Split, held_out: set[str], max_len: int) ->
     if not train_ids:
         raise DataError(f"domain {spec.name}: no training examples left after holding out {spec.val_examples} for validation")
     val_ids = sorted(split.val_ids.tolist())
+    if not val_ids:
+        raise DataError(
+            f"domain {spec.name}: no validation examples (val_examples={spec.val_examples}): its loss could not be"
+            " measured; set val_examples >= 1"
+        )
     _check_answers(spec, split, train_ids, val_ids, max_len)
     cut = lambda a: a[:max_len].copy() if len(a) > max_len else a  # a copy: the full encoding is let go
     example = lambda i: Example(cut(split.encoded[i][0]), cut(split.encoded[i][1]))
