@@ -26,7 +26,7 @@ import numpy as np
 from mixjax.config_fields import neutral
 from mixjax.data import synthetic
 from mixjax.data.chat_template import ConversationTemplateError
-from mixjax.data.formats import Conversation, DataError, Record, RecordError, check_bad_fraction, parse_record, read_records
+from mixjax.data.formats import AnyConversation, DataError, Record, RecordError, check_bad_fraction, parse_record, read_records
 from mixjax.data.tokenizer import Tokenizer
 
 
@@ -107,11 +107,11 @@ def _tfds_records(source: str, data_dir: str | None) -> tuple[list[Record], list
     return records, bad, total
 
 
-def content_hash(conversation: Conversation) -> str:
+def content_hash(conversation: AnyConversation) -> str:
     return hashlib.sha256(repr(conversation).encode("utf-8")).hexdigest()
 
 
-def _encode(tokenizer: Tokenizer, conversations: Sequence[Conversation]) -> list[tuple[np.ndarray, np.ndarray] | str]:
+def _encode(tokenizer: Tokenizer, conversations: Sequence[AnyConversation]) -> list[tuple[np.ndarray, np.ndarray] | str]:
     """Untruncated (ids, mask) of each conversation, or the reason it cannot be encoded (the
     template refuses it, or cannot place its assistant turns). One batch when all encode."""
     try:

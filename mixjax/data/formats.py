@@ -1,15 +1,25 @@
 """SFT record formats and file readers.
 
-A conversation is a list of ``(role, content)`` with role in {system, user, assistant}.
-Recognised record formats (JSON objects):
+A conversation is a list of ``(role, content)`` with role in {system, user, assistant}, or,
+for a record with what plain turns cannot hold (tool calls, tool results, a ``tools`` list),
+a :class:`Chat`: the messages as transformers' ``apply_chat_template`` takes them plus the
+tools. Recognised record formats (JSON objects; docs/data.md shows each):
 
-- Alpaca: ``instruction`` [+ ``input``] + ``output``
-- ShareGPT: ``conversations``: [{``from``: human|gpt|system, ``value``}]
-- OpenAI: ``messages``: [{``role``: system|user|assistant, ``content``}]
+- Alpaca (LLaMA-Factory's): ``instruction`` [+ ``input``] + ``output`` [+ ``system``]
+  [+ ``history``: [[user, assistant], ...], the turns before the instruction];
+- ShareGPT: ``conversations``: [{``from``: human|gpt|system|function_call|observation,
+  ``value``}] (or {``role``, ``content``}) [+ ``system``] [+ ``tools``]; a
+  ``function_call`` value is the JSON ``{name, arguments}`` of an assistant tool call, an
+  ``observation`` is a tool result;
+- OpenAI: ``messages``: [{``role``: system|user|assistant|tool, ``content``,
+  [``tool_calls``], [``name``], [``tool_call_id``]}] [+ ``tools``]; a content given as a list
+  of text parts is joined.
 
-Files: ``.jsonl`` (one record per line), ``.json`` (a list of records), ``.parquet``
-(one record per row; needs pyarrow). Malformed records are counted and reported with
-``file:line``; loading fails when they exceed ``max_bad_fraction`` of the file.
+A record whose content mixjax cannot train (images, audio, video, a part that is not text)
+is malformed, never half-used. Files: ``.jsonl`` (one record per line), ``.json`` (a list
+of records), ``.parquet`` (one record per row; needs pyarrow). Malformed records are
+counted and reported with ``file:line``; loading fails when they exceed
+``max_bad_fraction`` of the file.
 """
 
 from __future__ import annotations
@@ -17,15 +27,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 Conversation = list[tuple[str, str]]
 
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-_ROLES = ("system", "user", "assistant")
+_SHAREGPT_ROLES = {
+    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+    "function_call": "assistant", "observation": "tool", "tool": "tool",
+}
+_ROLES = ("system", "user", "assistant", "tool")
+# Keys that carry what a text model cannot be trained on: a record with one is malformed.
+_UNTRAINABLE = ("images", "videos", "audios", "image", "video", "audio")
+# The message keys transformers' templates read besides role and content.
+_MESSAGE_KEYS = ("tool_calls", "name", "tool_call_id")
 EXPECTED = (
-    "expected one of: Alpaca {instruction, [input], output}; ShareGPT {conversations: [{from, value}]};"
-    " OpenAI {messages: [{role, content}]}"
+    "expected one of: Alpaca {instruction, [input], output} (+ [system], [history]);"
+    " ShareGPT {conversations: [{from, value}]} (+ [system], [tools]); OpenAI {messages: [{role, content}]} (+ [tools])"
 )
 
 
@@ -37,30 +56,144 @@ class RecordError(ValueError):
     """One malformed record (reported with its file:line by the reader)."""
 
 
-def parse_record(record: object) -> Conversation:
+@dataclasses.dataclass(frozen=True)
+class Chat:
+    """A conversation with tool calls, tool results or tools: ``messages`` as
+    ``apply_chat_template(messages, tools=tools)`` takes them (``role``, ``content`` (str, or
+    None beside ``tool_calls``), and ``tool_calls`` / ``name`` / ``tool_call_id`` where the
+    record has them). Iterating gives ``(role, content text)`` like a plain conversation."""
+
+    messages: tuple[Mapping[str, Any], ...]
+    tools: tuple[Any, ...] | None = None
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter([(m["role"], m.get("content") or "") for m in self.messages])
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+
+AnyConversation = Conversation | Chat
+
+
+def parse_record(record: object) -> AnyConversation:
+    """The conversation of one record (module docstring: the formats); a :class:`Chat` when
+    the record has tool calls, tool results or tools, else ``[(role, content), ...]``.
+
+    Raises:
+      RecordError: an unknown format or role, a field of the wrong type, content a text
+        model cannot train on, no non-empty assistant turn.
+    """
     if not isinstance(record, dict):
         raise RecordError(f"record is a {type(record).__name__}, not an object; {EXPECTED}")
+    for key in _UNTRAINABLE:
+        if record.get(key):
+            raise RecordError(f"record has {key!r}: mixjax trains text-only models; drop the record or the field")
     if "messages" in record:
-        turns = [(_field(m, "role"), _field(m, "content")) for m in _list(record, "messages")]
+        messages = [_openai_message(m) for m in _list(record, "messages")]
     elif "conversations" in record:
-        turns = []
-        for m in _list(record, "conversations"):
-            who = _field(m, "from")
-            if who not in _SHAREGPT_ROLES:
-                raise RecordError(f"unknown ShareGPT speaker {who!r} (expected human, gpt or system)")
-            turns.append((_SHAREGPT_ROLES[who], _field(m, "value")))
+        messages = _system(record) + [_sharegpt_message(m) for m in _list(record, "conversations")]
     elif "instruction" in record and "output" in record:
-        prompt = _text(record["instruction"], "instruction")
-        extra = record.get("input") or ""
-        turns = [("user", f"{prompt}\n\n{_text(extra, 'input')}" if extra else prompt), ("assistant", _text(record["output"], "output"))]
+        messages = _system(record) + _history(record) + _alpaca_turns(record)
     else:
         raise RecordError(f"unknown format with keys {sorted(record)}; {EXPECTED}")
-    for role, _ in turns:
-        if role not in _ROLES:
-            raise RecordError(f"unknown role {role!r} (expected {', '.join(_ROLES)})")
-    if not any(role == "assistant" and text for role, text in turns):
+    for m in messages:
+        if m["role"] not in _ROLES:
+            raise RecordError(f"unknown role {m['role']!r} (expected {', '.join(_ROLES)})")
+    if not any(m["role"] == "assistant" and (m.get("content") or m.get("tool_calls")) for m in messages):
         raise RecordError("no non-empty assistant turn to train on")
+    tools = _tools(record)
+    if tools is None and all(set(m) == {"role", "content"} for m in messages):
+        return [(m["role"], m["content"]) for m in messages]
+    return Chat(tuple(messages), tools)
+
+
+def _system(record: dict) -> list[dict]:
+    """A top-level ``system`` prompt as the first message (none when absent or empty)."""
+    system = record.get("system")
+    return [{"role": "system", "content": _text(system, "system")}] if system else []
+
+
+def _history(record: dict) -> list[dict]:
+    """Alpaca ``history``: [[user, assistant], ...], the turns before the instruction."""
+    history = record.get("history") or []
+    if not isinstance(history, list):
+        raise RecordError(f"'history' must be a list of [user, assistant] pairs, got {type(history).__name__}")
+    turns = []
+    for pair in history:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise RecordError(f"'history' must be a list of [user, assistant] pairs, got {pair!r:.60}")
+        turns += [{"role": "user", "content": _text(pair[0], "history")}, {"role": "assistant", "content": _text(pair[1], "history")}]
     return turns
+
+
+def _alpaca_turns(record: dict) -> list[dict]:
+    prompt = _text(record["instruction"], "instruction")
+    extra = record.get("input") or ""
+    user = f"{prompt}\n\n{_text(extra, 'input')}" if extra else prompt
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": _text(record["output"], "output")}]
+
+
+def _sharegpt_message(m: object) -> dict:
+    if isinstance(m, dict) and "from" not in m and "role" in m:
+        return _openai_message(m)
+    who = _field(m, "from")
+    if who not in _SHAREGPT_ROLES:
+        raise RecordError(f"unknown ShareGPT speaker {who!r} (expected {', '.join(_SHAREGPT_ROLES)})")
+    value = _field(m, "value")
+    if who != "function_call":
+        return {"role": _SHAREGPT_ROLES[who], "content": value}
+    try:
+        call = json.loads(value)
+    except json.JSONDecodeError:
+        raise RecordError(f"a function_call value must be the JSON {{name, arguments}} of a call, got {value[:60]!r}") from None
+    calls = call if isinstance(call, list) else [call]
+    if not all(isinstance(c, dict) and "name" in c for c in calls):
+        raise RecordError(f"a function_call value must be the JSON {{name, arguments}} of a call, got {value[:60]!r}")
+    return {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": c} for c in calls]}
+
+
+def _openai_message(m: object) -> dict:
+    if not isinstance(m, dict) or "role" not in m:
+        raise RecordError("a turn lacks 'role'")
+    role = _text(m["role"], "role")
+    calls = m.get("tool_calls")
+    if calls is not None and (not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls)):
+        raise RecordError(f"'tool_calls' must be a list of objects, got {type(calls).__name__}")
+    if "content" not in m and not calls:
+        raise RecordError("a turn lacks 'content'")
+    content = m.get("content")
+    message = {"role": role, "content": None if content is None and calls else _content(content)}
+    message.update({k: m[k] for k in _MESSAGE_KEYS if m.get(k) is not None})
+    return message
+
+
+def _content(value: object) -> str:
+    """A message's content as text: a string, or a list of text parts joined."""
+    if isinstance(value, list):
+        parts = []
+        for part in value:
+            if not isinstance(part, dict) or part.get("type", "text") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise RecordError(f"a content part of type {kind!r}: mixjax trains text-only models")
+            parts.append(part["text"])
+        return "".join(parts)
+    return _text(value, "content")
+
+
+def _tools(record: dict) -> tuple | None:
+    """The record's ``tools`` (a list, or its JSON as ShareGPT files write it), or None."""
+    tools = record.get("tools")
+    if not tools:
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError:
+            raise RecordError(f"'tools' is a string that is not JSON: {tools[:60]!r}") from None
+    if not isinstance(tools, list):
+        raise RecordError(f"'tools' must be a list of tool schemas, got {type(tools).__name__}")
+    return tuple(tools)
 
 
 def _list(record: dict, key: str) -> list:
@@ -94,7 +227,7 @@ class Record:
     """One parsed record and where it came from: its ``source`` (a file, or a generated
     source's name) and ``where`` (``file:line``, or ``source#index``)."""
 
-    conversation: Conversation
+    conversation: AnyConversation
     source: str
     where: str
 
@@ -162,7 +295,7 @@ def check_bad_fraction(bad: list[str] | tuple[str, ...], total: int, max_bad_fra
         warnings.warn(f"{what}: skipped {len(bad)} malformed or unusable records of {total}: {'; '.join(bad[:shown])}", stacklevel=3)
 
 
-def read_conversations(path: str | Path, max_bad_fraction: float = 0.01) -> tuple[list[Conversation], ReadReport]:
+def read_conversations(path: str | Path, max_bad_fraction: float = 0.01) -> tuple[list[AnyConversation], ReadReport]:
     """The conversations of one file; malformed records are skipped and reported (warning)
     up to ``max_bad_fraction`` of the file, a DataError beyond it."""
     records, report = read_records(path)

@@ -29,8 +29,8 @@ from typing import Protocol
 
 import numpy as np
 
-from mixjax.data.chat_template import CHATML_TEMPLATE, assistant_spans
-from mixjax.data.formats import Conversation, DataError
+from mixjax.data.chat_template import CHATML_TEMPLATE, ConversationTemplateError, assistant_spans
+from mixjax.data.formats import AnyConversation, Chat, DataError
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
 # Files of a tokenizer directory, in the order they are hashed and copied.
@@ -49,9 +49,9 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Iterable[int]) -> str: ...
 
-    def encode_conversation(self, conversation: Conversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+    def encode_conversation(self, conversation: AnyConversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def encode_conversations(self, conversations: Sequence[Conversation], max_len: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]: ...
+    def encode_conversations(self, conversations: Sequence[AnyConversation], max_len: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
     def fingerprint(self) -> str: ...
 
@@ -61,6 +61,13 @@ def _arrays(ids: Sequence[int], mask: Sequence[int], max_len: int | None) -> tup
     if max_len is not None:
         ids, mask = ids[:max_len], mask[:max_len]
     return ids, mask
+
+
+def _has_tools(conversation: AnyConversation) -> bool:
+    """Whether the conversation has tool calls, tool results or tools."""
+    if not isinstance(conversation, Chat):
+        return False
+    return bool(conversation.tools) or any(set(m) - {"role", "content"} or m["role"] == "tool" for m in conversation.messages)
 
 
 class ByteTokenizer:
@@ -84,10 +91,17 @@ class ByteTokenizer:
     def fingerprint(self) -> str:
         return "byte"
 
-    def encode_conversations(self, conversations: Sequence[Conversation], max_len: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def encode_conversations(self, conversations: Sequence[AnyConversation], max_len: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         return [self.encode_conversation(c, max_len) for c in conversations]
 
-    def encode_conversation(self, conversation: Conversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def encode_conversation(self, conversation: AnyConversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raises ConversationTemplateError for tool calls, tool results or tools: mixjax's
+        byte format has no syntax for them (a model's own tokenizer renders them)."""
+        if _has_tools(conversation):
+            raise ConversationTemplateError(
+                "the byte tokenizer cannot render tool calls, tool results or tools; use the model's own tokenizer"
+                " (tokenizer=<model dir>), whose chat template renders them"
+            )
         ids, mask = [self.special("<bos>")], [0]
         end = self.special("<|end|>")
         for role, text in conversation:
@@ -176,7 +190,7 @@ class HFTokenizer:
             digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
         return digest.hexdigest()
 
-    def render(self, conversation: Conversation) -> str:
+    def render(self, conversation: AnyConversation) -> str:
         return assistant_spans(self._template(), conversation, self.special_tokens, self._special_ids)[0]
 
     def _template(self) -> str:
@@ -187,10 +201,10 @@ class HFTokenizer:
             )
         return self.chat_template
 
-    def encode_conversation(self, conversation: Conversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def encode_conversation(self, conversation: AnyConversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         return self.encode_conversations([conversation], max_len)[0]
 
-    def encode_conversations(self, conversations: Sequence[Conversation], max_len: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def encode_conversations(self, conversations: Sequence[AnyConversation], max_len: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """``encode_conversation`` of each, tokenised in one batch."""
         template = self._template()
         rendered = [assistant_spans(template, c, self.special_tokens, self._special_ids) for c in conversations]
@@ -226,7 +240,7 @@ def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:
         )
 
 
-def encode_conversation(tokenizer: Tokenizer, conversation: Conversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def encode_conversation(tokenizer: Tokenizer, conversation: AnyConversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and loss mask (1 on assistant content and its end-of-turn token), truncated to max_len."""
     return tokenizer.encode_conversation(conversation, max_len)
 
