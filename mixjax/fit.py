@@ -26,7 +26,7 @@ import numpy as np
 
 from mixjax.cache import enable_compilation_cache
 from mixjax.cli import per_domain_values
-from mixjax.mixing.export import FORMATS, export_weights
+from mixjax.mixing.export import FORMATS, export_tokens_per_example, export_weights
 from mixjax.mixing.families import FamilyFitResult
 from mixjax.mixing.fit import ALPHA_MODES, PROCEDURES, FitConfig
 from mixjax.mixing.fit.types import FAMILY_CHOICES
@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--alpha-prior", type=float, default=None, help="hold alpha at this value (implies --alpha-mode prior)")
     p.add_argument("--predict", metavar="TABLE", help="also predict every run of this table (tokens.<domain> columns; losses optional)")
     p.add_argument("--export", choices=FORMATS, help="print the weights in this tool's format instead of the tables")
+    p.add_argument("--tokens-per-example", nargs="*", metavar="D=T",
+                   help="mean tokens per example of each domain: --export maxtext|llama-factory|hf-datasets sample examples and need them")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -191,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table = read_run_table(args.runs)
         names = table.domains
+        per_example = export_tokens_per_example(args.export, names, args.tokens_per_example)
         importance = _per_domain(args.importance, names, "--importance") or table.measured.astype(float).tolist()
         constraints = Constraints.create(
             len(names),
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     for w in caught:
         print(f"mixjax.fit: warning: {w.message}", file=sys.stderr)
     if args.export:
-        print(export_weights(args.export, names, {b.budget: b.weights for b in report.budgets}, seed=args.seed))
+        print(export_weights(args.export, names, {b.budget: b.weights for b in report.budgets}, seed=args.seed, tokens_per_example=per_example))
     elif args.json:
         out = report.to_dict()
         out["config"] = cfg.to_dict()
