@@ -5,10 +5,15 @@ that a CLI prints (exit code 2) instead of a traceback."""
 from __future__ import annotations
 
 import dataclasses
+import errno
+import logging
 import math
+import re
 import sys
+import tempfile
 import traceback
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,18 +100,90 @@ def check_per_domain(values: Mapping[str, object], field: str) -> None:
         check_value(value, FLAG_VALUES[field], f"{field}.{name}")
 
 
-def report_error(prog: str, err: BaseException, debug: bool = False) -> int:
-    """Print ``prog: error: <one line>`` to stderr (the traceback first with ``debug``) and
-    return the CLI's exit code for bad input, 2."""
+def report_error(prog: str, err: BaseException, debug: bool = False, log: Path | None = None) -> int:
+    """Print ``prog: error: <one line>`` to stderr and return the exit code: 2 for bad input
+    and known causes (:func:`dependency_error`: a full disk), 1 for anything else. The
+    traceback goes to stderr first with ``debug``, else to ``log`` (named in the line)."""
+    known = dependency_error(err)
+    line = known or f"{type(err).__name__}: {one_line(err)}"
     if debug:
         traceback.print_exception(err, file=sys.stderr)
-    print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
-    return 2
+    elif log is not None:  # the experiment's disk may be the full one: then the temporary directory's
+        text = "".join(traceback.format_exception(err))
+        written = next((p for p in (log, Path(tempfile.gettempdir()) / f"mixjax-{log.name}") if _append(p, text)), None)
+        line += f" (traceback in {written}; --debug prints it)" if written else ""
+    print(f"{prog}: error: {line}", file=sys.stderr)
+    return 2 if known else 1
 
 
 def one_line(err: BaseException) -> str:
-    """The error's message on one line (its first line, or the exception type when empty)."""
-    text = str(err).strip()
+    """The error's message on one line (whitespace runs joined; the type when empty)."""
     if isinstance(err, KeyError) and err.args:
-        text = f"missing key {err.args[0]!r}"
-    return text.splitlines()[0] if text else type(err).__name__
+        return f"missing key {err.args[0]!r}"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+_DISK_FULL = ("No space left on device", "Disk quota exceeded")
+_WRITTEN = re.compile(r'(?:local file|writing|opening) "(/[^"]+)"')
+
+
+def dependency_error(err: BaseException) -> str | None:
+    """One line for an error from a dependency with a known cause and way out, else None.
+
+    Known: a full disk (``OSError`` ENOSPC/EDQUOT, or tensorstore's ``RESOURCE_EXHAUSTED``
+    while writing, as an orbax checkpoint save reports it), anywhere in the exception's
+    chain; the line names the directory being written and what to do.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        text = str(err)
+        full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+        full = full or any(m in text for m in _DISK_FULL) or ("RESOURCE_EXHAUSTED" in text and "rror writing" in text)
+        if full:  # tensorstore's RESOURCE_EXHAUSTED is also an accelerator out of memory: only while writing
+            path = getattr(err, "filename", None) or next(iter(_WRITTEN.findall(text)), None)
+            where = f" of {_written_dir(path)}" if path else ""
+            return (
+                f"no space left on the device{where} (while writing a checkpoint or result): free space there or give"
+                " the experiment another disk (--set workdir=<dir>); rerunning resumes from the last complete checkpoint"
+            )
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _written_dir(path: str) -> str:
+    """The directory an orbax save writes into: ``path`` up to its first ``*.orbax-checkpoint-tmp``."""
+    parts = Path(path).parts
+    cut = next((i for i, p in enumerate(parts) if p.endswith("orbax-checkpoint-tmp")), len(parts) - 1)
+    return str(Path(*parts[:cut])) if cut else path
+
+
+def _append(log: Path, text: str) -> bool:
+    """Append ``text`` to ``log``; False when it cannot be written (e.g. the full disk)."""
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(text)
+        return True
+    except OSError:
+        return False
+
+
+def log_dependencies(log: Path | None) -> None:
+    """Send the log records of absl (where orbax and tensorstore report failed background
+    writes, each with its traceback) to ``log`` instead of stderr, and the exceptions the
+    interpreter can only ignore at shutdown (orbax's pending writes) with them; records that
+    cannot be written are dropped. ``log=None`` leaves both as they are (``--debug``)."""
+    if log is None:
+        return
+    logging.raiseExceptions = False  # a log on a full disk must not print its own tracebacks
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(log, encoding="utf-8", delay=True)
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    absl = logging.getLogger("absl")
+    absl.addHandler(handler)
+    absl.propagate = False
+    sys.unraisablehook = lambda unraisable: None
