@@ -154,3 +154,55 @@ def test_the_byte_tokenizer_reports_tool_records_with_file_and_line(tmp_path):
     assert domain.skipped == (f"{path}:101: the byte tokenizer cannot render tool calls, tool results or tools;"
                                     " use the model's own tokenizer (tokenizer=<model dir>), whose chat template renders them",)
     assert len(domain.train) + len(domain.val) == 200
+
+
+# A template that renders a field beyond content (Qwen3's reasoning_content, simplified).
+THINKING = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.reasoning_content %}{{- '<think>\\n' + message.reasoning_content + '\\n</think>\\n\\n' }}{%- endif %}"
+    "{{- message.content + '<|im_end|>\\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def thinking(tmp_path_factory):
+    directory = build_family(tmp_path_factory.mktemp("thinking"), "qwen25")
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": THINKING}))
+    return directory
+
+
+def test_a_field_the_template_renders_is_rendered_and_trained(thinking):
+    record = {"messages": [{"role": "user", "content": "What is 2 + 3?"},
+                           {"role": "assistant", "reasoning_content": "Add them.", "content": "5"}]}
+    tok = load_tokenizer(thinking)
+    ids, mask = tok.encode_conversation(parse_record(record))
+    assert _trained(tok, ids, mask) == "<think>\nAdd them.\n</think>\n\n5<|im_end|>"
+    transformers = pytest.importorskip("transformers")
+    reference = transformers.PreTrainedTokenizerFast.from_pretrained(str(thinking))
+    assert ids.tolist() == list(reference.apply_chat_template(record["messages"], tokenize=True, return_dict=True)["input_ids"])
+
+
+def test_openai_weight_zero_turns_are_shown_not_trained(thinking):
+    record = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Bad answer", "weight": 0},
+                           {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Good answer", "weight": 1}]}
+    for tok in (ByteTokenizer(), load_tokenizer(thinking)):
+        ids, mask = tok.encode_conversation(parse_record(record))
+        assert "Bad answer" in tok.decode(ids)
+        assert "Bad" not in _trained(tok, ids, mask) and _trained(tok, ids, mask).startswith("Good answer")
+    with pytest.raises(RecordError, match="no non-empty assistant turn"):
+        parse_record({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "x", "weight": 0}]})
+    with pytest.raises(RecordError, match="'weight' must be 0"):
+        parse_record({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "x", "weight": 0.5}]})
+
+
+def test_fields_no_conversation_renders_are_named_once_per_file(tmp_path):
+    path = tmp_path / "meta.jsonl"
+    rows = [{"id": i, "instruction": f"Say {i}.", "output": f"{i}"} for i in range(3)] + [{"instruction": "Q", "output": "A", "rejected": "B"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from mixjax.data.formats import read_records
+
+    with pytest.warns(UserWarning, match=rf"^{path}: fields not rendered .*: 'id' \(first at {path}:1\), 'rejected' \(first at {path}:4\)$"):
+        records, report = read_records(path)
+    assert len(records) == 4 and report.bad == ()

@@ -11,8 +11,9 @@ tag, the ``tojson`` filter without HTML escaping, ``raise_exception`` and
 Assistant content is located by rendering prefixes: the rendering of the turns before an
 assistant turn with ``add_generation_prompt=True`` must be a prefix of the full rendering,
 and the assistant's content (verbatim, or stripped for templates that ``trim`` it) follows
-there (an assistant turn with tool calls: everything up to the turn's last end marker, the
-calls in the template's own syntax), or, for templates that add scaffolding first (an empty ``<think></think>``), it is
+there (an assistant turn with more than content, such as tool calls or reasoning: everything
+the template writes for it up to the turn's last end marker; one with ``weight`` 0 is not
+trained), or, for templates that add scaffolding first (an empty ``<think></think>``), it is
 the last occurrence within the rendering of the turns up to and including that one (which
 must then also be a prefix). An assistant turn with no turn before it (a conversation that
 opens with the assistant) is located the second way: its prefix would be the empty list,
@@ -30,7 +31,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from mixjax.data.formats import AnyConversation, Chat, DataError
+from mixjax.data.formats import PLAIN_KEYS, AnyConversation, Chat, DataError, is_trained
 
 # ChatML, as Qwen2.5 uses it (without Qwen's default system prompt and tool support).
 CHATML_TEMPLATE = (
@@ -133,7 +134,7 @@ def assistant_spans(
     full = draw(len(messages))
     spans = []
     for k, message in enumerate(messages):
-        if message["role"] == "assistant":
+        if is_trained(message):
             span = _assistant_span(full, draw, k, message, end_markers)
             if span is not None:
                 spans.append(span)
@@ -153,12 +154,12 @@ def _assistant_span(full: str, draw, k: int, message: Mapping[str, Any], end_mar
                 " is not a prefix of the whole conversation's rendering, so the assistant content cannot be located"
             )
         start = len(prefix)
-        if message.get("tool_calls"):
+        if set(message) - PLAIN_KEYS:  # tool calls, reasoning, ...: what the template makes of them is trained
             return _whole_turn(full, draw(k + 1), start, k, end_markers)
         shown = next((c for c in (content, content.strip()) if full.startswith(c, start)), None)
         if shown is not None:
             return start, start + len(shown)
-    elif not content.strip() and not message.get("tool_calls"):
+    elif not content.strip() and not set(message) - PLAIN_KEYS:
         return None  # an empty opening assistant turn: nothing to train, nothing to locate
     # The template puts scaffolding after the generation prompt (e.g. an empty <think></think>
     # block), or the turn opens the conversation: find the content as the last occurrence
@@ -174,18 +175,18 @@ def _assistant_span(full: str, draw, k: int, message: Mapping[str, Any], end_mar
 
 
 def _whole_turn(full: str, turn: str, start: int, k: int, end_markers: Collection[str]) -> tuple[int, int]:
-    """A tool-call turn: everything the template writes after the generation prompt up to
-    the turn's last end marker (content and calls, in the template's own syntax)."""
+    """A turn with more than content (tool calls, reasoning): everything the template writes
+    after the generation prompt up to the turn's last end marker, in its own syntax."""
     if not full.startswith(turn):
         raise ConversationTemplateError(
-            f"chat template: the rendering up to assistant turn {k} (tool calls) is not a prefix of the whole conversation's rendering"
+            f"chat template: the rendering up to assistant turn {k} is not a prefix of the whole conversation's rendering"
         )
     ends = [turn.rfind(m, start) for m in end_markers]
     end = max(ends, default=-1)
     if end < start:
         end = len(turn.rstrip())
     if end <= start:
-        raise ConversationTemplateError(f"chat template: assistant turn {k}'s tool calls render nothing")
+        raise ConversationTemplateError(f"chat template: assistant turn {k} renders nothing to train")
     return start, end
 
 

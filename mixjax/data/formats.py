@@ -12,8 +12,9 @@ tools. Recognised record formats (JSON objects; docs/data.md shows each):
   ``function_call`` value is the JSON ``{name, arguments}`` of an assistant tool call, an
   ``observation`` is a tool result;
 - OpenAI: ``messages``: [{``role``: system|user|assistant|tool, ``content``,
-  [``tool_calls``], [``name``], [``tool_call_id``]}] [+ ``tools``]; a content given as a list
-  of text parts is joined.
+  [``tool_calls``], [``tool_call_id``], [``weight``: 0|1], any other field the template
+  reads (``name``, ``reasoning_content``, ...)}] [+ ``tools``]; a content given as a list
+  of text parts is joined; an assistant turn with ``weight`` 0 is shown, not trained.
 
 A record whose content mixjax cannot train (images, audio, video, a part that is not text)
 is malformed, never half-used. Files: ``.jsonl`` (one record per line), ``.json`` (a list
@@ -40,8 +41,9 @@ _SHAREGPT_ROLES = {
 _ROLES = ("system", "user", "assistant", "tool")
 # Keys that carry what a text model cannot be trained on: a record with one is malformed.
 _UNTRAINABLE = ("images", "videos", "audios", "image", "video", "audio")
-# The message keys transformers' templates read besides role and content.
-_MESSAGE_KEYS = ("tool_calls", "name", "tool_call_id")
+# Message keys that change nothing the template writes: role, content, and OpenAI's
+# fine-tuning ``weight`` (0: an assistant turn shown but not trained).
+PLAIN_KEYS = frozenset({"role", "content", "weight"})
 EXPECTED = (
     "expected one of: Alpaca {instruction, [input], output} (+ [system], [history]);"
     " ShareGPT {conversations: [{from, value}]} (+ [system], [tools]); OpenAI {messages: [{role, content}]} (+ [tools])"
@@ -58,10 +60,11 @@ class RecordError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Chat:
-    """A conversation with tool calls, tool results or tools: ``messages`` as
+    """A conversation with more than roles and contents: ``messages`` as
     ``apply_chat_template(messages, tools=tools)`` takes them (``role``, ``content`` (str, or
-    None beside ``tool_calls``), and ``tool_calls`` / ``name`` / ``tool_call_id`` where the
-    record has them). Iterating gives ``(role, content text)`` like a plain conversation."""
+    None beside ``tool_calls``), and every other field of the record's message:
+    ``tool_calls``, ``tool_call_id``, ``name``, ``reasoning_content``, ``weight``, ...).
+    Iterating gives ``(role, content text)`` like a plain conversation."""
 
     messages: tuple[Mapping[str, Any], ...]
     tools: tuple[Any, ...] | None = None
@@ -100,12 +103,29 @@ def parse_record(record: object) -> AnyConversation:
     for m in messages:
         if m["role"] not in _ROLES:
             raise RecordError(f"unknown role {m['role']!r} (expected {', '.join(_ROLES)})")
-    if not any(m["role"] == "assistant" and (m.get("content") or m.get("tool_calls")) for m in messages):
+    if not any(is_trained(m) and (m.get("content") or set(m) - PLAIN_KEYS) for m in messages):
         raise RecordError("no non-empty assistant turn to train on")
     tools = _tools(record)
     if tools is None and all(set(m) == {"role", "content"} for m in messages):
         return [(m["role"], m["content"]) for m in messages]
     return Chat(tuple(messages), tools)
+
+
+# The top-level fields each format renders (any other is reported by read_records).
+_FORMAT_KEYS = (
+    ("messages", frozenset({"messages", "tools"})),
+    ("conversations", frozenset({"conversations", "system", "tools"})),
+    ("instruction", frozenset({"instruction", "input", "output", "system", "history"})),
+)
+
+
+def unrendered_fields(record: object) -> list[str]:
+    """The top-level fields of a record that its format does not render (ids, metadata, or
+    content under a name mixjax does not know), sorted."""
+    if not isinstance(record, dict):
+        return []
+    used = next((keys for marker, keys in _FORMAT_KEYS if marker in record), frozenset(record))
+    return sorted(set(record) - used)
 
 
 def _system(record: dict) -> list[dict]:
@@ -162,10 +182,17 @@ def _openai_message(m: object) -> dict:
         raise RecordError(f"'tool_calls' must be a list of objects, got {type(calls).__name__}")
     if "content" not in m and not calls:
         raise RecordError("a turn lacks 'content'")
+    if m.get("weight", 1) not in (0, 1):
+        raise RecordError(f"'weight' must be 0 (not trained) or 1, got {m['weight']!r}")
     content = m.get("content")
-    message = {"role": role, "content": None if content is None and calls else _content(content)}
-    message.update({k: m[k] for k in _MESSAGE_KEYS if m.get(k) is not None})
+    message = {k: v for k, v in m.items() if v is not None}  # the template gets every field the record gives
+    message.update(role=role, content=None if content is None and calls else _content(content))
     return message
+
+
+def is_trained(message: Mapping[str, Any]) -> bool:
+    """Whether a message is a training target: an assistant turn whose ``weight`` is not 0."""
+    return message["role"] == "assistant" and message.get("weight", 1) != 0
 
 
 def _content(value: object) -> str:
@@ -263,22 +290,31 @@ def _raw_records(path: Path):
 
 def read_records(path: str | Path) -> tuple[list[Record], ReadReport]:
     """Every well-formed record of a file with its ``file:line``, and the malformed ones as
-    ``file:line: reason`` (bad JSON, unknown format or role, no assistant turn). Raises
+    ``file:line: reason`` (bad JSON, unknown format or role, no assistant turn); top-level
+    fields that no conversation renders (ids, metadata) are named in one warning. Raises
     DataError only for the file as a whole (missing, no records, a .json that is no list)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    records, bad, total = [], [], 0
+    records, bad, total, unrendered = [], [], 0, {}
     for line, record in _raw_records(path):
         total += 1
         try:
             if isinstance(record, Exception):
                 raise record
             records.append(Record(parse_record(record), str(path), f"{path}:{line}"))
+            for key in unrendered_fields(record):
+                unrendered.setdefault(key, f"{path}:{line}")
         except RecordError as err:
             bad.append(f"{path}:{line}: {err}")
     if total == 0:
         raise DataError(f"{path}: no records")
+    if unrendered:
+        warnings.warn(
+            f"{path}: fields not rendered into the conversations (not part of their format):"
+            f" {', '.join(f'{k!r} (first at {w})' for k, w in unrendered.items())}",
+            stacklevel=2,
+        )
     return records, ReadReport(str(path), total, tuple(bad))
 
 

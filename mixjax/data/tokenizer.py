@@ -15,7 +15,8 @@ tokenised as one string (``add_special_tokens=False``), so the ids equal
 ``apply_chat_template(..., tokenize=True)``. No token is ever added: ``check_vocab``
 refuses a tokenizer whose ids exceed the model's embedding rows.
 
-Loss mask: 1 on the tokens of assistant content and on the end-of-turn special token that
+Loss mask: 1 on the tokens of assistant content (all the template writes for a turn with tool
+calls or other fields; none for a ``weight`` 0 turn) and on the end-of-turn special token that
 the template puts right after it (``<|eot_id|>``, ``<|im_end|>``, ``<|end|>``), 0 elsewhere.
 """
 
@@ -29,8 +30,8 @@ from typing import Protocol
 
 import numpy as np
 
-from mixjax.data.chat_template import CHATML_TEMPLATE, ConversationTemplateError, assistant_spans
-from mixjax.data.formats import AnyConversation, Chat, DataError
+from mixjax.data.chat_template import CHATML_TEMPLATE, ConversationTemplateError, assistant_spans, messages_of
+from mixjax.data.formats import PLAIN_KEYS, AnyConversation, Chat, DataError, is_trained
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
 # Files of a tokenizer directory, in the order they are hashed and copied.
@@ -64,10 +65,11 @@ def _arrays(ids: Sequence[int], mask: Sequence[int], max_len: int | None) -> tup
 
 
 def _has_tools(conversation: AnyConversation) -> bool:
-    """Whether the conversation has tool calls, tool results or tools."""
+    """Whether the conversation has tool calls, tool results, tools or another field that
+    only a model's template renders (``weight`` aside)."""
     if not isinstance(conversation, Chat):
         return False
-    return bool(conversation.tools) or any(set(m) - {"role", "content"} or m["role"] == "tool" for m in conversation.messages)
+    return bool(conversation.tools) or any(set(m) - PLAIN_KEYS or m["role"] == "tool" for m in conversation.messages)
 
 
 class ByteTokenizer:
@@ -95,8 +97,9 @@ class ByteTokenizer:
         return [self.encode_conversation(c, max_len) for c in conversations]
 
     def encode_conversation(self, conversation: AnyConversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Raises ConversationTemplateError for tool calls, tool results or tools: mixjax's
-        byte format has no syntax for them (a model's own tokenizer renders them)."""
+        """Raises ConversationTemplateError for tool calls, tool results, tools or other
+        template fields: mixjax's byte format has no syntax for them (a model's own tokenizer
+        renders them)."""
         if _has_tools(conversation):
             raise ConversationTemplateError(
                 "the byte tokenizer cannot render tool calls, tool results or tools; use the model's own tokenizer"
@@ -104,10 +107,10 @@ class ByteTokenizer:
             )
         ids, mask = [self.special("<bos>")], [0]
         end = self.special("<|end|>")
-        for role, text in conversation:
-            body = self.encode(text)
-            trained = int(role == "assistant")
-            ids += [self.special(f"<|{role}|>"), *body, end]
+        for message in messages_of(conversation):
+            body = self.encode(message["content"])
+            trained = int(is_trained(message))
+            ids += [self.special(f"<|{message['role']}|>"), *body, end]
             mask += [0] + [trained] * (len(body) + 1)
         ids.append(self.special("<eos>"))
         mask.append(0)
