@@ -56,12 +56,17 @@ def _tool_record(i: int) -> dict:
     ]}
 
 
+def _qwen_with(directory, template: str):
+    """A Qwen2.5-style tokenizer directory whose chat template is ``template``."""
+    build_family(directory, "qwen25")
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    return directory
+
+
 @pytest.fixture(scope="module")
 def qwen_tools(tmp_path_factory):
-    directory = build_family(tmp_path_factory.mktemp("qwen_tools"), "qwen25")
-    config = json.loads((directory / "tokenizer_config.json").read_text())
-    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": QWEN25_TOOLS}))
-    return directory
+    return _qwen_with(tmp_path_factory.mktemp("qwen_tools"), QWEN25_TOOLS)
 
 
 def _trained(tok, ids, mask) -> str:
@@ -167,10 +172,7 @@ THINKING = (
 
 @pytest.fixture(scope="module")
 def thinking(tmp_path_factory):
-    directory = build_family(tmp_path_factory.mktemp("thinking"), "qwen25")
-    config = json.loads((directory / "tokenizer_config.json").read_text())
-    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": THINKING}))
-    return directory
+    return _qwen_with(tmp_path_factory.mktemp("thinking"), THINKING)
 
 
 def test_a_field_the_template_renders_is_rendered_and_trained(thinking):
