@@ -4,15 +4,18 @@ that a CLI prints (exit code 2) instead of a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
 import math
+import os
 import re
 import sys
 import tempfile
+import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 
@@ -131,24 +134,51 @@ def dependency_error(err: BaseException) -> str | None:
     """One line for an error from a dependency with a known cause and way out, else None.
 
     Known: a full disk (``OSError`` ENOSPC/EDQUOT, or tensorstore's ``RESOURCE_EXHAUSTED``
-    while writing, as an orbax checkpoint save reports it), anywhere in the exception's
-    chain; the line names the directory being written and what to do.
+    while writing, as an orbax checkpoint save reports it) anywhere in the exception's
+    chain; the line names the directory being written (from any error of the chain) and
+    what to do.
     """
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        text = str(err)
-        full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
-        full = full or any(m in text for m in _DISK_FULL) or ("RESOURCE_EXHAUSTED" in text and "rror writing" in text)
-        if full:  # tensorstore's RESOURCE_EXHAUSTED is also an accelerator out of memory: only while writing
-            path = getattr(err, "filename", None) or next(iter(_WRITTEN.findall(text)), None)
-            where = f" of {_written_dir(path)}" if path else ""
-            return (
-                f"no space left on the device{where} (while writing a checkpoint or result): free space there or give"
-                " the experiment another disk (--set workdir=<dir>); rerunning resumes from the last complete checkpoint"
-            )
+    chain = _chain(err)
+    if not any(_disk_full(e) for e in chain):
+        return None
+    paths = [p for e in chain for p in (getattr(e, "filename", None), *_WRITTEN.findall(str(e))) if p]
+    paths += [p for e in chain for p in [_path_in_frames(e)] if p]
+    where = f" of {_written_dir(str(paths[0]))}" if paths else ""
+    return (
+        f"no space left on the device{where} (while writing a checkpoint or result): free space there or give"
+        " the experiment another disk (--set workdir=<dir>); rerunning resumes from the last complete checkpoint"
+    )
+
+
+def _chain(err: BaseException | None) -> list[BaseException]:
+    """``err`` and its causes and contexts, outermost first."""
+    out: list[BaseException] = []
+    while err is not None and all(err is not e for e in out):
+        out.append(err)
         err = err.__cause__ or err.__context__
+    return out
+
+
+def _path_in_frames(err: BaseException) -> str | None:
+    """The absolute path a failed write was on, from the innermost frame of ``err``'s
+    traceback that holds one (``self`` of a path object's ``write_text``, or a local named
+    ``path``, ``directory`` or ``filename``): an ``OSError`` raised on close has no filename."""
+    frames = [frame for frame, _ in traceback.walk_tb(err.__traceback__)]
+    for frame in reversed(frames):
+        for name in ("self", "path", "directory", "filename"):
+            value = frame.f_locals.get(name)
+            if isinstance(value, (str, os.PathLike)) and os.fspath(value).startswith("/"):
+                return os.fspath(value)
     return None
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether ``err`` says a disk is full (tensorstore's RESOURCE_EXHAUSTED is also an
+    accelerator out of memory: only while writing)."""
+    text = str(err)
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(m in text for m in _DISK_FULL) or ("RESOURCE_EXHAUSTED" in text and "rror writing" in text)
 
 
 def _written_dir(path: str) -> str:
@@ -169,21 +199,45 @@ def _append(log: Path, text: str) -> bool:
         return False
 
 
-def log_dependencies(log: Path | None) -> None:
-    """Send the log records of absl (where orbax and tensorstore report failed background
-    writes, each with its traceback) to ``log`` instead of stderr, and the exceptions the
-    interpreter can only ignore at shutdown (orbax's pending writes) with them; records that
-    cannot be written are dropped. ``log=None`` leaves both as they are (``--debug``)."""
+@contextlib.contextmanager
+def logged_dependencies(log: Path | None) -> Iterator[None]:
+    """Within the block, what the dependencies report on their own goes to ``log`` instead
+    of one traceback each on stderr: absl's and asyncio's log records (orbax and tensorstore
+    report each failed background write there), exceptions of threads and of callbacks, and
+    exceptions the interpreter can only ignore (an orbax save still pending at exit); what
+    cannot be written (a full disk) is dropped. When the block raises it is left in place,
+    since the dependencies' threads go on reporting until the process ends. ``log=None``
+    changes nothing (``--debug``)."""
     if log is None:
+        yield
         return
-    logging.raiseExceptions = False  # a log on a full disk must not print its own tracebacks
+
+    def write(*exc) -> None:
+        _append(log, "".join(traceback.format_exception(*exc)))
+
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    saved = [(g, g.propagate) for g in loggers], (sys.excepthook, threading.excepthook, sys.unraisablehook, logging.raiseExceptions)
+    handler = _log_handler(log)
+    for g in loggers:
+        g.addHandler(handler)
+        g.propagate = False
+    logging.raiseExceptions = False  # a log on a full disk prints no tracebacks of its own
+    sys.excepthook = write
+    threading.excepthook = lambda args: write(args.exc_type, args.exc_value, args.exc_traceback)
+    sys.unraisablehook = lambda u: write(type(u.exc_value), u.exc_value, u.exc_traceback) if u.exc_value else None
+    yield
+    for g, propagate in saved[0]:
+        g.removeHandler(handler)
+        g.propagate = propagate
+    handler.close()
+    sys.excepthook, threading.excepthook, sys.unraisablehook, logging.raiseExceptions = saved[1]
+
+
+def _log_handler(log: Path) -> logging.Handler:
     try:
         log.parent.mkdir(parents=True, exist_ok=True)
         handler: logging.Handler = logging.FileHandler(log, encoding="utf-8", delay=True)
     except OSError:
         handler = logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    absl = logging.getLogger("absl")
-    absl.addHandler(handler)
-    absl.propagate = False
-    sys.unraisablehook = lambda unraisable: None
+    return handler

@@ -20,7 +20,7 @@ import time
 import traceback
 
 from mixjax.cache import enable_compilation_cache
-from mixjax.cli import log_dependencies, one_line, report_error
+from mixjax.cli import logged_dependencies, one_line, report_error
 from mixjax.data.budget import BudgetError
 from mixjax.data.formats import DataError
 from mixjax.model.hf import UnsupportedCheckpoint
@@ -68,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--stages: unknown {sorted(unknown)} (have: {', '.join(STAGES)})")
         config = apply_overrides(load_config(args.config), args.set)
         log = None if args.debug else config.experiment_dir / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        log_dependencies(log)
-        options = Options(retrain=args.retrain, profile=args.profile, progress=not args.no_progress)
-        pipeline = Pipeline(config, options)
-        if args.run is not None:
-            pipeline.run_one(args.run[1], kind=args.run[0])
-        else:
-            pipeline.run(stages)
+        with logged_dependencies(log):
+            options = Options(retrain=args.retrain, profile=args.profile, progress=not args.no_progress)
+            pipeline = Pipeline(config, options)
+            if args.run is not None:
+                pipeline.run_one(args.run[1], kind=args.run[0])
+            else:
+                pipeline.run(stages)
     except (ConfigError, BudgetError, DataError, FileNotFoundError, UnsupportedCheckpoint) as err:
         if args.debug:
             traceback.print_exception(err, file=sys.stderr)

@@ -5,6 +5,7 @@ original_max_position_embeddings); the traceback only with --debug or in the log
 import errno
 import logging
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,9 @@ WAY_OUT = "free space there or give the experiment another disk (--set workdir=<
 def test_a_full_disk_names_the_directory_and_the_way_out():
     assert dependency_error(ValueError(ORBAX_FULL)).startswith(f"no space left on the device of {CKPT} (")
     assert WAY_OUT in dependency_error(OSError(errno.ENOSPC, "No space left on device", "/data/exp/x.json"))
-    wrapped = RuntimeError("save failed")
-    wrapped.__cause__ = ValueError(ORBAX_FULL)
-    assert CKPT in dependency_error(wrapped)
+    wrapped = OSError(errno.ENOSPC, "No space left on device")  # no path of its own: the chain's first one
+    wrapped.__context__ = ValueError(ORBAX_FULL)
+    assert dependency_error(wrapped).startswith(f"no space left on the device of {CKPT} (")
 
 
 def test_out_of_memory_is_no_full_disk():
@@ -49,10 +50,15 @@ def _fail_like_orbax(monkeypatch):
 
 @pytest.fixture
 def restore_logging():
-    absl = logging.getLogger("absl")
-    handlers, propagate, hook, raising = list(absl.handlers), absl.propagate, sys.unraisablehook, logging.raiseExceptions
+    """After a failure main leaves the dependencies' reporting routed to the log (the CLI's
+    process ends there): put it back for the other tests."""
+    loggers = [logging.getLogger(n) for n in ("absl", "asyncio")]
+    saved = [(list(g.handlers), g.propagate) for g in loggers]
+    hooks = sys.excepthook, threading.excepthook, sys.unraisablehook, logging.raiseExceptions
     yield
-    absl.handlers[:], absl.propagate, sys.unraisablehook, logging.raiseExceptions = handlers, propagate, hook, raising
+    for g, (handlers, propagate) in zip(loggers, saved):
+        g.handlers[:], g.propagate = handlers, propagate
+    sys.excepthook, threading.excepthook, sys.unraisablehook, logging.raiseExceptions = hooks
 
 
 def test_run_prints_one_line_and_keeps_the_traceback_in_the_log(tmp_path, monkeypatch, capsys, restore_logging):

@@ -206,12 +206,14 @@ def check_types(obj: Any, path: str | Path, prefix: str = "") -> Any:
         value, key = getattr(obj, f.name), prefix + f.name
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             checked = check_types(value, path, key + ".")
-        elif isinstance(value, tuple) and any(dataclasses.is_dataclass(v) for v in value):
-            checked = tuple(check_types(v, path, f"{key}[{i}].") if dataclasses.is_dataclass(v) else v for i, v in enumerate(value))
-            checked = _typed(type(obj), f.name, checked, key, _line_of(path, f.name))
         else:
-            checked = _typed(type(obj), f.name, value, key, _line_of(path, f.name))
-        if checked is not value:
+            if isinstance(value, tuple) and any(dataclasses.is_dataclass(v) for v in value):
+                value = tuple(check_types(v, path, f"{key}[{i}].") if dataclasses.is_dataclass(v) else v for i, v in enumerate(value))
+            try:
+                checked = _typed(type(obj), f.name, value, key, what="")
+            except ConfigError as err:
+                raise ConfigError(f"{_line_of(path, f.name)} {str(err).strip()}") from None
+        if checked is not getattr(obj, f.name):
             changes[f.name] = checked
     return dataclasses.replace(obj, **changes) if changes else obj
 
