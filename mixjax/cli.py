@@ -44,6 +44,7 @@ AVAILABLE = Allowed(0.0, open_low=True, meaning="tokens the domain has, in the b
 IMPORTANCE = Allowed(0.0, meaning="the weight of the domain's loss in the objective; 0 ignores it")
 WEIGHT = Allowed(0.0, meaning="a mixture weight; the weights are normalised to sum 1")
 TOKENS_PER_EXAMPLE = Allowed(0.0, open_low=True, meaning="mean tokens per training example of the domain")
+BUDGET = Allowed(0.0, open_low=True, meaning="total training tokens N, in the run table's unit")
 
 # What each per-domain flag may hold; a flag not named here takes any finite number.
 FLAG_VALUES: Mapping[str, Allowed] = {
@@ -90,6 +91,16 @@ def per_domain_values(items: Sequence[str], domains: Sequence[str], flag: str, *
     if required and missing:
         raise ValueError(f"{flag}: missing domains {', '.join(missing)}")
     return out
+
+
+def check_budgets(budgets: Sequence[float], flag: str = "--budget") -> None:
+    """Each budget against :data:`BUDGET` (finite, > 0).
+
+    Raises:
+      ValueError: one line naming the flag, the value and what is allowed.
+    """
+    for budget in budgets:
+        check_value(budget, BUDGET, flag)
 
 
 def check_per_domain(values: Mapping[str, object], field: str) -> None:

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from mixjax.cache import enable_compilation_cache
-from mixjax.cli import per_domain_values
+from mixjax.cli import check_budgets, per_domain_values
 from mixjax.mixing.export import FORMATS, export_tokens_per_example, export_weights
 from mixjax.mixing.families import FamilyFitResult
 from mixjax.mixing.fit import ALPHA_MODES, PROCEDURES, FitConfig
@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             available=_per_domain(args.available, names, "--available"),
             importance=importance,
         )
+        check_budgets(args.budget)
         if any(b <= 0 for b in args.budget):
             raise ValueError(f"--budget must be positive, got {args.budget}")
         cfg = fit_config(args)

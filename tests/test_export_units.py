@@ -100,3 +100,10 @@ def test_cli_refuses_before_fitting_and_converts_when_given(capsys):
     shares = out["mixjax"]["token_shares"]
     assert sum(shares) == pytest.approx(1.0, abs=1e-9) and out["mixjax"]["tokens_per_example"] == MEANS
     np.testing.assert_allclose(out["probabilities"], example_probabilities(shares, [56, 127, 129]), atol=2e-6)
+
+
+def test_a_domain_gives_its_tokens_per_example():
+    from mixjax.data.domain import Domain, Example
+
+    ex = lambda n: Example(np.zeros(n, np.int32), np.ones(n, np.int32))
+    assert Domain("a", (ex(50), ex(62)), (ex(3),)).tokens_per_example == 56.0

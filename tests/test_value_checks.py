@@ -68,3 +68,10 @@ def test_lower_bounds_above_one_name_them():
 def test_cli_upper_bounds_message(capsys):
     assert main(["--runs", str(EXAMPLE), "--budget", "20", "--upper", "if=0.3", "math=0.3", "code=0.3"]) == 2
     assert "upper bounds sum to 0.9 < 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "-5"])
+def test_a_budget_that_is_no_token_count_is_refused(capsys, budget):
+    assert main(["--runs", str(EXAMPLE), "--budget", "20", budget]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--budget={float(budget)!r}: expected a finite number in (0, inf)" in err

@@ -74,6 +74,12 @@ class Domain:
     def train_tokens(self) -> int:
         return sum(e.num_tokens for e in self.train)
 
+    @property
+    def tokens_per_example(self) -> float:
+        """Mean tokens per training example (what an example-level export converts by:
+        :func:`mixjax.mixing.export.example_probabilities`)."""
+        return self.train_tokens / len(self.train)
+
 
 def _records(source: str, spec: DomainSpec) -> tuple[list[Record], list[str], int]:
     """(records, malformed ``where: reason``, total records) of one source."""
