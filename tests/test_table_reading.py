@@ -77,3 +77,20 @@ def test_jsonl_keys_are_stripped_and_non_objects_refused(tmp_path):
     (tmp_path / "ok.jsonl").write_text('{"tokens.a": 1, " tokens.b": 2, "loss.a": 2.0, "loss.b ": 2.5}\n')
     table = read_run_table(tmp_path / "ok.jsonl")
     assert table.domains == ("a", "b") and table.losses.tolist() == [[2.0, 2.5]]
+
+
+def test_the_fit_of_a_spaced_table_is_the_fit_of_the_clean_one(tmp_path, capsys, monkeypatch):
+    import json
+    from pathlib import Path
+
+    from mixjax.fit import main
+
+    monkeypatch.setenv("MIXJAX_CACHE_DIR", "")
+    example = Path(__file__).parents[1] / "examples" / "paper_worked_example.csv"
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text(example.read_text().replace(",", ", "))
+    weights = []
+    for path in (example, spaced):
+        assert main(["--runs", str(path), "--budget", "20", "--json", "--grid-step", "0"]) == 0
+        weights.append(json.loads(capsys.readouterr().out)["weights"]["20"])
+    assert weights[1] == weights[0]  # main: other weights, code "trained, never measured"
