@@ -211,14 +211,15 @@ def _append(log: Path, text: str) -> bool:
 
 
 @contextlib.contextmanager
-def logged_dependencies(log: Path | None) -> Iterator[None]:
+def logged_dependencies(log: Path | None, restore_on: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     """Within the block, what the dependencies report on their own goes to ``log`` instead
     of one traceback each on stderr: absl's and asyncio's log records (orbax and tensorstore
     report each failed background write there), exceptions of threads and of callbacks, and
     exceptions the interpreter can only ignore (an orbax save still pending at exit); what
-    cannot be written (a full disk) is dropped. When the block raises it is left in place,
-    since the dependencies' threads go on reporting until the process ends. ``log=None``
-    changes nothing (``--debug``)."""
+    cannot be written (a full disk) is dropped. When the block raises anything but
+    ``restore_on`` (bad input, found before any dependency ran) it is left in place, since
+    the dependencies' threads go on reporting until the process ends. ``log=None`` changes
+    nothing (``--debug``)."""
     if log is None:
         yield
         return
@@ -236,7 +237,15 @@ def logged_dependencies(log: Path | None) -> Iterator[None]:
     sys.excepthook = write
     threading.excepthook = lambda args: write(args.exc_type, args.exc_value, args.exc_traceback)
     sys.unraisablehook = lambda u: write(type(u.exc_value), u.exc_value, u.exc_traceback) if u.exc_value else None
-    yield
+    try:
+        yield
+    except restore_on:
+        _restore(saved, handler)
+        raise
+    _restore(saved, handler)
+
+
+def _restore(saved, handler: logging.Handler) -> None:
     for g, propagate in saved[0]:
         g.removeHandler(handler)
         g.propagate = propagate

@@ -28,6 +28,10 @@ from mixjax.pipeline.config import ConfigError, apply_overrides, load_config
 from mixjax.pipeline.stages import STAGES, Options, Pipeline, RunsFailed
 
 
+# Errors of the user's input: one line, exit code 2.
+BAD_INPUT = (ConfigError, BudgetError, DataError, FileNotFoundError, UnsupportedCheckpoint)
+
+
 def _run_index(text: str) -> tuple[str, int]:
     """``--run 3`` -> ("perturb", 3); ``--run validate:3`` -> ("validate", 3)."""
     kind, _, index = text.rpartition(":")
@@ -68,14 +72,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--stages: unknown {sorted(unknown)} (have: {', '.join(STAGES)})")
         config = apply_overrides(load_config(args.config), args.set)
         log = None if args.debug else config.experiment_dir / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        with logged_dependencies(log):
+        with logged_dependencies(log, restore_on=(*BAD_INPUT, RunsFailed)):
             options = Options(retrain=args.retrain, profile=args.profile, progress=not args.no_progress)
             pipeline = Pipeline(config, options)
             if args.run is not None:
                 pipeline.run_one(args.run[1], kind=args.run[0])
             else:
                 pipeline.run(stages)
-    except (ConfigError, BudgetError, DataError, FileNotFoundError, UnsupportedCheckpoint) as err:
+    except BAD_INPUT as err:
         if args.debug:
             traceback.print_exception(err, file=sys.stderr)
         print(f"mixjax.run: error: {one_line(err)}", file=sys.stderr)

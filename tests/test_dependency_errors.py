@@ -94,3 +94,14 @@ def test_llama3_rope_scaling_without_original_max_position_names_the_field():
     }
     with pytest.raises(UnsupportedCheckpoint, match=r"^config.json: rope_scaling of rope_type llama3 lacks 'original_max_position_embeddings'; add it"):
         config_from_hf(hf)  # main: a bare KeyError
+
+
+def test_bad_input_leaves_the_logging_as_it_was(tmp_path, monkeypatch, capsys):
+    from mixjax.pipeline.config import ConfigError
+
+    absl = logging.getLogger("absl")
+    before = list(absl.handlers), absl.propagate, sys.excepthook, threading.excepthook
+    monkeypatch.setattr(stages.Pipeline, "run", lambda self, s: (_ for _ in ()).throw(ConfigError("x: bad")))
+    assert main(["--config", str(TINY), "--no-progress", "--set", f"workdir='{tmp_path}'"]) == 2
+    assert capsys.readouterr().err.strip() == "mixjax.run: error: x: bad"
+    assert (list(absl.handlers), absl.propagate, sys.excepthook, threading.excepthook) == before
