@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from mixjax.cli import dependency_error
 from mixjax.model.hf import UnsupportedCheckpoint, config_from_hf
 from mixjax.pipeline import stages
 from mixjax.run import main
@@ -26,6 +25,8 @@ WAY_OUT = "free space there or give the experiment another disk (--set workdir=<
 
 
 def test_a_full_disk_names_the_directory_and_the_way_out():
+    from mixjax.cli import dependency_error
+
     assert dependency_error(ValueError(ORBAX_FULL)).startswith(f"no space left on the device of {CKPT} (")
     assert WAY_OUT in dependency_error(OSError(errno.ENOSPC, "No space left on device", "/data/exp/x.json"))
     wrapped = OSError(errno.ENOSPC, "No space left on device")  # no path of its own: the chain's first one
@@ -34,6 +35,8 @@ def test_a_full_disk_names_the_directory_and_the_way_out():
 
 
 def test_out_of_memory_is_no_full_disk():
+    from mixjax.cli import dependency_error
+
     assert dependency_error(ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.00GiB")) is None
 
 

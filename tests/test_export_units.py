@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from mixjax.fit import main
-from mixjax.mixing.export import FORMATS, SAMPLING_UNIT, example_probabilities, export_weights
+from mixjax.mixing.export import FORMATS, export_weights
+
+UNIT = {"levanter": "tokens", "maxtext": "examples", "llama-factory": "examples", "hf-datasets": "examples", "json": "tokens"}
 
 NAMES = ("if", "math", "code")
 SHARES = [0.543, 0.450, 0.007]  # the optimum
@@ -64,6 +66,9 @@ def test_grain_mix_with_the_maxtext_weights_trains_the_token_shares():
 
 
 def test_probabilities_are_shares_over_lengths_renormalised():
+    from mixjax.mixing.export import SAMPLING_UNIT, example_probabilities
+
+    assert SAMPLING_UNIT == UNIT
     p = example_probabilities(SHARES, list(MEANS.values()))
     expected = np.array(SHARES) / np.array(list(MEANS.values()))
     np.testing.assert_allclose(p, expected / expected.sum(), rtol=1e-12)
@@ -72,7 +77,7 @@ def test_probabilities_are_shares_over_lengths_renormalised():
         example_probabilities(SHARES, [56.0, 0.0, 129.0])
 
 
-@pytest.mark.parametrize("fmt", [f for f in FORMATS if SAMPLING_UNIT[f] == "examples"])
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if UNIT[f] == "examples"])
 def test_an_example_level_export_without_lengths_is_refused_saying_how(fmt):
     with pytest.raises(ValueError, match=rf"^--export {fmt} samples examples, not tokens: .* --tokens-per-example if=T math=T code=T"):
         export_weights(fmt, NAMES, {20.0: SHARES})
@@ -87,10 +92,12 @@ def test_every_export_states_its_unit(fmt):
         note = json.loads(text)["20"]["mixjax"]
         assert note == {"sampling_unit": "examples", "token_shares": SHARES, "tokens_per_example": MEANS}
     else:
-        assert text.count(f"# sampling unit: {SAMPLING_UNIT[fmt]}") == 2
+        assert text.count(f"# sampling unit: {UNIT[fmt]}") == 2
 
 
 def test_cli_refuses_before_fitting_and_converts_when_given(capsys):
+    from mixjax.mixing.export import example_probabilities
+
     assert main(["--runs", str(EXAMPLE), "--budget", "20", "--export", "llama-factory"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--tokens-per-example if=T math=T code=T" in err
