@@ -25,9 +25,9 @@ import jax
 import numpy as np
 
 from mixjax.cache import enable_compilation_cache
-from mixjax.cli import per_domain_values
+from mixjax.cli import check_budgets, per_domain_values
 from mixjax.mixing.decision import propose_runs
-from mixjax.mixing.export import FORMATS, export_weights
+from mixjax.mixing.export import FORMATS, export_tokens_per_example, export_weights
 from mixjax.mixing.fit.config import ALPHA_MODES, FAMILY_CHOICES, PROCEDURES, FitConfig
 from mixjax.mixing.fit.result import Fit, predict
 from mixjax.mixing.mixture import MixtureReport, optimise_mixture
@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--propose", type=int, metavar="R", help="also give R mixtures to train at the base run's budget that would most change the recommendation")
     p.add_argument("--prior", choices=("uniform", "proportional"), help="the mixture the recommendation is pulled toward (default uniform; proportional needs --available)")
     p.add_argument("--max-epochs", type=float, metavar="E", help="passes over each domain's available tokens a mixture may take (default 1; needs --available)")
+    p.add_argument("--tokens-per-example", nargs="*", metavar="D=T",
+                   help="mean tokens per example of each domain: --export maxtext|llama-factory|hf-datasets sample examples and need them")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -230,10 +232,10 @@ def _constraints(args: argparse.Namespace, table) -> Constraints:
     )
 
 
-def _print(args: argparse.Namespace, report: MixtureReport, predicted: dict | None, proposals: np.ndarray | None) -> None:
+def _print(args: argparse.Namespace, report: MixtureReport, predicted: dict | None, proposals: np.ndarray | None, per_example=None) -> None:
     fit = report.fit
     if args.export:
-        print(export_weights(args.export, fit.domains, {b.budget: b.weights for b in report.budgets}, seed=args.seed))
+        print(export_weights(args.export, fit.domains, {b.budget: b.weights for b in report.budgets}, seed=args.seed, tokens_per_example=per_example))
     elif args.json:
         out = report.to_dict() | {"config": fit.config.to_dict()}
         if fit.scores:
@@ -262,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         for note in check_flags(args):
             print(f"mixjax.fit: {note}", file=sys.stderr)
         table = read_run_table(args.runs)
+        per_example = export_tokens_per_example(args.export, table.domains, args.tokens_per_example)
         constraints = _constraints(args, table)
+        check_budgets(args.budget)
         if any(b <= 0 for b in args.budget):
             raise ValueError(f"--budget must be positive, got {args.budget}")
         cfg = fit_config(args)
@@ -283,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for w in caught:
         print(f"mixjax.fit: warning: {w.message}", file=sys.stderr)
-    _print(args, report, predicted, proposals)
+    _print(args, report, predicted, proposals, per_example)
     return 0
 
 

@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         weights, source = choose_weights(args, config, names, inputs.available)
         print(f"mixjax.mix: weights from {source}: " + ", ".join(f"{n}={w:.4f}" for n, w in zip(names, weights)), file=sys.stderr)
         if args.export:
-            print(export_weights(args.export, names, {float(args.budget): weights}, seed=config.seed))
+            per_example = {n: inputs.domains[n].tokens_per_example for n in names}  # the sampling unit of example-level formats
+            print(export_weights(args.export, names, {float(args.budget): weights}, seed=config.seed, tokens_per_example=per_example))
             return 0
         rows = mixture_rows(inputs.domains, names, weights, args.budget, config.seed if args.seed is None else args.seed)
     except (ConfigError, BudgetError, DataError, ValueError) as err:

@@ -6,20 +6,30 @@ Rerunning the same command skips finished runs whose fingerprint still matches a
 interrupted ones. Bad configs, and finished runs made with another setup (without
 ``--retrain``), stop before any training with a one-line error (exit code 2). Runs that
 fail in training (non-finite loss, data exhausted) are listed at the end (exit code 3);
-the others are kept.
+the others are kept. Any other error (a full disk, a dependency's failure) ends in one line
+naming the path and the way out (exit code 2 when the cause is known, else 1); its
+traceback, and the dependencies' own logs (orbax, tensorstore), go to
+``<workdir>/<name>/logs/run-<time>.log``, or to stderr with ``--debug``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+import traceback
 
 from mixjax.cache import enable_compilation_cache
+from mixjax.cli import logged_dependencies, one_line, report_error
 from mixjax.data.budget import BudgetError
 from mixjax.data.formats import DataError
 from mixjax.model.hf import UnsupportedCheckpoint
 from mixjax.pipeline.config import ConfigError, apply_overrides, load_config
 from mixjax.pipeline.stages import STAGES, Options, Pipeline, RunsFailed
+
+
+# Errors of the user's input: one line, exit code 2.
+BAD_INPUT = (ConfigError, BudgetError, DataError, FileNotFoundError, UnsupportedCheckpoint)
 
 
 def _run_index(text: str) -> tuple[str, int]:
@@ -43,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--retrain", action="store_true", help="retrain runs whose fingerprint (config, data, seed, ...) changed")
     p.add_argument("--profile", action="store_true", help="capture a jax.profiler trace of a few steps of each run (train.profile)")
+    p.add_argument("--debug", action="store_true", help="print tracebacks (and the dependencies' logs) instead of one line")
     return p.parse_args(argv)
 
 
@@ -54,23 +65,30 @@ def main(argv: list[str] | None = None) -> int:
         jax.distributed.initialize()
     enable_compilation_cache()  # a rerun loads the compiled steps and fit instead of compiling them
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    log = None
     try:
         unknown = set(stages) - set(STAGES)
         if unknown:
             raise ConfigError(f"--stages: unknown {sorted(unknown)} (have: {', '.join(STAGES)})")
         config = apply_overrides(load_config(args.config), args.set)
-        options = Options(retrain=args.retrain, profile=args.profile, progress=not args.no_progress)
-        pipeline = Pipeline(config, options)
-        if args.run is not None:
-            pipeline.run_one(args.run[1], kind=args.run[0])
-        else:
-            pipeline.run(stages)
-    except (ConfigError, BudgetError, DataError, FileNotFoundError, UnsupportedCheckpoint) as err:
-        print(f"mixjax.run: error: {err}", file=sys.stderr)
+        log = None if args.debug else config.experiment_dir / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        with logged_dependencies(log, restore_on=(*BAD_INPUT, RunsFailed)):
+            options = Options(retrain=args.retrain, profile=args.profile, progress=not args.no_progress)
+            pipeline = Pipeline(config, options)
+            if args.run is not None:
+                pipeline.run_one(args.run[1], kind=args.run[0])
+            else:
+                pipeline.run(stages)
+    except BAD_INPUT as err:
+        if args.debug:
+            traceback.print_exception(err, file=sys.stderr)
+        print(f"mixjax.run: error: {one_line(err)}", file=sys.stderr)
         return 2
     except RunsFailed as err:
         print(f"mixjax.run: {err}", file=sys.stderr)
         return 3
+    except Exception as err:  # a dependency's failure (a full disk, ...) or a bug: one line, the traceback in the log
+        return report_error("mixjax.run", err, args.debug, log)
     return 0
 
 

@@ -34,7 +34,8 @@ def _parse(fmt: str, text: str) -> dict[float, list[float]]:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_parses_back_to_the_same_weights(fmt):
-    parsed = _parse(fmt, export_weights(fmt, NAMES, W))
+    same_length = dict.fromkeys(NAMES, 100.0)  # equal example lengths: probabilities = token shares
+    parsed = _parse(fmt, export_weights(fmt, NAMES, W, tokens_per_example=same_length))
     assert list(parsed) == list(W)
     for budget, w in W.items():
         np.testing.assert_allclose(parsed[budget], w, atol=1e-6)
@@ -42,7 +43,7 @@ def test_export_parses_back_to_the_same_weights(fmt):
 
 
 def test_export_single_budget_hf_kwargs():
-    data = json.loads(export_weights("hf-datasets", NAMES, {20.0: W[20.0]}, seed=3))
+    data = json.loads(export_weights("hf-datasets", NAMES, {20.0: W[20.0]}, seed=3, tokens_per_example=dict.fromkeys(NAMES, 7)))
     assert data["seed"] == 3 and data["stopping_strategy"] == "all_exhausted"
     np.testing.assert_allclose(data["probabilities"], W[20.0], atol=1e-6)
     with pytest.raises(ValueError, match="export format"):

@@ -4,14 +4,16 @@ exactly as ``transformers``' ``apply_chat_template`` does, and locate the assist
 The environment matches transformers (``ImmutableSandboxedEnvironment`` with
 ``trim_blocks``, ``lstrip_blocks``, the ``loopcontrols`` extension, a ``{% generation %}``
 tag, the ``tojson`` filter without HTML escaping, ``raise_exception`` and
-``strftime_now``); templates get ``messages``, ``tools=None``, ``documents=None``,
+``strftime_now``); templates get ``messages``, ``tools`` (a record's, else None), ``documents=None``,
 ``add_generation_prompt`` and the tokenizer's special tokens (``bos_token``,
 ``eos_token``, ...).
 
 Assistant content is located by rendering prefixes: the rendering of the turns before an
 assistant turn with ``add_generation_prompt=True`` must be a prefix of the full rendering,
 and the assistant's content (verbatim, or stripped for templates that ``trim`` it) follows
-there, or, for templates that add scaffolding first (an empty ``<think></think>``), it is
+there (an assistant turn with more than content, such as tool calls or reasoning: everything
+the template writes for it up to the turn's last end marker; one with ``weight`` 0 is not
+trained), or, for templates that add scaffolding first (an empty ``<think></think>``), it is
 the last occurrence within the rendering of the turns up to and including that one (which
 must then also be a prefix). An assistant turn with no turn before it (a conversation that
 opens with the assistant) is located the second way: its prefix would be the empty list,
@@ -27,8 +29,9 @@ import functools
 import json
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
-from mixjax.data.formats import Conversation, DataError
+from mixjax.data.formats import PLAIN_KEYS, AnyConversation, Chat, DataError, is_trained
 
 # ChatML, as Qwen2.5 uses it (without Qwen's default system prompt and tool support).
 CHATML_TEMPLATE = (
@@ -87,63 +90,104 @@ def compile_template(source: str):
         raise ChatTemplateError(f"chat_template does not parse: {err}") from None
 
 
-def messages_of(conversation: Conversation) -> list[dict[str, str]]:
+def messages_of(conversation: AnyConversation) -> list[dict[str, Any]]:
+    """The messages ``apply_chat_template`` takes for a conversation (a copy)."""
+    if isinstance(conversation, Chat):
+        return [dict(m) for m in conversation.messages]
     return [{"role": role, "content": text} for role, text in conversation]
 
 
+def tools_of(conversation: AnyConversation) -> list | None:
+    """The ``tools`` the template gets: a :class:`Chat`'s, else None."""
+    return list(conversation.tools) if isinstance(conversation, Chat) and conversation.tools else None
+
+
 def render(
-    template: str, messages: Sequence[Mapping[str, str]], special_tokens: Mapping[str, object], add_generation_prompt: bool = False
+    template: str, messages: Sequence[Mapping[str, Any]], special_tokens: Mapping[str, object], add_generation_prompt: bool = False,
+    tools: Sequence[Any] | None = None,
 ) -> str:
-    """``apply_chat_template(messages, tokenize=False, add_generation_prompt=...)``."""
+    """``apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=...)``."""
     import jinja2
 
     try:
         return compile_template(template).render(
-            messages=list(messages), tools=None, documents=None, add_generation_prompt=add_generation_prompt, **special_tokens
+            messages=list(messages), tools=tools, documents=None, add_generation_prompt=add_generation_prompt, **special_tokens
         )
     except jinja2.TemplateError as err:
         raise ConversationTemplateError(f"chat template failed on roles {[m['role'] for m in messages]}: {err}") from None
 
 
 def assistant_spans(
-    template: str, conversation: Conversation, special_tokens: Mapping[str, object], end_markers: Collection[str] = ()
+    template: str, conversation: AnyConversation, special_tokens: Mapping[str, object], end_markers: Collection[str] = ()
 ) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendering and the character span of every assistant turn's content in it.
-    ``end_markers`` (the tokenizer's special tokens) must follow content found by search."""
+    """The full rendering and the character span of every assistant turn's content in it
+    (with its tool calls as the template renders them). ``end_markers`` (the tokenizer's
+    special tokens) must follow content found by search, and end a tool-call turn.
+
+    Raises:
+      ConversationTemplateError: the template refuses the conversation, or an assistant
+        turn cannot be located (module docstring).
+    """
     compile_template(template)  # a template that does not parse is not this conversation's fault
-    messages = messages_of(conversation)
-    full = render(template, messages, special_tokens)
+    messages, tools = messages_of(conversation), tools_of(conversation)
+    draw = lambda upto, prompt=False: render(template, messages[:upto], special_tokens, prompt, tools)
+    full = draw(len(messages))
     spans = []
-    for k, (role, content) in enumerate(conversation):
-        if role != "assistant":
-            continue
-        start = 0
-        if k > 0:  # messages[:0] is no conversation: templates index messages[0]
-            prefix = render(template, messages[:k], special_tokens, add_generation_prompt=True)
-            if not full.startswith(prefix):
-                raise ConversationTemplateError(
-                    f"chat template: the rendering of the turns before assistant turn {k} with add_generation_prompt=True"
-                    " is not a prefix of the whole conversation's rendering, so the assistant content cannot be located"
-                )
-            start = len(prefix)
-            shown = next((c for c in (content, content.strip()) if full.startswith(c, start)), None)
-            if shown is not None:
-                spans.append((start, start + len(shown)))
-                continue
-        elif not content.strip():
-            continue  # an empty opening assistant turn: nothing to train, nothing to locate
-        # The template puts scaffolding after the generation prompt (e.g. an empty <think></think>
-        # block), or the turn opens the conversation: find the content as the last occurrence
-        # within this turn's own rendering.
-        turn = render(template, messages[: k + 1], special_tokens)
-        found = _last_before_marker(turn, (content, content.strip()), start, end_markers) if full.startswith(turn) else None
-        if found is None:
-            raise ConversationTemplateError(
-                f"chat template: cannot locate assistant turn {k}'s content after the generation prompt"
-                f" (found {full[start:start + 40]!r})"
-            )
-        spans.append(found)
+    for k, message in enumerate(messages):
+        if is_trained(message):
+            span = _assistant_span(full, draw, k, message, end_markers)
+            if span is not None:
+                spans.append(span)
     return full, spans
+
+
+def _assistant_span(full: str, draw, k: int, message: Mapping[str, Any], end_markers: Collection[str]) -> tuple[int, int] | None:
+    """The span of assistant turn ``k`` in ``full`` (None: an empty opening turn, nothing to train).
+    ``draw(upto, add_generation_prompt)`` renders ``messages[:upto]``."""
+    content = message.get("content") or ""
+    start = 0
+    if k > 0:  # messages[:0] is no conversation: templates index messages[0]
+        prefix = draw(k, True)
+        if not full.startswith(prefix):
+            raise ConversationTemplateError(
+                f"chat template: the rendering of the turns before assistant turn {k} with add_generation_prompt=True"
+                " is not a prefix of the whole conversation's rendering, so the assistant content cannot be located"
+            )
+        start = len(prefix)
+        if set(message) - PLAIN_KEYS:  # tool calls, reasoning, ...: what the template makes of them is trained
+            return _whole_turn(full, draw(k + 1), start, k, end_markers)
+        shown = next((c for c in (content, content.strip()) if full.startswith(c, start)), None)
+        if shown is not None:
+            return start, start + len(shown)
+    elif not content.strip() and not set(message) - PLAIN_KEYS:
+        return None  # an empty opening assistant turn: nothing to train, nothing to locate
+    # The template puts scaffolding after the generation prompt (e.g. an empty <think></think>
+    # block), or the turn opens the conversation: find the content as the last occurrence
+    # within this turn's own rendering.
+    turn = draw(k + 1)
+    found = _last_before_marker(turn, (content, content.strip()), start, end_markers) if full.startswith(turn) else None
+    if found is None:
+        raise ConversationTemplateError(
+            f"chat template: cannot locate assistant turn {k}'s content after the generation prompt"
+            f" (found {full[start:start + 40]!r})"
+        )
+    return found
+
+
+def _whole_turn(full: str, turn: str, start: int, k: int, end_markers: Collection[str]) -> tuple[int, int]:
+    """A turn with more than content (tool calls, reasoning): everything the template writes
+    after the generation prompt up to the turn's last end marker, in its own syntax."""
+    if not full.startswith(turn):
+        raise ConversationTemplateError(
+            f"chat template: the rendering up to assistant turn {k} is not a prefix of the whole conversation's rendering"
+        )
+    ends = [turn.rfind(m, start) for m in end_markers]
+    end = max(ends, default=-1)
+    if end < start:
+        end = len(turn.rstrip())
+    if end <= start:
+        raise ConversationTemplateError(f"chat template: assistant turn {k} renders nothing to train")
+    return start, end
 
 
 def _last_before_marker(text: str, candidates, start: int, end_markers: Collection[str]) -> tuple[int, int] | None:

@@ -26,7 +26,7 @@ import numpy as np
 from mixjax.config_fields import neutral
 from mixjax.data import synthetic
 from mixjax.data.chat_template import ConversationTemplateError
-from mixjax.data.formats import Conversation, DataError, Record, RecordError, check_bad_fraction, parse_record, read_records
+from mixjax.data.formats import AnyConversation, DataError, Record, RecordError, check_bad_fraction, parse_record, read_records
 from mixjax.data.tokenizer import Tokenizer
 
 
@@ -74,6 +74,12 @@ class Domain:
     def train_tokens(self) -> int:
         return sum(e.num_tokens for e in self.train)
 
+    @property
+    def tokens_per_example(self) -> float:
+        """Mean tokens per training example (what an example-level export converts by:
+        :func:`mixjax.mixing.export.example_probabilities`)."""
+        return self.train_tokens / len(self.train)
+
 
 def _records(source: str, spec: DomainSpec) -> tuple[list[Record], list[str], int]:
     """(records, malformed ``where: reason``, total records) of one source."""
@@ -107,11 +113,11 @@ def _tfds_records(source: str, data_dir: str | None) -> tuple[list[Record], list
     return records, bad, total
 
 
-def content_hash(conversation: Conversation) -> str:
+def content_hash(conversation: AnyConversation) -> str:
     return hashlib.sha256(repr(conversation).encode("utf-8")).hexdigest()
 
 
-def _encode(tokenizer: Tokenizer, conversations: Sequence[Conversation]) -> list[tuple[np.ndarray, np.ndarray] | str]:
+def _encode(tokenizer: Tokenizer, conversations: Sequence[AnyConversation]) -> list[tuple[np.ndarray, np.ndarray] | str]:
     """Untruncated (ids, mask) of each conversation, or the reason it cannot be encoded (the
     template refuses it, or cannot place its assistant turns). One batch when all encode."""
     try:
@@ -212,6 +218,11 @@ def _build(spec: DomainSpec, split: _Split, held_out: set[str], max_len: int) ->
     if not train_ids:
         raise DataError(f"domain {spec.name}: no training examples left after holding out {spec.val_examples} for validation")
     val_ids = sorted(split.val_ids.tolist())
+    if not val_ids:
+        raise DataError(
+            f"domain {spec.name}: no validation examples (val_examples={spec.val_examples}): its loss could not be"
+            " measured; set val_examples >= 1"
+        )
     _check_answers(spec, split, train_ids, val_ids, max_len)
     cut = lambda a: a[:max_len].copy() if len(a) > max_len else a  # a copy: the full encoding is let go
     example = lambda i: Example(cut(split.encoded[i][0]), cut(split.encoded[i][1]))

@@ -15,7 +15,8 @@ tokenised as one string (``add_special_tokens=False``), so the ids equal
 ``apply_chat_template(..., tokenize=True)``. No token is ever added: ``check_vocab``
 refuses a tokenizer whose ids exceed the model's embedding rows.
 
-Loss mask: 1 on the tokens of assistant content and on the end-of-turn special token that
+Loss mask: 1 on the tokens of assistant content (all the template writes for a turn with tool
+calls or other fields; none for a ``weight`` 0 turn) and on the end-of-turn special token that
 the template puts right after it (``<|eot_id|>``, ``<|im_end|>``, ``<|end|>``), 0 elsewhere.
 """
 
@@ -29,8 +30,8 @@ from typing import Protocol
 
 import numpy as np
 
-from mixjax.data.chat_template import CHATML_TEMPLATE, assistant_spans
-from mixjax.data.formats import Conversation, DataError
+from mixjax.data.chat_template import CHATML_TEMPLATE, ConversationTemplateError, assistant_spans, messages_of
+from mixjax.data.formats import PLAIN_KEYS, AnyConversation, Chat, DataError, is_trained
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
 # Files of a tokenizer directory, in the order they are hashed and copied.
@@ -49,9 +50,9 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Iterable[int]) -> str: ...
 
-    def encode_conversation(self, conversation: Conversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+    def encode_conversation(self, conversation: AnyConversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def encode_conversations(self, conversations: Sequence[Conversation], max_len: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]: ...
+    def encode_conversations(self, conversations: Sequence[AnyConversation], max_len: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
     def fingerprint(self) -> str: ...
 
@@ -61,6 +62,14 @@ def _arrays(ids: Sequence[int], mask: Sequence[int], max_len: int | None) -> tup
     if max_len is not None:
         ids, mask = ids[:max_len], mask[:max_len]
     return ids, mask
+
+
+def _has_tools(conversation: AnyConversation) -> bool:
+    """Whether the conversation has tool calls, tool results, tools or another field that
+    only a model's template renders (``weight`` aside)."""
+    if not isinstance(conversation, Chat):
+        return False
+    return bool(conversation.tools) or any(set(m) - PLAIN_KEYS or m["role"] == "tool" for m in conversation.messages)
 
 
 class ByteTokenizer:
@@ -84,16 +93,24 @@ class ByteTokenizer:
     def fingerprint(self) -> str:
         return "byte"
 
-    def encode_conversations(self, conversations: Sequence[Conversation], max_len: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def encode_conversations(self, conversations: Sequence[AnyConversation], max_len: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         return [self.encode_conversation(c, max_len) for c in conversations]
 
-    def encode_conversation(self, conversation: Conversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def encode_conversation(self, conversation: AnyConversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raises ConversationTemplateError for tool calls, tool results, tools or other
+        template fields: mixjax's byte format has no syntax for them (a model's own tokenizer
+        renders them)."""
+        if _has_tools(conversation):
+            raise ConversationTemplateError(
+                "the byte tokenizer cannot render tool calls, tool results or tools; use the model's own tokenizer"
+                " (tokenizer=<model dir>), whose chat template renders them"
+            )
         ids, mask = [self.special("<bos>")], [0]
         end = self.special("<|end|>")
-        for role, text in conversation:
-            body = self.encode(text)
-            trained = int(role == "assistant")
-            ids += [self.special(f"<|{role}|>"), *body, end]
+        for message in messages_of(conversation):
+            body = self.encode(message["content"])
+            trained = int(is_trained(message))
+            ids += [self.special(f"<|{message['role']}|>"), *body, end]
             mask += [0] + [trained] * (len(body) + 1)
         ids.append(self.special("<eos>"))
         mask.append(0)
@@ -176,7 +193,7 @@ class HFTokenizer:
             digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
         return digest.hexdigest()
 
-    def render(self, conversation: Conversation) -> str:
+    def render(self, conversation: AnyConversation) -> str:
         return assistant_spans(self._template(), conversation, self.special_tokens, self._special_ids)[0]
 
     def _template(self) -> str:
@@ -187,10 +204,10 @@ class HFTokenizer:
             )
         return self.chat_template
 
-    def encode_conversation(self, conversation: Conversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def encode_conversation(self, conversation: AnyConversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         return self.encode_conversations([conversation], max_len)[0]
 
-    def encode_conversations(self, conversations: Sequence[Conversation], max_len: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def encode_conversations(self, conversations: Sequence[AnyConversation], max_len: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """``encode_conversation`` of each, tokenised in one batch."""
         template = self._template()
         rendered = [assistant_spans(template, c, self.special_tokens, self._special_ids) for c in conversations]
@@ -226,7 +243,7 @@ def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:
         )
 
 
-def encode_conversation(tokenizer: Tokenizer, conversation: Conversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def encode_conversation(tokenizer: Tokenizer, conversation: AnyConversation, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and loss mask (1 on assistant content and its end-of-turn token), truncated to max_len."""
     return tokenizer.encode_conversation(conversation, max_len)
 

@@ -6,7 +6,11 @@ domain with a ``tokens.`` column but no ``loss.`` column (or only empty cells) w
 but never measured: its tokens count in the other domains' transfer and it gets no law of
 its own (RegMix's tables train 17 Pile domains and measure 13). A token count of 0 is a
 run without that domain: the law there is the transfer-only loss.
-CSV or JSONL (one object per line, same keys). The base run is the row where every
+CSV or JSONL (one object per line, same keys). A CSV is read as pandas reads it with its
+defaults, or refused with file:line: names and cells stripped of surrounding spaces, a
+byte-order mark and blank lines ignored, quoted cells, a short row's missing losses not
+measured; a repeated column, a row longer than the header, and a loss that is negative,
+infinite or NaN are errors. The base run is the row where every
 domain has its most common token count, all positive; domain i's series is the base run
 plus every run that changes only domain i (repeats averaged over the runs where loss.i
 was measured). Every other run with a measured loss.i is a "cross" point (it varies the
@@ -49,34 +53,98 @@ class RunTable:
 
 
 def _parse_number(text, where: str, what: str, allow_empty: bool) -> float:
-    if text is None or (isinstance(text, str) and text.strip() == ""):
+    """``text`` as a float (surrounding spaces ignored, as pandas does); NaN for an empty
+    cell when ``allow_empty``.
+
+    Raises:
+      RunTableError: naming ``where`` and ``what``: an empty required cell, a value that is
+        not a number, a literal NaN.
+    """
+    if isinstance(text, str):
+        text = text.strip()
+    if text is None or text == "":
         if allow_empty:
             return math.nan
         raise RunTableError(f"{where}: {what} is empty")
+    if isinstance(text, bool):
+        raise RunTableError(f"{where}: {what} is not a number: {text!r}")
     try:
         value = float(text)
     except (TypeError, ValueError):
         raise RunTableError(f"{where}: {what} is not a number: {text!r}") from None
     if math.isnan(value):
-        raise RunTableError(f"{where}: {what} is NaN")
+        raise RunTableError(f"{where}: {what} is NaN (leave the cell empty for a loss that was not measured)")
+    return value
+
+
+def _header(names: list, where: str) -> list[str]:
+    """Column names stripped of surrounding spaces (``a, loss.b`` names ``loss.b``).
+
+    Raises:
+      RunTableError: an empty or repeated name (pandas would rename it ``x.1``).
+    """
+    stripped = [str(n).strip() for n in names]
+    for i, name in enumerate(stripped):
+        if name in stripped[:i]:
+            raise RunTableError(f"{where}: column {name!r} appears twice (rename one)")
+    return stripped
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    """(line, {column: cell}) of every non-blank CSV row, with the row's own line number."""
+    reader = csv.reader(text.splitlines(keepends=True), skipinitialspace=True)
+    header, rows = None, []
+    for cells in reader:
+        if not any(c.strip() for c in cells):  # blank lines, as pandas skips them
+            continue
+        line = reader.line_num
+        if header is None:
+            header = _header(cells, f"{path}:{line}")
+            continue
+        if len(cells) > len(header) and any(c.strip() for c in cells[len(header):]):
+            raise RunTableError(f"{path}:{line}: {len(cells)} cells but the header has {len(header)} columns")
+        rows.append((line, dict(zip(header, cells))))
+    return rows
+
+
+def _loss(text, where: str, domain: str) -> float:
+    """One ``loss.<domain>`` cell: NaN when empty (not measured), else a finite number >= 0.
+
+    Raises:
+      RunTableError: a value that cannot be a cross-entropy (negative, inf, NaN, not a number).
+    """
+    value = _parse_number(text, where, f"loss.{domain}", allow_empty=True)
+    if not math.isnan(value) and not (math.isfinite(value) and value >= 0):
+        raise RunTableError(
+            f"{where}: loss.{domain} must be a finite number >= 0 (a mean cross-entropy in nats), got {value:g};"
+            " leave the cell empty if it was not measured"
+        )
     return value
 
 
 def _read_rows(path: Path) -> list[tuple[int, dict]]:
+    """The rows of a CSV or JSONL run table as (line number, {column: value}).
+
+    Raises:
+      RunTableError: a missing file, invalid JSON, a repeated column or a row with more
+        cells than the header, naming file:line.
+    """
     if not path.exists():
         raise RunTableError(f"{path}: no such file")
-    text = path.read_text()
-    if path.suffix in (".jsonl", ".json", ".ndjson"):
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append((number, json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise RunTableError(f"{path}:{number}: invalid JSON ({err.msg})") from None
-        return rows
-    reader = csv.DictReader(text.splitlines())
-    return [(number, row) for number, row in enumerate(reader, start=2)]
+    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no part of the first column's name
+    if path.suffix not in (".jsonl", ".json", ".ndjson"):
+        return _csv_rows(path, text)
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RunTableError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise RunTableError(f"{path}:{number}: a row must be a JSON object, got {type(record).__name__}")
+            rows.append((number, dict(zip(_header(list(record), f"{path}:{number}"), record.values()))))
+    return rows
 
 
 def parse_run_table(rows: list[tuple[int, dict]], source: str = "<table>", require_losses: bool = True) -> RunTable:
@@ -108,7 +176,7 @@ def parse_run_table(rows: list[tuple[int, dict]], source: str = "<table>", requi
         if not sum(t) > 0:
             raise RunTableError(f"{where}: the run trains no tokens (every tokens.<domain> is 0)")
         tokens.append(t)
-        losses.append([_parse_number(row.get(f"loss.{d}"), where, f"loss.{d}", allow_empty=True) for d in domains])
+        losses.append([_loss(row.get(f"loss.{d}"), where, d) for d in domains])
         lines.append(number)
     losses = np.asarray(losses)
     for d, column in zip(domains, losses.T):

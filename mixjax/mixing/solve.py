@@ -118,22 +118,35 @@ def host_weight_bounds(constraints: Constraints, budget: float) -> tuple[np.ndar
 
 
 def check_feasible(constraints: Constraints, budget: float, domains=None) -> None:
-    """Raise ValueError, naming the cause, when no weights satisfy the constraints."""
+    """Raise ValueError, naming the bound or the availability that breaks it, when no
+    weights satisfy the constraints at ``budget``."""
     lo, hi = host_weight_bounds(constraints, budget)
+    upper = np.asarray(constraints.upper, np.float64)
+    available = np.asarray(constraints.available, np.float64)
     names = list(domains) if domains is not None else [str(i) for i in range(len(lo))]
-    for name, a, b in zip(names, lo, hi):
+    for i, (name, a, b) in enumerate(zip(names, lo, hi)):
+        if a > upper[i]:
+            raise ValueError(f"domain {name}: lower bound {a:.4g} exceeds its upper bound {upper[i]:.4g}; lower one of them")
         if a > b:
             raise ValueError(
-                f"domain {name}: lower bound {a:.4g} exceeds its upper bound {b:.4g} at budget {budget:g}"
-                f" (available tokens {float(constraints.available[names.index(name)]):g})"
+                f"domain {name}: lower bound {a:.4g} needs {a * budget:g} tokens at budget {budget:g} but only"
+                f" {available[i]:g} are available (at most {b:.4g} of the budget); lower the bound or the budget"
             )
+    if upper.sum() < 1.0 - 1e-12:
+        raise ValueError(
+            f"upper bounds sum to {upper.sum():.4g} < 1 ({', '.join(f'{n}={u:g}' for n, u in zip(names, upper))}):"
+            " no weights summing to 1 fit under them; raise an upper bound"
+        )
     if hi.sum() < 1.0 - 1e-12:
         raise ValueError(
             f"budget {budget:g} exceeds what the domains can supply: available tokens and upper bounds"
-            f" allow at most {hi.sum() * budget:g} (sum of min(upper_i * N, D_i))"
+            f" allow at most {hi.sum() * budget:g} (sum of min(upper_i * N, D_i)); lower the budget or give more data"
         )
     if lo.sum() > 1.0 + 1e-12:
-        raise ValueError(f"lower bounds sum to {lo.sum():.4g} > 1")
+        raise ValueError(
+            f"lower bounds sum to {lo.sum():.4g} > 1 ({', '.join(f'{n}={l:g}' for n, l in zip(names, lo))}):"
+            " no weights summing to 1 meet them; lower a lower bound"
+        )
 
 
 def _marginal(w: Array, params: LawParams, budget, importance: Array) -> Array:

@@ -141,6 +141,7 @@ def _rope(hf: dict) -> tuple[float, RopeScaling | None]:
     theta = scaling.get("rope_theta") or hf.get("rope_theta", 10_000.0)
     if kind == "default":
         return theta, None
+    if missing := sorted(ROPE_KEYS[kind] - {"rope_type", "type", "rope_theta"} - set(scaling)): raise UnsupportedCheckpoint(f"config.json: rope_scaling of rope_type {kind} lacks {missing[0]!r}; add it as the model's published config.json has it (Llama 3.1/3.2: factor 8 / 32, low_freq_factor 1, high_freq_factor 4, original_max_position_embeddings 8192)")  # noqa: E701
     return theta, RopeScaling(
         factor=scaling["factor"], low_freq_factor=scaling["low_freq_factor"], high_freq_factor=scaling["high_freq_factor"],
         original_max_position=scaling["original_max_position_embeddings"],

@@ -4,27 +4,34 @@ Overrides from the command line use dotted paths, e.g. ``--set train.max_steps=2
 base_tokens=40000 validate.grid_step=0.1``; values are parsed as Python literals and then
 validated against the field's type annotation with pydantic (lax mode: ``1e6`` for an
 ``int`` becomes 1000000, ``1.5`` or ``4O96`` is an error naming the key; a bool is never
-taken for a number). Every check that can fail runs before any training (:func:`validate`).
+taken for a number). A config file's own values are checked the same way when it is loaded
+(:func:`load_config`, :func:`check_types`): one line naming the file, line, field, value and
+the type expected. Every check that can fail runs before any training (:func:`validate`).
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import functools
 import importlib.util
+import re
+import traceback
 import typing
 from pathlib import Path
 from typing import Any
 
 import pydantic
 
+from mixjax.cli import check_per_domain
 from mixjax.data.domain import DomainSpec
 from mixjax.mixing.design import PAPER_SCALES
 from mixjax.mixing.fit import FitConfig
 from mixjax.mixing.solve import Constraints
-from mixjax.model.llama import PRESETS, ModelConfig
+from mixjax.model.llama import PRESETS, ModelConfig, RopeScaling
 from mixjax.train.loop import TrainConfig
+from mixjax.train.optimizer import OptimizerConfig
 from mixjax.train.sharding import batch_split_error
 
 
@@ -110,17 +117,60 @@ class ExperimentConfig:
         return PRESETS[self.model]
 
 
+# The config classes a config file builds, by name (an unknown keyword names their fields).
+_SECTIONS = {c.__name__: c for c in (ExperimentConfig, ValidateConfig, PretrainConfig, TrainConfig, OptimizerConfig, ModelConfig, RopeScaling, FitConfig, DomainSpec)}
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
+    """The ``config`` of a config file, every field checked against its annotation as
+    ``--set`` checks it (:func:`check_types`; lax conversions such as ``"2e-5"`` for a
+    float are applied).
+
+    Raises:
+      ConfigError: one line with the file (and line): a missing file, an error while the
+        file runs (a misspelt field names the fields there are), no ``config``, a value
+        of the wrong type.
+    """
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such config file")
     spec = importlib.util.spec_from_file_location(f"mixjax_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # the user's file: any error there is theirs to fix, said in one line
+        raise ConfigError(f"{_where_in(path, err)}: {_explain(err)}") from err
     config = getattr(module, "config", None)
     if not isinstance(config, ExperimentConfig):
         raise ConfigError(f"{path}: must define `config = ExperimentConfig(...)`")
-    return config
+    return check_types(config, path)
+
+
+def _where_in(path: Path, err: BaseException) -> str:
+    """``file:line`` of the innermost frame of ``err`` in the config file itself."""
+    line = None
+    if isinstance(err, SyntaxError) and err.lineno:
+        line = err.lineno
+    for frame in traceback.extract_tb(err.__traceback__):
+        if Path(frame.filename).resolve() == path.resolve():
+            line = frame.lineno
+    return f"{path}:{line}" if line else str(path)
+
+
+_UNEXPECTED = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
+
+
+def _explain(err: BaseException) -> str:
+    """The error in one line; an unknown keyword of a config class names its fields."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    match = _UNEXPECTED.search(text)
+    cls = _SECTIONS.get(match.group(1)) if match else None
+    if cls is None:
+        return f"{type(err).__name__}: {text}"
+    names = sorted(f.name for f in dataclasses.fields(cls))
+    close = difflib.get_close_matches(match.group(2), names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{cls.__name__} has no field {match.group(2)!r} ({hint}have: {', '.join(names)})"
 
 
 @functools.cache
@@ -132,16 +182,54 @@ def _accepts_bool(annotation: Any) -> bool:
     return annotation is bool or any(_accepts_bool(a) for a in typing.get_args(annotation)) or annotation is Any
 
 
-def _typed(cls: type, field: str, value: Any, key: str) -> Any:
-    """``value`` checked (and safely converted) against the annotation of ``cls.field``."""
+def _typed(cls: type, field: str, value: Any, key: str, what: str = "override") -> Any:
+    """``value`` checked (and safely converted) against the annotation of ``cls.field``;
+    errors read ``<what> <key>=<value>: expected <type> (<why>)``."""
     annotation = _field_types(cls)[field]
     if isinstance(value, bool) and not _accepts_bool(annotation):
-        raise ConfigError(f"override {key}={value!r}: expected {_type_name(annotation)}, got a bool")
+        raise ConfigError(f"{what} {key}={value!r}: expected {_type_name(annotation)}, got a bool")
     try:
         return pydantic.TypeAdapter(annotation).validate_python(value)
     except pydantic.ValidationError as err:
         problem = err.errors()[0]["msg"]
-        raise ConfigError(f"override {key}={value!r}: expected {_type_name(annotation)} ({problem})") from None
+        raise ConfigError(f"{what} {key}={value!r}: expected {_type_name(annotation)} ({problem})") from None
+
+
+def check_types(obj: Any, path: str | Path, prefix: str = "") -> Any:
+    """``obj`` (a config dataclass) with every field checked against its annotation as
+    ``--set`` checks it, at every level of nesting (sections, domains); converted values
+    (``"2000"`` for an int) replace the given ones.
+
+    Raises:
+      ConfigError: ``<file>:<line>: <field>=<value>: expected <type> (<why>)``, the line
+        being the first in the file that sets the field, where one does.
+    """
+    changes = {}
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            checked = check_types(value, path, key + ".")
+        else:
+            if isinstance(value, tuple) and any(dataclasses.is_dataclass(v) for v in value):
+                value = tuple(check_types(v, path, f"{key}[{i}].") if dataclasses.is_dataclass(v) else v for i, v in enumerate(value))
+            try:
+                checked = _typed(type(obj), f.name, value, key, what="")
+            except ConfigError as err:
+                raise ConfigError(f"{_line_of(path, f.name)} {str(err).strip()}") from None
+        if checked is not getattr(obj, f.name):
+            changes[f.name] = checked
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def _line_of(path: str | Path, name: str) -> str:
+    """``file:line`` of the first line of the config file that sets ``name=`` (else the file)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return f"{path}:"
+    pattern = re.compile(rf"\b{re.escape(name)}\s*[=:]")
+    line = next((i for i, text in enumerate(lines, start=1) if pattern.search(text)), None)
+    return f"{path}:{line}:" if line else f"{path}:"
 
 
 def _type_name(annotation: Any) -> str:
@@ -176,8 +264,10 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
 
 def validate(config: ExperimentConfig, device_count: int | None = None) -> None:
     """Checks that need no data: names, budgets, paths, the batch's split over the mesh of
-    ``device_count`` devices (default: ``jax.device_count()``, all processes). Data-dependent
-    checks (tokens available per domain) run in the plan stage, still before any training."""
+    ``device_count`` devices (default: ``jax.device_count()``, all processes), and every
+    field's type (:func:`check_types`, for a config built in Python). Data-dependent checks
+    (tokens available per domain) run in the plan stage, still before any training."""
+    config = check_types(config, "<config>")
     names = config.domain_names
     if len(names) < 2:
         raise ConfigError(f"need at least 2 domains, have {list(names)}")
@@ -187,6 +277,11 @@ def validate(config: ExperimentConfig, device_count: int | None = None) -> None:
         unknown = set(getattr(config, field)) - set(names)
         if unknown:
             raise ConfigError(f"{field}: unknown domain {sorted(unknown)[0]!r} (domains: {', '.join(names)})")
+        try:
+            check_per_domain(getattr(config, field), field)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    check_domain_specs(config.domains)
     if config.base_tokens <= 0 or any(b <= 0 for b in config.target_budgets) or not config.target_budgets:
         raise ConfigError("base_tokens and target_budgets must be positive (and at least one target budget)")
     if config.checkpoint is not None and not (Path(config.checkpoint) / "config.json").exists():
@@ -214,6 +309,21 @@ def validate(config: ExperimentConfig, device_count: int | None = None) -> None:
         raise ConfigError(f"train.max_steps: a cap must be positive, got {config.train.max_steps}")
     config.model_config()
     check_batch_split(config, device_count)
+
+
+def check_domain_specs(domains: tuple[DomainSpec, ...]) -> None:
+    """ConfigError for a domain that could not be measured or loaded: fewer than one
+    validation example, a ``max_bad_fraction`` outside [0, 1], no sources."""
+    for d in domains:
+        if d.val_examples < 1:
+            raise ConfigError(
+                f"domains: {d.name}.val_examples={d.val_examples}: expected an int >= 1 (the fit needs every domain's"
+                " validation loss; 128 is the default)"
+            )
+        if not 0.0 <= d.max_bad_fraction <= 1.0:
+            raise ConfigError(f"domains: {d.name}.max_bad_fraction={d.max_bad_fraction!r}: expected a number in [0, 1]")
+        if not d.sources:
+            raise ConfigError(f"domains: {d.name}.sources is empty: expected at least one file, synthetic: or tfds: source")
 
 
 def check_batch_split(config: ExperimentConfig, device_count: int | None = None) -> None:
