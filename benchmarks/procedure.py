@@ -179,9 +179,9 @@ def one_case(form, k, noise, seed, args, rev_dir, tmp):
     tokens = design(k)
     losses = observe(f, tokens, noise, rng)
     s = lambda w: score(f, w, uniform_total, best_total, budget)
-    rec, opt, proposals = fit_weights(tokens, losses, budget, seed, propose=k if args.adaptive else 0)
+    rec, opt, proposals = fit_weights(tokens, losses, budget, 0, propose=k if args.adaptive else 0)  # key 0: mixjax.fit's default --seed
     paper_cfg = FitConfig(family="paper", paper_fit="two-stage", two_stage=TwoStageConfig(procedure="paper", alpha_mode="prior"))
-    _, paper, _ = fit_weights(tokens, losses, budget, seed, paper_cfg)
+    _, paper, _ = fit_weights(tokens, losses, budget, 0, paper_cfg)
     observed = tokens[np.argmin(losses.sum(axis=1))]
     row = {"form": form, "k": k, "noise": noise, "seed": seed, "excess": (uniform_total - best_total) / best_total,
            "default": s(rec), "optimum": s(opt), "paper": s(paper), "best observed": s(observed / observed.sum())}
@@ -202,11 +202,11 @@ def adaptive(f, tokens, losses, proposals, budget, k, noise, seed, rng, s) -> di
     for step in (1, 2):
         new = props * k  # the base run's budget: k units
         t_a, l_a = np.concatenate([t_a, new]), np.concatenate([l_a, observe(f, new, noise, rng)])
-        rec, _, props = fit_weights(t_a, l_a, budget, seed + step, propose=k)
+        rec, _, props = fit_weights(t_a, l_a, budget, step, propose=k)
         out[f"proposed +{step}k"] = s(rec)
         rand = rng.dirichlet(np.ones(k), k) * k
         t_r, l_r = np.concatenate([t_r, rand]), np.concatenate([l_r, observe(f, rand, noise, rng)])
-        out[f"random +{step}k"] = s(fit_weights(t_r, l_r, budget, seed + step)[0])
+        out[f"random +{step}k"] = s(fit_weights(t_r, l_r, budget, step)[0])
     return out
 
 

@@ -88,7 +88,7 @@ def check_flags(args: argparse.Namespace) -> list[str]:
     Raises:
       ValueError: naming the flag, why it has no effect, and the combination that works.
     """
-    if args.export and args.grid_step is not None:
+    if args.export and args.grid_step:  # 0 (no grid) only saves time
         raise ValueError("--grid-step: the grid baseline is not part of an --export; drop --grid-step (or --export for the tables)")
     if args.export and args.predict:
         raise ValueError("--predict: predictions are not part of an --export; use --json or the tables with --predict")
