@@ -130,6 +130,9 @@ def decide_weights(fit: Fit, budget: float, constraints: Constraints, optimum: n
     prior_name = cfg.prior if cfg.prior in baselines else "uniform"
     with jax.enable_x64(True):
         prior = np.asarray(project_bounded_simplex(jnp.asarray(baselines[prior_name]), (jnp.asarray(lo), jnp.asarray(hi))))
+    if not np.allclose(prior, baselines[prior_name], atol=1e-9):  # an infeasible prior is projected onto the bounds
+        prior_name = f"{prior_name} within the bounds ({', '.join(f'{n}={x:.3f}' for n, x in zip(fit.domains, prior))})"
+    with jax.enable_x64(True):
         args = (laws, np.float64(budget), lo, hi, importance, np.maximum(prior, 1e-12), STRENGTHS)
         weights, values = (np.asarray(a) for a in cached_call("decision", _path, args))
         points = np.stack([prior, optimum, *baselines.values()])
