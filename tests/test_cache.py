@@ -104,7 +104,9 @@ def test_small_fits_compile_fast_and_large_ones_for_speed():
 def test_a_first_fit_compiles_a_few_programs_not_every_operation(tmp_path):
     """The first call of mixjax.fit on a machine is mostly compile time. Host-side law
     evaluations go through one compiled program each; run eagerly they compiled every jnp
-    operation separately (72 compiles for a 5-domain fit, 24 now)."""
+    operation separately (72 compiles for a 5-domain fit; 33 now, of which the decision's
+    plausible laws and path are 4: the families' refits, the strength path, the laws at the
+    baselines, the prior's projection)."""
     import subprocess
     import sys
 
@@ -132,7 +134,7 @@ def test_a_first_fit_compiles_a_few_programs_not_every_operation(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     compiles = int(out.stdout.split("compiles")[-1])
-    assert compiles <= 30, compiles
+    assert compiles <= 36, compiles
 
 
 def test_compiled_runs_the_function_it_was_given(tmp_path):

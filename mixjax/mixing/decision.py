@@ -27,13 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixjax.cache import cached_call
+from mixjax.cache import cached_call, small_program_jit
 from mixjax.mixing.baselines import proportional_weights, uniform_weights
 from mixjax.mixing.fit.result import Fit
 from mixjax.mixing.law import AnyLawParams, LawParams, TransferLawParams, total_loss
 from mixjax.mixing.solve import Constraints, project_bounded_simplex, projected_newton, weight_bounds
 
-STRENGTHS = np.concatenate([[0.0], np.geomspace(1e-6, 10.0, 22)])  # nats; the prior itself is the limit
+STRENGTHS = np.concatenate([[0.0], np.geomspace(1e-5, 3.0, 12)])  # nats; the prior itself is the limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,11 +98,12 @@ def _path(laws, budget, lo, hi, importance, prior, strengths):
         safe = jnp.maximum(w, 1e-12)
         return jnp.mean(per_law(w, laws, budget, importance)) + lam * jnp.sum(w * jnp.log(safe / prior))
 
-    weights = jax.vmap(lambda lam: projected_newton(lambda w: expected(w, lam), lo, hi, 60))(strengths)
+    weights = jax.vmap(lambda lam: projected_newton(lambda w: expected(w, lam), lo, hi, 30))(strengths)
     values = jax.vmap(lambda w: per_law(w, laws, budget, importance))(weights)
     return weights, values
 
 
+_project = small_program_jit(project_bounded_simplex)
 _per_law = jax.vmap(jax.vmap(total_loss, in_axes=(None, 0, None, None)), in_axes=(0, None, None, None))
 
 
@@ -129,7 +130,7 @@ def decide_weights(fit: Fit, budget: float, constraints: Constraints, optimum: n
         baselines["proportional"] = proportional_weights(constraints.available)
     prior_name = cfg.prior if cfg.prior in baselines else "uniform"
     with jax.enable_x64(True):
-        prior = np.asarray(project_bounded_simplex(jnp.asarray(baselines[prior_name]), (jnp.asarray(lo), jnp.asarray(hi))))
+        prior = np.asarray(_project(baselines[prior_name], (lo, hi)))
     if not np.allclose(prior, baselines[prior_name], atol=1e-9):  # an infeasible prior is projected onto the bounds
         prior_name = f"{prior_name} within the bounds ({', '.join(f'{n}={x:.3f}' for n, x in zip(fit.domains, prior))})"
     with jax.enable_x64(True):
