@@ -48,13 +48,10 @@ SCALES = (0.25, 0.5, 2.0, 3.0)
 
 
 def design(k: int) -> np.ndarray:
-    rows = [np.ones(k)]
-    for i in range(k):
-        for s in SCALES:
-            row = np.ones(k)
-            row[i] = s
-            rows.append(row)
-    return np.stack(rows)
+    """The paper's 4k+1 runs with one token unit per domain in the base run."""
+    from mixjax.mixing.design import perturbation_runs
+
+    return perturbation_runs(np.ones(k), SCALES)
 
 
 def truth(form: str, k: int, rng: np.random.Generator):

@@ -11,6 +11,18 @@ from mixjax.mixing.law import LawParams
 CONFIG = str(Path(__file__).parent / "fixtures" / "tiny_config.py")
 
 
+def _tiny_config_file(tmp_path: Path) -> Path:
+    """The tiny config with its workdir in ``tmp_path``, as a config file."""
+    config_file = tmp_path / "config.py"
+    config_file.write_text(
+        "import dataclasses, importlib.util\n"
+        f"_s = importlib.util.spec_from_file_location('tiny', {CONFIG!r})\n"
+        "_m = importlib.util.module_from_spec(_s); _s.loader.exec_module(_m)\n"
+        f"config = dataclasses.replace(_m.config, workdir={str(tmp_path)!r})\n"
+    )
+    return config_file
+
+
 def _read(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
@@ -124,13 +136,7 @@ def test_mix_uses_the_answer_after_the_probe_runs(tmp_path, capsys):
     solution_final.json (and fit_final.json), not the first solve's solution.json."""
     from mixjax.io import write_json_atomic
 
-    config_file = tmp_path / "config.py"
-    config_file.write_text(
-        "import dataclasses, importlib.util\n"
-        f"_s = importlib.util.spec_from_file_location('tiny', {CONFIG!r})\n"
-        "_m = importlib.util.module_from_spec(_s); _s.loader.exec_module(_m)\n"
-        f"config = dataclasses.replace(_m.config, workdir={str(tmp_path)!r})\n"
-    )
+    config_file = _tiny_config_file(tmp_path)
     exp = tmp_path / "tiny"
     exp.mkdir()
     write_json_atomic(exp / "solution.json", {"domains": ["instruct", "math"], "weights": {"3000": [0.8, 0.2]}})
@@ -160,13 +166,7 @@ def test_mix_exports_the_answer_and_refuses_flags_without_effect(tmp_path, capsy
     """`mixjax.mix --export` hands the experiment's answer (solution_final.json once it exists)
     to another trainer and says which file it read; --out/--export, --weights/--fit and
     --seed with --export are refused, exit 2."""
-    config_file = tmp_path / "cfg.py"
-    config_file.write_text(
-        "import dataclasses, importlib.util\n"
-        f"_s = importlib.util.spec_from_file_location('tiny', {CONFIG!r})\n"
-        "_m = importlib.util.module_from_spec(_s); _s.loader.exec_module(_m)\n"
-        f"config = dataclasses.replace(_m.config, workdir={str(tmp_path)!r})\n"
-    )
+    config_file = _tiny_config_file(tmp_path)
     from mixjax.io import write_json_atomic
 
     exp = tmp_path / "tiny"
