@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -34,6 +35,7 @@ from mixjax.io import is_primary_process, write_json_atomic
 from mixjax.model.llama import ModelConfig
 from mixjax.train.checkpoint import RunCheckpoints, abstract_like
 from mixjax.train.errors import DataExhaustedError
+from mixjax.train.preemption import PreemptionSignal, any_process
 from mixjax.train.hooks import Checkpointing, Evaluation, Hook, Profile, Progress, RunRecord, StepInfo, TrainMetrics, run_hooks
 from mixjax.train.metrics import RunMetrics, peak_flops
 from mixjax.train.optimizer import OptimizerConfig, make_optimizer, steps_for_budget
@@ -65,7 +67,15 @@ class TrainConfig:
     epochs: float = result(3.0)
     max_steps: int | None = result(None)  # optimizer steps; default: steps_for_budget (floor)
     eval_every: int = result(50)  # which checkpoint is the best one depends on it
-    checkpoint_every: int = neutral(50, "full checkpoints only serve resuming, which is bit-exact")
+    # Full saves (params + optimizer state + data position) only serve resuming, which is
+    # bit-exact: every ``checkpoint_interval_s`` seconds of training (levanter saves on a
+    # timer too), on SIGTERM/SIGUSR1 (SLURM's preemption and time-limit warning), and, if
+    # set, every ``checkpoint_every`` steps. Never at an evaluation or at the end.
+    checkpoint_every: int | None = neutral(None, "full checkpoints only serve resuming, which is bit-exact")
+    checkpoint_interval_s: float | None = neutral(1800.0, "full checkpoints only serve resuming, which is bit-exact")
+    # The best evaluation's params, written once per run: in the model's compute dtype
+    # (None; bf16 for the 8B presets: 2 bytes/param) or e.g. "float32".
+    best_params_dtype: str | None = neutral(None, "storage of the kept params; the run's losses are measured before")
     seed: int = result(0)
     mesh_shape: tuple[int, int, int] | None = neutral(None, "device layout: float reduction order only (see the class docstring)")
     optimizer: OptimizerConfig = result(OptimizerConfig())
@@ -135,6 +145,7 @@ class Trainer:
             out_shardings=(self.state_shardings, self.replicated),
             donate_argnums=0,
         )
+        self._best_copies: dict = {}
         self._eval = jax.jit(
             self._counted("eval", functools.partial(eval_step, model, self.loss_chunk)),
             in_shardings=(self.state_shardings.params, {k: self.eval_sharding for k in BATCH_KEYS}),
@@ -173,6 +184,17 @@ class Trainer:
         with self.mesh:
             opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(boxed)
         return state.replace(params=boxed, opt_state=opt_state)
+
+    def best_copy(self, params, dtype: str | None = None):
+        """A new device copy of (boxed) ``params`` in ``dtype`` (default: the model's
+        compute dtype), sharded as the params: what the best evaluation keeps until it is
+        written (bf16: a sixth of the full state's 12 bytes per parameter)."""
+        dtype = jnp.dtype(dtype or self.model.dtype)
+        if dtype not in self._best_copies:
+            cast = lambda tree: jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+            self._best_copies[dtype] = jax.jit(cast, out_shardings=self.state_shardings.params)
+        with self.mesh:
+            return self._best_copies[dtype](params)
 
     def step(self, state: TrainState, batch: Mapping[str, np.ndarray]) -> tuple[TrainState, dict]:
         """One optimizer update; arrays (grad_accum, B, T) or (B, T) for no accumulation.
@@ -248,13 +270,17 @@ def train(
         metrics = TrainMetrics(out, flops_per_token=trainer.model.flops_per_token(cfg.seq_len), peak_flops=_mesh_peak_flops(trainer.mesh))
         val_batches = multi_domain_eval_batches(val_sets, seq_len=cfg.seq_len, batch_size=cfg.batch_size)
         evaluation = Evaluation(lambda params: trainer.evaluate(params, val_batches, list(val_sets)), out, log)
-        checkpointing = Checkpointing(checkpoints, data.get_state, every=cfg.checkpoint_every)
+        preemption = stack.enter_context(PreemptionSignal())
+        checkpointing = Checkpointing(
+            checkpoints, data.get_state, every=cfg.checkpoint_every, interval_s=cfg.checkpoint_interval_s,
+            keep_best=functools.partial(trainer.best_copy, dtype=cfg.best_params_dtype), preemption=preemption, agree=any_process,
+        )
         all_hooks = [
             Hook(metrics),
             *([Hook(stack.enter_context(contextlib.closing(Profile(workdir / "profile", start=step + 2))))] if cfg.profile else []),
             Hook(evaluation, every=cfg.eval_every, sync=True),
             Hook(checkpointing.best, every=cfg.eval_every, sync=True),
-            Hook(checkpointing.full, every=cfg.checkpoint_every, sync=True),
+            Hook(checkpointing.save, sync=True, when=checkpointing.due),
             *([Hook(stack.enter_context(contextlib.closing(Progress(run, total_steps, initial=step))))] if progress else []),
             *hooks,
         ]
