@@ -19,7 +19,7 @@ from mixjax.train.loop import TrainConfig
 def test_every_train_config_field_is_classified():
     assert unclassified(TrainConfig) == []
     assert set(neutral_fields(TrainConfig)) == {
-        "checkpoint_every", "checkpoint_interval_s", "best_params_dtype", "mesh_shape", "profile", "loss_chunk", "prefetch", "async_checkpoints",
+        "checkpoint_every", "checkpoint_interval_s", "best_params_dtype", "mesh_shape", "dcn_mesh_shape", "profile", "loss_chunk", "prefetch", "async_checkpoints",
     }
     assert set(neutral_fields(ModelConfig)) == {"remat", "attention_impl", "scan_layers"}
 

@@ -171,9 +171,10 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
     return config
 
 
-def validate(config: ExperimentConfig, device_count: int | None = None) -> None:
+def validate(config: ExperimentConfig, device_count: int | None = None, nodes: int | None = None) -> None:
     """Checks that need no data: names, budgets, paths, the batch's split over the mesh of
-    ``device_count`` devices (default: ``jax.device_count()``, all processes). Data-dependent
+    ``device_count`` devices on ``nodes`` nodes (default: ``jax.device_count()`` and
+    ``jax.process_count()``; given, no device is touched: ``mixjax.run --check-launch``). Data-dependent
     checks (tokens available per domain) run in the plan stage, still before any training."""
     names = config.domain_names
     if len(names) < 2:
@@ -208,17 +209,18 @@ def validate(config: ExperimentConfig, device_count: int | None = None) -> None:
     if config.train.max_steps is not None and config.train.max_steps <= 0:
         raise ConfigError(f"train.max_steps: a cap must be positive, got {config.train.max_steps}")
     config.model_config()
-    check_batch_split(config, device_count)
+    check_batch_split(config, device_count, nodes)
 
 
-def check_batch_split(config: ExperimentConfig, device_count: int | None = None) -> None:
+def check_batch_split(config: ExperimentConfig, device_count: int | None = None, nodes: int | None = None) -> None:
     """ConfigError when a global batch (train, pretrain) cannot be split over the mesh's
-    data-parallel devices, naming the numbers and the fix."""
+    data-parallel devices (``device_count`` on ``nodes`` nodes), naming the numbers and the fix."""
     if device_count is None:
         import jax
 
-        device_count = jax.device_count()
+        device_count, nodes = jax.device_count(), jax.process_count() if nodes is None else nodes
     sections = [("train", config.train)] + ([("pretrain.train", config.pretrain.train)] if config.pretrain else [])
     for key, train in sections:
-        if (error := batch_split_error(train.batch_size, train.mesh_shape, device_count, key)) is not None:
+        error = batch_split_error(train.batch_size, train.mesh_shape, device_count, key, train.dcn_mesh_shape, nodes or 1)
+        if error is not None:
             raise ConfigError(error)

@@ -78,6 +78,10 @@ class TrainConfig:
     best_params_dtype: str | None = neutral(None, "storage of the kept params; the run's losses are measured before")
     seed: int = result(0)
     mesh_shape: tuple[int, int, int] | None = neutral(None, "device layout: float reduction order only (see the class docstring)")
+    # Multi-node: the mesh across nodes (processes); mesh_shape then lays out ONE node's
+    # devices and the sizes multiply (MaxText's dcn_* x ici_*), e.g. (-1, 1, 1): data
+    # parallel across nodes, FSDP (mesh_shape=(1,-1,1)) within. None: mesh_shape spans all.
+    dcn_mesh_shape: tuple[int, int, int] | None = neutral(None, "device layout: float reduction order only (see the class docstring)")
     optimizer: OptimizerConfig = result(OptimizerConfig())
     profile: bool = neutral(False, "a jax.profiler trace of a few steps into workdir/profile")
     # positions per cross-entropy chunk; 0 = full logits; None = auto
@@ -124,8 +128,9 @@ class Trainer:
     def __init__(self, model: ModelConfig, cfg: TrainConfig, devices=None) -> None:
         self.model, self.cfg = model, cfg
         self.loss_chunk = resolve_loss_chunk(model, cfg.loss_chunk)
-        self.mesh = make_mesh(cfg.mesh_shape, devices)
-        if (error := batch_split_error(cfg.batch_size, cfg.mesh_shape, self.mesh.size)) is not None:
+        self.mesh = make_mesh(cfg.mesh_shape, devices, cfg.dcn_mesh_shape)
+        nodes = len({d.process_index for d in self.mesh.devices.flat})
+        if (error := batch_split_error(cfg.batch_size, cfg.mesh_shape, self.mesh.size, dcn_shape=cfg.dcn_mesh_shape, nodes=nodes)) is not None:
             raise ValueError(error)  # else jax fails at the first step, naming a shape, not the fix
         self.tx = make_optimizer(cfg.optimizer)
         self.traces: collections.Counter[str] = collections.Counter()
@@ -160,10 +165,10 @@ class Trainer:
         return traced
 
     def compile_key(self) -> tuple:
-        return (self.model, self.cfg.optimizer, self.cfg.mesh_shape, self.loss_chunk)
+        return (self.model, self.cfg.optimizer, self.cfg.mesh_shape, self.cfg.dcn_mesh_shape, self.loss_chunk)
 
     def check_compatible(self, model: ModelConfig, cfg: TrainConfig) -> None:
-        other = (model, cfg.optimizer, cfg.mesh_shape, resolve_loss_chunk(model, cfg.loss_chunk))
+        other = (model, cfg.optimizer, cfg.mesh_shape, cfg.dcn_mesh_shape, resolve_loss_chunk(model, cfg.loss_chunk))
         if other != self.compile_key():
             raise ValueError("this Trainer was built for another model/optimizer/mesh/loss_chunk; build a new one")
 
