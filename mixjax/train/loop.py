@@ -180,8 +180,10 @@ class Trainer:
         return state.replace(total_steps=_to_global(np.asarray(total_steps, np.int32), self.state_shardings.total_steps))
 
     def with_params(self, state: TrainState, params) -> TrainState:
-        """Replace the (unboxed) parameter values, e.g. with a loaded checkpoint; resets the optimizer."""
-        values = jax.tree.map(lambda s, v: _to_global(np.asarray(v), s), self.state_shardings.params, nn.unbox(params))
+        """Replace the (unboxed) parameter values, e.g. with a loaded checkpoint; resets the
+        optimizer. Host arrays are transferred; device arrays (``mixjax.model.hf.load_hf_params``,
+        e.g. bf16) are cast to the param dtype and placed on the devices, never via the host."""
+        values = jax.tree.map(self._param_value, self.state_shardings.params, nn.unbox(params), nn.unbox(state.params))
         boxed = jax.tree.map(
             lambda box, value: box.replace_boxed(value) if isinstance(box, nn.LogicallyPartitioned) else value,
             state.params, values, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned),
@@ -200,6 +202,12 @@ class Trainer:
             self._best_copies[dtype] = jax.jit(cast, out_shardings=self.state_shardings.params)
         with self.mesh:
             return self._best_copies[dtype](params)
+
+    def _param_value(self, sharding: NamedSharding, value, like: jax.Array) -> jax.Array:
+        if not isinstance(value, jax.Array):
+            return _to_global(np.asarray(value, like.dtype), sharding)
+        with self.mesh:
+            return jax.jit(lambda v: v.astype(like.dtype), out_shardings=sharding)(value)
 
     def step(self, state: TrainState, batch: Mapping[str, np.ndarray]) -> tuple[TrainState, dict]:
         """One optimizer update; arrays (grad_accum, B, T) or (B, T) for no accumulation.
