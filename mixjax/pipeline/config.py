@@ -23,7 +23,7 @@ from mixjax.data.domain import DomainSpec
 from mixjax.mixing.design import PAPER_SCALES
 from mixjax.mixing.fit import FitConfig
 from mixjax.mixing.solve import Constraints
-from mixjax.model.llama import PRESETS, ModelConfig
+from mixjax.model.llama import PRESETS, ModelConfig, flash_shape_error
 from mixjax.train.loop import TrainConfig
 from mixjax.train.sharding import batch_split_error
 
@@ -208,8 +208,21 @@ def validate(config: ExperimentConfig, device_count: int | None = None, nodes: i
             raise ConfigError("pretrain: need num_documents > val_documents > 0 and vocab_size >= 300")
     if config.train.max_steps is not None and config.train.max_steps <= 0:
         raise ConfigError(f"train.max_steps: a cap must be positive, got {config.train.max_steps}")
-    config.model_config()
+    check_attention(config)
     check_batch_split(config, device_count, nodes)
+
+
+def check_attention(config: ExperimentConfig) -> None:
+    """ConfigError when ``model.attention_impl='flash'`` cannot run the rows of a train
+    section on CUDA (:func:`flash_shape_error`); the default (None) falls back to XLA's."""
+    model = config.model_config()
+    sections = [("train", config.train)] + ([("pretrain.train", config.pretrain.train)] if config.pretrain else [])
+    for key, train in sections:
+        if model.attention_impl == "flash" and (error := flash_shape_error(train.seq_len, model.head_size)) is not None:
+            raise ConfigError(
+                f"model.attention_impl='flash' cannot run {key}.seq_len={train.seq_len} on GPU: {error};"
+                f" set {key}.seq_len to a multiple of 128, or model.attention_impl=None (flash where it runs, else xla)"
+            )
 
 
 def check_batch_split(config: ExperimentConfig, device_count: int | None = None, nodes: int | None = None) -> None:
