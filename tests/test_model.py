@@ -12,6 +12,9 @@ from flax import linen as nn
 
 from mixjax.model.llama import PRESETS, Decoder, ModelConfig, attention, attention_blocks, xla_attention
 
+# Tolerances below assume full float32 matmuls (not TF32 on a GPU): tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("full_f32_matmuls")
+
 CONFIG = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, dtype="float32")
 
 
@@ -177,3 +180,7 @@ def test_flash_with_rows_it_cannot_run_is_a_config_error():
     validate(apply_overrides(config, ["model.attention_impl='flash'", "model.dim=64", "train.seq_len=128"]), device_count=1)
     with pytest.raises(ConfigError, match=r"model.attention_impl='flash' cannot run train.seq_len=96 on GPU: seq_len 96 is neither"):
         validate(apply_overrides(config, ["model.attention_impl='flash'", "model.dim=64", "train.seq_len=96"]), device_count=1)
+
+
+def test_module_runs_full_float32_matmuls():
+    assert jax.config.jax_default_matmul_precision == "highest"  # tests/conftest.py full_f32_matmuls

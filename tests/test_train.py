@@ -27,6 +27,9 @@ from mixjax.train.optimizer import (
 )
 from mixjax.train.step import token_losses
 
+# Tolerances below assume full float32 matmuls (not TF32 on a GPU): tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("full_f32_matmuls")
+
 TINY = ModelConfig(vocab_size=263, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, dtype="float32", rope_theta=10_000.0, tie_embeddings=True)
 
 
