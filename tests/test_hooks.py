@@ -259,3 +259,16 @@ def test_progress_iter_writes_one_line_per_item_off_a_terminal():
     bar = FakeTerminal()
     list(progress_iter(range(3), "runs", stream=bar))
     assert "\r" in bar.getvalue() and "3/3" in bar.getvalue()
+
+
+def test_timer_and_signal_are_agreed_only_at_poll_steps():
+    """With several processes the timer/signal decision is an all-gather (``agree``): asked
+    every ``poll_every`` steps only; a step cadence needs no agreement."""
+    asked, ckpt, record, signal = [], FakeCheckpoints(), H.RunRecord(), FakeSignal()
+    hook = H.Checkpointing(ckpt, data_state=lambda: {}, every=7, preemption=signal, poll_every=5,
+                           agree=lambda wanted: asked.append(wanted) or wanted)
+    signal.received = None
+    hooks = _checkpoint_hooks(hook, {}, every=100)
+    for step in range(1, 8):
+        H.run_hooks(hooks, info(step, record, total_steps=20))
+    assert asked == [False] and [(s["step"], s["full"]) for s in ckpt.saves] == [(7, True)]

@@ -207,10 +207,11 @@ class Checkpointing:
         self, checkpoints: RunCheckpoints, data_state: Callable[[], dict], *, every: int | None = None,
         interval_s: float | None = None, keep_best: Callable[[Any], Any] = lambda params: params,
         preemption: Any = None, clock: Callable[[], float] = time.monotonic,
-        agree: Callable[[bool], bool] = lambda wanted: wanted,
+        agree: Callable[[bool], bool] = lambda wanted: wanted, poll_every: int = 1,
     ) -> None:
         self.checkpoints, self.data_state, self.every, self.interval_s = checkpoints, data_state, every, interval_s
         self.keep_best, self.preemption, self.clock, self.agree = keep_best, preemption, clock, agree
+        self.poll_every = poll_every
         self.pending: BestParams | None = None
         self._last_save, self._save_at = clock(), None
 
@@ -218,12 +219,15 @@ class Checkpointing:
         return {"data_state": self.data_state(), **info.record.to_meta()}
 
     def due(self, step: int) -> bool:
-        """A full save after ``step``: by step count, timer or signal; ``agree`` makes every
-        process take the same decision (any process wanting it)."""
+        """A full save after ``step``: by step count (the same on every process), or by timer
+        or signal, looked at every ``poll_every`` steps, where ``agree`` makes every process
+        take the same decision (any process wanting it; with several processes one tiny
+        all-gather, which waits for the step, hence not at every step)."""
         by_steps = bool(self.every) and step % self.every == 0
+        polled = step % self.poll_every == 0
         by_time = self.interval_s is not None and self.clock() - self._last_save >= self.interval_s
         signalled = self.preemption is not None and self.preemption.received is not None
-        self._save_at = step if self.agree(by_steps or by_time or signalled) else None
+        self._save_at = step if by_steps or (polled and self.agree(by_time or signalled)) else None
         return self._save_at is not None
 
     def best(self, info: StepInfo) -> None:

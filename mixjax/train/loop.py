@@ -287,6 +287,7 @@ def train(
         checkpointing = Checkpointing(
             checkpoints, data.get_state, every=cfg.checkpoint_every, interval_s=cfg.checkpoint_interval_s,
             keep_best=functools.partial(trainer.best_copy, dtype=cfg.best_params_dtype), preemption=preemption, agree=any_process,
+            poll_every=1 if jax.process_count() == 1 else 10,  # SLURM warns 300 s ahead: 10 steps of an 8B run fit
         )
         all_hooks = [
             Hook(metrics),
