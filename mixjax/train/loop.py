@@ -263,8 +263,7 @@ def train(
       NonFiniteLossError, DataExhaustedError: result.json is then not written; the
         checkpoints written stay. ValueError: no training examples.
     """
-    workdir = Path(workdir)
-    run = workdir.name
+    workdir, run = Path(workdir), Path(workdir).name
     if not train_examples:
         raise ValueError(f"run {run!r}: the mixture selected no training examples")
     trainer.check_compatible(trainer.model, cfg)
@@ -283,12 +282,7 @@ def train(
         metrics = TrainMetrics(out, flops_per_token=trainer.model.flops_per_token(cfg.seq_len), peak_flops=_mesh_peak_flops(trainer.mesh))
         val_batches = multi_domain_eval_batches(val_sets, seq_len=cfg.seq_len, batch_size=cfg.batch_size)
         evaluation = Evaluation(lambda params: trainer.evaluate(params, val_batches, list(val_sets)), out, log)
-        preemption = stack.enter_context(PreemptionSignal())
-        checkpointing = Checkpointing(
-            checkpoints, data.get_state, every=cfg.checkpoint_every, interval_s=cfg.checkpoint_interval_s,
-            keep_best=functools.partial(trainer.best_copy, dtype=cfg.best_params_dtype), preemption=preemption, agree=any_process,
-            poll_every=1 if jax.process_count() == 1 else 10,  # SLURM warns 300 s ahead: 10 steps of an 8B run fit
-        )
+        checkpointing = _checkpointing(trainer, cfg, checkpoints, data, stack.enter_context(PreemptionSignal()))
         all_hooks = [
             Hook(metrics),
             *([Hook(stack.enter_context(contextlib.closing(Profile(workdir / "profile", start=step + 2))))] if cfg.profile else []),
@@ -344,6 +338,15 @@ class _Batches:
         if self._it is not None:
             self._it.close()
             self._it = None
+
+
+def _checkpointing(trainer: Trainer, cfg: TrainConfig, checkpoints: RunCheckpoints, data, preemption: PreemptionSignal) -> Checkpointing:
+    """The run's checkpoint hooks (mixjax.train.hooks.Checkpointing) as ``cfg`` says."""
+    return Checkpointing(
+        checkpoints, data.get_state, every=cfg.checkpoint_every, interval_s=cfg.checkpoint_interval_s,
+        keep_best=functools.partial(trainer.best_copy, dtype=cfg.best_params_dtype), preemption=preemption, agree=any_process,
+        poll_every=1 if jax.process_count() == 1 else 10,  # SLURM warns 300 s ahead: 10 steps of an 8B run fit
+    )
 
 
 def _start_or_resume(trainer: Trainer, checkpoints: RunCheckpoints, data, seed: int, init_params, log: Callable[[str], None], run: str):
