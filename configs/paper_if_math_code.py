@@ -3,7 +3,7 @@ and 200M-token SFT budgets (arXiv 2508.11953). Point the environment variables a
 copies; nothing is downloaded.
 
     MIXJAX_CKPT=/models/Llama-3.1-8B MIXJAX_DATA=/data/sft \\
-    sbatch --nodes=1 launch/slurm_multinode.sbatch configs/paper_if_math_code.py
+    bash launch/submit_multinode.sh 1 configs/paper_if_math_code.py    # or 2 nodes: batch 16 = 1 row per GPU
 
 Data: $MIXJAX_DATA/{if,math,code}.jsonl in Alpaca, ShareGPT or OpenAI format. The paper
 uses batches of 256 sequences of up to 4,096 tokens, 3 epochs with a cosine schedule and
@@ -36,7 +36,7 @@ config = ExperimentConfig(
     checkpoint=CKPT,
     tokenizer=CKPT,
     train=TrainConfig(
-        seq_len=4096, batch_size=16, epochs=3, max_steps=MAX_STEPS.get(BUDGET), mesh_shape=(1, -1, 1),  # FSDP over all devices
+        seq_len=4096, batch_size=16, epochs=3, max_steps=MAX_STEPS.get(BUDGET), mesh_shape=(1, -1, 1),  # FSDP within a node, data parallel across
         optimizer=OptimizerConfig(learning_rate=1e-5, warmup_ratio=0.03, min_lr_ratio=0.0, weight_decay=0.0),
     ),
     evals_per_run=10,

@@ -24,8 +24,9 @@ from mixjax.cli import logged_dependencies, one_line, report_error
 from mixjax.data.budget import BudgetError
 from mixjax.data.formats import DataError
 from mixjax.model.hf import UnsupportedCheckpoint
-from mixjax.pipeline.config import ConfigError, apply_overrides, load_config
+from mixjax.pipeline.config import ConfigError, ExperimentConfig, apply_overrides, load_config, validate
 from mixjax.pipeline.stages import STAGES, Options, Pipeline, RunsFailed
+from mixjax.train.sharding import mesh_sizes
 
 
 # Errors of the user's input: one line, exit code 2.
@@ -38,6 +39,27 @@ def _run_index(text: str) -> tuple[str, int]:
     if kind not in ("", "perturb", "validate") or not index.isdigit():
         raise argparse.ArgumentTypeError(f"expected INDEX, perturb:INDEX or validate:INDEX, got {text!r}")
     return kind or "perturb", int(index)
+
+
+def _nodes_by_devices(text: str) -> tuple[int, int]:
+    """``4x8`` -> (4, 8): nodes and accelerators per node."""
+    nodes, _, devices = text.partition("x")
+    if not (nodes.isdigit() and devices.isdigit()) or int(nodes) < 1 or int(devices) < 1:
+        raise argparse.ArgumentTypeError(f"expected NODESxDEVICES such as 4x8, got {text!r}")
+    return int(nodes), int(devices)
+
+
+def check_launch(config: ExperimentConfig, nodes: int, devices: int) -> str:
+    """Validate ``config`` for ``nodes`` x ``devices`` accelerators without touching any
+    (:func:`validate`); the line to print: the train mesh and rows per device.
+    Raises ConfigError as the pipeline would at startup."""
+    validate(config, device_count=nodes * devices, nodes=nodes)
+    t = config.train
+    data, fsdp, tensor = mesh_sizes(t.mesh_shape, nodes * devices, t.dcn_mesh_shape, nodes)
+    return (
+        f"ok: {nodes} node(s) x {devices} devices; train mesh (data, fsdp, tensor) = ({data}, {fsdp}, {tensor});"
+        f" batch_size={t.batch_size}: {t.batch_size // (data * fsdp)} row(s) of {t.seq_len} tokens per data-parallel device"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,11 +76,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--retrain", action="store_true", help="retrain runs whose fingerprint (config, data, seed, ...) changed")
     p.add_argument("--profile", action="store_true", help="capture a jax.profiler trace of a few steps of each run (train.profile)")
     p.add_argument("--debug", action="store_true", help="print tracebacks (and the dependencies' logs) instead of one line")
+    p.add_argument(
+        "--check-launch", type=_nodes_by_devices, metavar="NODESxDEVICES",
+        help="only check the config (mesh, batch split, paths) for NODES nodes of DEVICES accelerators each, without"
+        " touching any, and exit (0 ok, 2 bad): run it before sbatch (launch/submit_multinode.sh does)",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.check_launch is not None:
+        try:
+            print(check_launch(apply_overrides(load_config(args.config), args.set), *args.check_launch))
+        except (ConfigError, FileNotFoundError) as err:
+            print(f"mixjax.run: error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if args.distributed:
         import jax
 

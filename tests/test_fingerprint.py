@@ -18,7 +18,9 @@ from mixjax.train.loop import TrainConfig
 
 def test_every_train_config_field_is_classified():
     assert unclassified(TrainConfig) == []
-    assert set(neutral_fields(TrainConfig)) == {"checkpoint_every", "mesh_shape", "profile", "loss_chunk", "prefetch", "async_checkpoints"}
+    assert set(neutral_fields(TrainConfig)) == {
+        "checkpoint_every", "checkpoint_interval_s", "best_params_dtype", "mesh_shape", "dcn_mesh_shape", "profile", "loss_chunk", "prefetch", "async_checkpoints",
+    }
     assert set(neutral_fields(ModelConfig)) == {"remat", "attention_impl", "scan_layers"}
 
     # A field added without a classification is caught.

@@ -159,3 +159,46 @@ def test_pipeline_stops_at_plan_on_an_unimplemented_checkpoint(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert "config.json: mlp_bias=true is not implemented by mixjax's llama converter" in err and "\n" not in err
     assert not (tmp_path / "tiny" / "runs").exists()  # nothing trained
+
+
+def test_safetensors_reader_reads_bf16_without_mmap(tmp_path):
+    import ml_dtypes
+
+    from mixjax.model.hf import SafetensorsReader, write_safetensors
+
+    a = np.arange(12, dtype=np.float32).reshape(3, 4).astype(ml_dtypes.bfloat16)
+    b = np.linspace(0, 1, 5, dtype=np.float32)
+    write_safetensors(tmp_path / "model-00001-of-00002.safetensors", {"a": a})
+    write_safetensors(tmp_path / "model-00002-of-00002.safetensors", {"b": b})
+    reader = SafetensorsReader(tmp_path)
+    assert reader.names == {"a", "b"}
+    assert reader.get("a").dtype == ml_dtypes.bfloat16 and np.array_equal(reader.get("a"), a)
+    np.testing.assert_array_equal(reader.get("b"), b)
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_load_hf_params_equals_the_host_conversion_and_starts_the_same_run(tmp_path, qkv_bias):
+    """Tensor by tensor onto the trainer's devices: the same values as the host conversion;
+    Trainer.with_params makes the same float32 state from device arrays (bf16 here, cast
+    on the devices) as from host arrays."""
+    import ml_dtypes
+
+    from mixjax.model.hf import load_hf_params
+    from mixjax.train.loop import TrainConfig, Trainer
+
+    config = dataclasses.replace(CONFIG, qkv_bias=qkv_bias, tie_embeddings=not qkv_bias)
+    params = nn.unbox(Decoder(config).init(jax.random.key(0), *(jnp.ones((1, 8), jnp.int32),) * 3))["params"]
+    save_hf_checkpoint(tmp_path, config, params)
+    loaded_config, host = load_hf_checkpoint(tmp_path, dtype="float32")
+    trainer = Trainer(loaded_config, TrainConfig(seq_len=16, batch_size=2))
+    device = load_hf_params(tmp_path, loaded_config, trainer.state_shardings.params)
+    for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(device)):
+        assert isinstance(b, jax.Array) and b.dtype == jnp.float32
+        np.testing.assert_array_equal(a, np.asarray(b))
+    bf16 = load_hf_params(tmp_path, loaded_config, trainer.state_shardings.params, dtype="bfloat16")
+    state = trainer.init(jax.random.key(1))
+    from_device = trainer.with_params(state, bf16).params
+    from_host = trainer.with_params(state, jax.tree.map(lambda a: a.astype(ml_dtypes.bfloat16), host)).params
+    for a, b in zip(jax.tree.leaves(nn.unbox(from_device)), jax.tree.leaves(nn.unbox(from_host))):
+        assert a.dtype == jnp.float32 and a.sharding == b.sharding
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -123,22 +123,89 @@ def test_evaluation_records_logs_and_raises_on_non_finite():
     assert (err.value.step, err.value.what) == (9, "eval") and len(record.history) == 2
 
 
+def _checkpoint_hooks(hook, totals, every=2):
+    return [
+        H.Hook(lambda i: i.record.add_evaluation(i.step, {"a": totals.get(i.step, 0.5)}), every=every, sync=True),
+        H.Hook(hook.best, every=every, sync=True),
+        H.Hook(hook.save, sync=True, when=hook.due),
+    ]
+
+
 def test_checkpointing_full_steps_and_params_only_bests():
-    """checkpoint_every=4, evaluations at 2, 4, 6, 8 (improving at 2, 4 and 8, not 6), end at 9."""
+    """checkpoint_every=4, evaluations at 2, 4, 6, 8 (improving at 2, 6 and 8, not 4), end at 9
+    (improving). The best of step 2 is written before the full save of step 4; step 6's is
+    superseded by step 8's before any write, and the full save of step 8 carries it; step
+    9's best is written at the end; no full save at the end."""
     ckpt, record = FakeCheckpoints(), H.RunRecord()
     hook = H.Checkpointing(ckpt, data_state=lambda: {"position": len(record.history)}, every=4)
-    hooks = [
-        H.Hook(lambda i: i.record.add_evaluation(i.step, {"a": {2: 3.0, 4: 2.0, 6: 2.5, 8: 1.0}.get(i.step, 0.5)}), every=2, sync=True),
-        H.Hook(hook.best, every=2, sync=True),
-        H.Hook(hook.full, every=4, sync=True),
-    ]
+    hooks = _checkpoint_hooks(hook, {2: 3.0, 4: 3.5, 6: 2.5, 8: 1.0})
     for step in range(1, 10):
         H.run_hooks(hooks, info(step, record, total_steps=9, final=step == 9))
     saved = [(s["step"], s["full"], s["total"]) for s in ckpt.saves]
-    assert saved == [(2, False, 3.0), (4, True, 2.0), (8, True, 1.0), (9, True, 0.5)]
+    assert saved == [(2, False, 3.0), (4, True, 3.5), (8, True, 1.0), (9, False, 0.5)]
     last = ckpt.saves[-1]["meta"]
     assert last["data_state"] == {"position": 5} and last["best"]["step"] == 9 and len(last["history"]) == 5
     assert ckpt.saves[0]["meta"]["best"] == {"step": 2, "losses": {"a": 3.0}, "total": 3.0}
+    assert ckpt.saves[0]["meta"]["data_state"] == {"position": 1}  # as at step 2, not at the write (step 4)
+
+
+@pytest.mark.parametrize("evaluations", [2, 10])
+def test_checkpoint_writes_do_not_grow_with_evaluations(evaluations):
+    """A 20-step run whose every evaluation improves writes ONE params-only step, with 2
+    or with 10 evaluations, and no full state (no timer or step cadence due)."""
+    ckpt, record = FakeCheckpoints(), H.RunRecord()
+    hook = H.Checkpointing(ckpt, data_state=lambda: {}, interval_s=1800.0, clock=lambda: 0.0)
+    every = 20 // evaluations
+    hooks = _checkpoint_hooks(hook, {s: 100.0 - s for s in range(every, 21, every)}, every=every)
+    for step in range(1, 21):
+        H.run_hooks(hooks, info(step, record, total_steps=20, final=step == 20))
+    assert len(record.history) == evaluations
+    assert [(s["step"], s["full"]) for s in ckpt.saves] == [(20, False)]
+
+
+def test_checkpointing_on_a_timer():
+    """interval_s=10, one step per 4 s: full saves after steps 3 and 6 (12 s and 24 s since
+    the last save), none at the end (step 7): there only the params of its evaluation."""
+    now, ckpt, record = [0.0], FakeCheckpoints(), H.RunRecord()
+    hook = H.Checkpointing(ckpt, data_state=lambda: {}, interval_s=10.0, clock=lambda: now[0])
+    hooks = _checkpoint_hooks(hook, {}, every=100)
+    for step in range(1, 8):
+        now[0] = 4.0 * step
+        H.run_hooks(hooks, info(step, record, total_steps=7, final=step == 7))
+    assert [(s["step"], s["full"]) for s in ckpt.saves] == [(3, True), (6, True), (7, False)]
+
+
+class FakeSignal:
+    received = None
+
+
+def test_preemption_saves_the_full_state_then_stops():
+    ckpt, record, signal = FakeCheckpoints(), H.RunRecord(), FakeSignal()
+    waits = []
+    ckpt.wait = lambda: waits.append(len(ckpt.saves))
+    hook = H.Checkpointing(ckpt, data_state=lambda: {}, preemption=signal)
+    hooks = _checkpoint_hooks(hook, {2: 1.0})
+    H.run_hooks(hooks, info(1, record))
+    H.run_hooks(hooks, info(2, record))
+    signal.received = "SIGUSR1"
+    with pytest.raises(H.Preempted) as stop:
+        H.run_hooks(hooks, info(3, record))
+    assert [(s["step"], s["full"]) for s in ckpt.saves] == [(2, False), (3, True)] and waits == [2]
+    assert isinstance(stop.value, SystemExit) and "SIGUSR1" in str(stop.value) and "step 3" in str(stop.value)
+
+
+def test_preemption_signal_sets_a_flag_and_restores_the_handler():
+    import os
+    import signal
+
+    from mixjax.train.preemption import PreemptionSignal
+
+    before = signal.getsignal(signal.SIGUSR1)
+    with PreemptionSignal() as flag:
+        assert flag.received is None
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert flag.received == "SIGUSR1"
+    assert signal.getsignal(signal.SIGUSR1) is before
 
 
 def test_profile_traces_three_steps_after_the_start(monkeypatch, tmp_path):
@@ -192,3 +259,16 @@ def test_progress_iter_writes_one_line_per_item_off_a_terminal():
     bar = FakeTerminal()
     list(progress_iter(range(3), "runs", stream=bar))
     assert "\r" in bar.getvalue() and "3/3" in bar.getvalue()
+
+
+def test_timer_and_signal_are_agreed_only_at_poll_steps():
+    """With several processes the timer/signal decision is an all-gather (``agree``): asked
+    every ``poll_every`` steps only; a step cadence needs no agreement."""
+    asked, ckpt, record, signal = [], FakeCheckpoints(), H.RunRecord(), FakeSignal()
+    hook = H.Checkpointing(ckpt, data_state=lambda: {}, every=7, preemption=signal, poll_every=5,
+                           agree=lambda wanted: asked.append(wanted) or wanted)
+    signal.received = None
+    hooks = _checkpoint_hooks(hook, {}, every=100)
+    for step in range(1, 8):
+        H.run_hooks(hooks, info(step, record, total_steps=20))
+    assert asked == [False] and [(s["step"], s["full"]) for s in ckpt.saves] == [(7, True)]

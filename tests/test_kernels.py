@@ -12,6 +12,9 @@ import mixjax.model.llama as llama
 from mixjax.model.llama import attention, xla_attention
 from mixjax.train.step import chunked_cross_entropy
 
+# Tolerances below assume full float32 matmuls (not TF32 on a GPU): tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("full_f32_matmuls")
+
 
 def _equations(jaxpr):
     """Every equation of a jaxpr and of the jaxprs nested in its equations' params."""

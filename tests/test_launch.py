@@ -82,12 +82,14 @@ def test_slurm_multinode_process_sees_all_gpus_of_its_node(tmp_path, gpus):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (tmp_path / "probe.py").write_text(PROBE)
-    # srun PROGRAM ARGS...: run the probe in place of PROGRAM (python), with ARGS.
-    _executable(bin_dir / "srun", f'#!/usr/bin/env bash\nshift\nexec {sys.executable} {tmp_path / "probe.py"} "$@"\n')
+    # srun [OPTIONS] PROGRAM ARGS...: record the options, run the probe in place of PROGRAM (python), with ARGS.
+    _executable(bin_dir / "srun", f'#!/usr/bin/env bash\nwhile [[ $1 == -* ]]; do echo "$1" >> {tmp_path / "srun_options"}; shift; done\n'
+                f'shift\nexec {sys.executable} {tmp_path / "probe.py"} "$@"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_"))}
     env.update(
         PATH=f"{bin_dir}:{env['PATH']}", JAX_PLATFORMS="cpu", JAX_COORDINATOR_PORT=str(_free_port()),
         SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="1", SLURM_PROCID="0", SLURM_LOCALID="0",
+        SLURM_SUBMIT_DIR=str(ROOT), SLURM_CPUS_PER_TASK="32",
     )
     if gpus:
         env["SLURM_GPUS_ON_NODE"] = gpus
@@ -100,7 +102,8 @@ def test_slurm_multinode_process_sees_all_gpus_of_its_node(tmp_path, gpus):
     assert report["visible"] == ",".join(map(str, range(per_node)))  # without the fix: "0"
     assert (report["processes"], report["process"]) == (1, 0)
     assert report["argv"] == ["-m", "mixjax.run", "--config", "configs/demo.py", "--distributed", "--no-progress",
-                              "--set", "train.mesh_shape=(1,-1,1)"]
+                              "--set", "train.dcn_mesh_shape=(-1,1,1)", "--set", "train.mesh_shape=(1,-1,1)"]
+    assert (tmp_path / "srun_options").read_text().split() == ["--cpus-per-task=32"]  # srun does not inherit it from sbatch
 
 
 def test_tpu_pod_quotes_every_argument(tmp_path):
@@ -126,3 +129,50 @@ def test_tpu_pod_quotes_every_argument(tmp_path):
     assert Path(calls[0][0]).name == "pip"
     assert Path(calls[1][0]).name == "python"
     assert calls[1][1:] == ["-m", "mixjax.run", "--config", config, "--distributed", "--no-progress", *args]
+
+
+def _gpu_env() -> dict[str, str]:
+    out = subprocess.run(["bash", "-c", f"source {ROOT / 'launch' / 'gpu_env.sh'} && env"], capture_output=True, text=True,
+                         check=True, env={k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "XLA_PYTHON_CLIENT_MEM_FRACTION")})
+    return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+
+
+def test_gpu_env_flags_parse_in_the_tested_jaxlib():
+    """Every XLA GPU flag the SLURM scripts set is known to this jaxlib (XLA parses GPU flags
+    on CPU too; an unknown one aborts the process at startup, as on the cluster)."""
+    env = _gpu_env()
+    assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.9"
+    flags = env["XLA_FLAGS"].split()
+    assert "--xla_gpu_enable_latency_hiding_scheduler=true" in flags and "--xla_gpu_enable_pipelined_all_gather=true" in flags
+    out = subprocess.run([sys.executable, "-c", "import jax; print(jax.numpy.ones(2).sum())"], capture_output=True, text=True,
+                         env=dict(os.environ, XLA_FLAGS=env["XLA_FLAGS"], JAX_PLATFORMS="cpu"), timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "2.0", out.stderr[-1000:]
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "launch").glob("*.sbatch")), ids=lambda p: p.name)
+def test_sbatch_scripts_ask_for_memory_cpus_and_the_preemption_signal(script):
+    directives = _directives(script)
+    assert directives["mem"] == "0" and directives["cpus-per-task"] == "32" and "USR1@300" in directives["signal"]
+    assert "requeue" in script.read_text() and "gpu_env.sh" in script.read_text()
+
+
+def test_submit_multinode_checks_the_config_before_sbatch(tmp_path):
+    """The multinode example with the paper config: 4 nodes stop before sbatch (exit 2,
+    with the fix); 2 nodes go to sbatch --nodes=2."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "sbatch_args"
+    _executable(bin_dir / "sbatch", f'#!/usr/bin/env bash\necho "$@" > {record}\n')
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    for name in ("if", "math", "code"):
+        (tmp_path / f"{name}.jsonl").write_text("")
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", MIXJAX_CKPT=str(tmp_path / "ckpt"), MIXJAX_DATA=str(tmp_path),
+               JAX_PLATFORMS="cpu")
+    submit = ["bash", "launch/submit_multinode.sh"]
+    out = subprocess.run([*submit, "4", "configs/paper_if_math_code.py"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 2 and "cannot be split over the 32 data-parallel devices" in out.stderr and not record.exists()
+    out = subprocess.run([*submit, "2", "configs/paper_if_math_code.py"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "train mesh (data, fsdp, tensor) = (2, 8, 1)" in out.stdout
+    assert record.read_text().split() == ["--nodes=2", "--gpus-per-node=8", "launch/slurm_multinode.sbatch", "configs/paper_if_math_code.py"]

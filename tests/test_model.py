@@ -12,6 +12,9 @@ from flax import linen as nn
 
 from mixjax.model.llama import PRESETS, Decoder, ModelConfig, attention, attention_blocks, xla_attention
 
+# Tolerances below assume full float32 matmuls (not TF32 on a GPU): tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("full_f32_matmuls")
+
 CONFIG = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, dtype="float32")
 
 
@@ -153,3 +156,31 @@ def test_cpu_dot_general_passes_other_contractions_to_lax():
     wide = cpu_dot_general(a, b, plain, preferred_element_type=jnp.float32)  # a preferred type: lax's
     assert wide.dtype == jnp.float32
     np.testing.assert_array_equal(wide, jax.lax.dot_general(a, b, plain, preferred_element_type=jnp.float32))
+
+
+@pytest.mark.parametrize("seq_len, head_dim, ok", [
+    (4096, 128, True), (256, 64, True), (64, 64, True), (16, 16, True),
+    (96, 64, False), (200, 64, False), (8, 64, False), (4096, 8, False), (4096, 48, False),
+])
+def test_flash_shape_rules(seq_len, head_dim, ok):
+    """What the Triton kernel compiles (the CPU interpreter runs every shape)."""
+    from mixjax.model.llama import flash_shape_error, resolve_attention
+
+    assert (flash_shape_error(seq_len, head_dim) is None) == ok
+    assert resolve_attention(None, seq_len, head_dim, "gpu") == ("flash" if ok else "xla")  # the default: fastest valid
+    assert resolve_attention(None, seq_len, head_dim, "cpu") == "xla" and resolve_attention("flash", seq_len, head_dim, "cpu") == "flash"
+
+
+def test_flash_with_rows_it_cannot_run_is_a_config_error():
+    from pathlib import Path
+
+    from mixjax.pipeline.config import ConfigError, apply_overrides, load_config, validate
+
+    config = load_config(Path(__file__).parent / "fixtures" / "tiny_config.py")
+    validate(apply_overrides(config, ["model.attention_impl='flash'", "model.dim=64", "train.seq_len=128"]), device_count=1)
+    with pytest.raises(ConfigError, match=r"model.attention_impl='flash' cannot run train.seq_len=96 on GPU: seq_len 96 is neither"):
+        validate(apply_overrides(config, ["model.attention_impl='flash'", "model.dim=64", "train.seq_len=96"]), device_count=1)
+
+
+def test_module_runs_full_float32_matmuls():
+    assert jax.config.jax_default_matmul_precision == "highest"  # tests/conftest.py full_f32_matmuls

@@ -452,7 +452,9 @@ def test_profile_flag_reaches_the_train_config():
 
     assert parse_args(["--config", "c.py", "--profile", "--retrain"]).profile
     base = run_train_config(TrainConfig(), max_steps=7, eval_every=2, seed=3, profile=True)
-    assert (base.max_steps, base.eval_every, base.checkpoint_every, base.seed, base.profile) == (7, 2, 2, 3, True)
+    assert (base.max_steps, base.eval_every, base.seed, base.profile) == (7, 2, 3, True)
+    # Full checkpoints keep the base config's cadence: a timer, not one per evaluation (issue 27).
+    assert (base.checkpoint_every, base.checkpoint_interval_s) == (None, 1800.0)
 
 
 def test_job_array_task_trains_one_run(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from helpers import subprocess_env
 
 from mixjax.pipeline.config import ConfigError, apply_overrides, load_config, validate
-from mixjax.train.sharding import batch_split_error, resolve_mesh_shape
+from mixjax.train.sharding import batch_split_error, hybrid_device_grid, mesh_sizes, resolve_mesh_shape
 
 TINY = Path(__file__).parent / "fixtures" / "tiny_config.py"
 
@@ -94,3 +94,65 @@ def test_constrain_places_by_the_rules_and_leaves_what_does_not_split(monkeypatc
     with nn.logical_axis_rules(sharding.LOGICAL_RULES):
         assert specs(jnp.ones((8, 3, 6))) == ["P(('data', 'fsdp'), None, None)"]
         assert specs(jnp.ones((3, 3, 6))) == ["P(None, None, None)"]
+
+
+def test_mesh_across_nodes_multiplies_the_node_mesh():
+    assert mesh_sizes((1, -1, 1), 32, (-1, 1, 1), nodes=4) == (4, 8, 1)
+    assert mesh_sizes((1, -1, 2), 32, (-1, 1, 1), nodes=4) == (4, 4, 2)
+    assert mesh_sizes((1, -1, 1), 32) == (1, 32, 1)  # no dcn shape: the node mesh spans every device
+    with pytest.raises(ValueError, match="do not split evenly over 3 nodes"):
+        mesh_sizes(None, 32, (-1, 1, 1), nodes=3)
+
+
+class FakeDevice:
+    def __init__(self, i):
+        self.id, self.node = i, i // 4
+
+    def __repr__(self):
+        return f"d{self.id}"
+
+
+def test_hybrid_grid_keeps_fsdp_within_a_node_and_data_across_nodes():
+    """2 nodes x 4 devices, FSDP within, data across: each fsdp row is one node's devices."""
+    devices = [FakeDevice(i) for i in (5, 1, 7, 0, 2, 6, 3, 4)]  # any order
+    grid = hybrid_device_grid(devices, (1, -1, 1), (-1, 1, 1), node_of=lambda d: d.node)
+    assert grid.shape == (2, 4, 1)
+    assert [[d.id for d in row[:, 0]] for row in grid] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    grid = hybrid_device_grid(devices, (1, -1, 2), (-1, 1, 1), node_of=lambda d: d.node)
+    assert grid.shape == (2, 2, 2) and {d.node for d in grid[1].flat} == {1}  # tensor pairs within a node
+    with pytest.raises(ValueError, match="different numbers of devices"):
+        hybrid_device_grid(devices[:7], None, (-1, 1, 1), node_of=lambda d: d.node)
+
+
+def test_four_node_paper_batch_names_fixes_that_work():
+    """Batch 16, FSDP within 8-GPU nodes, data across 4 nodes: 32 data-parallel devices.
+    The error's fixes: batch 32, tensor parallel 2 within a node, or 2 nodes; each splits."""
+    error = batch_split_error(16, (1, -1, 1), 32, "train", (-1, 1, 1), nodes=4)
+    assert "cannot be split over the 32 data-parallel devices" in error and "on 4 nodes x 8 devices" in error
+    assert "--set train.batch_size=32" in error and "sbatch --nodes=2" in error
+    assert "--set 'train.mesh_shape=(1,-1,2)'" in error
+    assert batch_split_error(16, (1, -1, 2), 32, "train", (-1, 1, 1), nodes=4) is None
+    assert batch_split_error(16, (1, -1, 1), 16, "train", (-1, 1, 1), nodes=2) is None
+    assert batch_split_error(32, (1, -1, 1), 32, "train", (-1, 1, 1), nodes=4) is None
+
+
+def test_check_launch_needs_no_device_and_exits_2_on_the_four_node_example(tmp_path, capsys, monkeypatch):
+    """``mixjax.run --check-launch`` on the paper config with stand-in paths: 4 x 8 exits 2
+    with the fixes, 2 x 8 prints the mesh."""
+    from mixjax.run import main
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    for name in ("if", "math", "code"):
+        (tmp_path / f"{name}.jsonl").write_text("")
+    monkeypatch.setenv("MIXJAX_CKPT", str(tmp_path / "ckpt"))
+    monkeypatch.setenv("MIXJAX_DATA", str(tmp_path))
+    args = ["--config", str(Path(__file__).parents[1] / "configs" / "paper_if_math_code.py"), "--set", "train.dcn_mesh_shape=(-1,1,1)"]
+    assert main([*args, "--check-launch", "4x8"]) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size=16 cannot be split over the 32 data-parallel devices" in err and "\n" not in err.strip()
+    assert main([*args, "--check-launch", "2x8"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "ok: 2 node(s) x 8 devices; train mesh (data, fsdp, tensor) = (2, 8, 1);"
+        " batch_size=16: 1 row(s) of 4096 tokens per data-parallel device"
+    )

@@ -27,6 +27,9 @@ from mixjax.train.optimizer import (
 )
 from mixjax.train.step import token_losses
 
+# Tolerances below assume full float32 matmuls (not TF32 on a GPU): tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("full_f32_matmuls")
+
 TINY = ModelConfig(vocab_size=263, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, dtype="float32", rope_theta=10_000.0, tie_embeddings=True)
 
 
@@ -243,12 +246,14 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, small_data, r
     assert rows == list(range(1, full.final_step + 1))  # one row per step, no duplicates after the resume
 
 
-@pytest.mark.parametrize("kill_step", [4, 6])
+@pytest.mark.parametrize("kill_step", [2, 6])
 def test_kill_right_after_a_checkpoint_write_resumes(tmp_path, small_data, run_trainer, monkeypatch, kill_step):
-    """eval_every=2, checkpoint_every=3: step 4 writes a params-only best, step 6 a full
+    """eval_every=2, checkpoint_every=3: step 2's best is written as a params-only step
+    (just before the full save of step 3, the first write of the run), step 6 is a full
     step that is also the best. A kill right after either write must resume and finish
     exactly as the uninterrupted run (the old best/ + latest/ managers died here with
-    StepAlreadyExists on the rerun of the step)."""
+    StepAlreadyExists on the rerun of the step). Before issue 27 the best of step 4 was
+    written at step 4 itself; now bests are written only before a full save or at the end."""
     import orbax.checkpoint as ocp
 
     examples, val = small_data
@@ -275,6 +280,30 @@ def test_kill_right_after_a_checkpoint_write_resumes(tmp_path, small_data, run_t
         np.testing.assert_array_equal(a, b)
 
 
+def test_preemption_signal_saves_and_the_rerun_resumes(tmp_path, small_data, run_trainer):
+    """No step cadence, the default 30-min timer: nothing but the best params would be
+    written. SIGUSR1 (SLURM's warning), sent after step 5 (by a hook that runs after the
+    checkpoint hook), makes the run save its full state after step 6 and stop (Preempted,
+    a SystemExit); the rerun resumes there and ends exactly as the uninterrupted run."""
+    import os
+    import signal
+
+    from mixjax.train.errors import Preempted
+
+    examples, val = small_data
+    cfg = _run_cfg(checkpoint_every=None, max_steps=9)
+    full = train(run_trainer, cfg, examples, val, tmp_path / "full", **_quiet())
+    assert RunCheckpoints(tmp_path / "full" / "checkpoints").restore_latest(run_trainer.abstract_state) is None  # no full save
+    send = Hook(lambda info: os.kill(os.getpid(), signal.SIGUSR1) if info.step == 5 else None)
+    with pytest.raises(Preempted, match="SIGUSR1 received; full state saved at step 6"):
+        train(run_trainer, cfg, examples, val, tmp_path / "crash", **_quiet(hooks=[send]))
+    lines = []
+    resumed = train(run_trainer, cfg, examples, val, tmp_path / "crash", progress=False, log=lines.append)
+    assert lines[0] == "resumed crash at step 6"
+    assert resumed.history == full.history and resumed.best_step == full.best_step
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handler is gone after the run
+
+
 def test_best_checkpoint_is_lowest_validation_loss(tmp_path, small_data, run_trainer):
     examples, val = small_data
     cfg = _run_cfg(eval_every=2, checkpoint_every=5)
@@ -285,8 +314,8 @@ def test_best_checkpoint_is_lowest_validation_loss(tmp_path, small_data, run_tra
     checkpoints = RunCheckpoints(tmp_path / "run" / "checkpoints")
     best_params, meta = checkpoints.restore_best(run_trainer.abstract_state.params)
     assert meta["best"]["step"] == result.best_step and meta["best"]["losses"] == pytest.approx(result.best_losses)
-    # Kept: the best step and the newest full step only.
-    assert set(checkpoints.manager.all_steps()) == {result.best_step, result.final_step}
+    # Kept: the best step and the newest full step only (every 5 steps; none at the end).
+    assert set(checkpoints.manager.all_steps()) == {result.best_step, (result.final_step - 1) // 5 * 5}
     # Re-evaluating the restored best params reproduces the recorded losses.
     again = run_trainer.evaluate(best_params, multi_domain_eval_batches(val, seq_len=64, batch_size=8), list(val))
     assert again == pytest.approx(result.best_losses, rel=1e-5)

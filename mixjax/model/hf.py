@@ -257,35 +257,66 @@ def check_hf_checkpoint(path: str | Path) -> ModelConfig:
 
 
 def params_from_hf(tensors: dict[str, np.ndarray], config: ModelConfig) -> Params:
-    """Map HF tensor names (Linear weights are (out, in)) onto the Flax tree (kernels (in, out)).
-    Every tensor must be consumed (:func:`check_tensors`)."""
+    """Map HF tensor names (Linear weights are (out, in)) onto the Flax tree (kernels (in, out)),
+    float32 host arrays. Every tensor must be consumed (:func:`check_tensors`). For a large
+    checkpoint use :func:`load_hf_params` (one tensor at a time, straight onto devices)."""
     check_tensors(tensors, config)
-    d, h, n, kv = config.dim, config.head_size, config.n_heads, config.n_kv_heads
-    get = lambda name: tensors[name].astype(np.float32)
-    layer = lambda i, name: get(f"model.layers.{i}.{name}")
-    stack = lambda fn: np.stack([fn(i) for i in range(config.n_layers)])
+    return jax_tree_map(lambda make: make().astype(np.float32), _param_makers(tensors.__getitem__, config))
+
+
+def jax_tree_map(fn: Callable, tree: Params) -> Params:
+    """``fn`` on every leaf of a nested dict (the param tree without importing jax)."""
+    return {k: jax_tree_map(fn, v) if isinstance(v, dict) else fn(v) for k, v in tree.items()}
+
+
+def _stacked(layer: Callable[[int], np.ndarray], n: int) -> Callable[[], np.ndarray]:
+    """A maker of the (n, ...) stack of ``layer(i)``: filled in place, so it holds the stack
+    and one layer at a time (np.stack would hold every layer twice)."""
+
+    def make() -> np.ndarray:
+        first = layer(0)
+        out = np.empty((n, *first.shape), first.dtype)
+        out[0] = first
+        for i in range(1, n):
+            out[i] = layer(i)
+        return out
+
+    return make
+
+
+def _param_makers(get: Callable[[str], np.ndarray], config: ModelConfig) -> Params:
+    """The Flax param tree whose leaves are makers: ``make()`` reads (``get(hf_name)``,
+    the checkpoint's dtype) and lays out that one param, so a caller can hold one at a time."""
+    d, h, n, kv, L = config.dim, config.head_size, config.n_heads, config.n_kv_heads, config.n_layers
+    layer = lambda name, shape=None: _stacked(lambda i: _layout(get(f"model.layers.{i}.{name}"), shape), L)
     attn: Params = {
-        "q_proj": {"kernel": stack(lambda i: layer(i, "self_attn.q_proj.weight").T.reshape(d, n, h))},
-        "k_proj": {"kernel": stack(lambda i: layer(i, "self_attn.k_proj.weight").T.reshape(d, kv, h))},
-        "v_proj": {"kernel": stack(lambda i: layer(i, "self_attn.v_proj.weight").T.reshape(d, kv, h))},
-        "o_proj": {"kernel": stack(lambda i: layer(i, "self_attn.o_proj.weight").T.reshape(n, h, d))},
+        "q_proj": {"kernel": layer("self_attn.q_proj.weight", (d, n, h))},
+        "k_proj": {"kernel": layer("self_attn.k_proj.weight", (d, kv, h))},
+        "v_proj": {"kernel": layer("self_attn.v_proj.weight", (d, kv, h))},
+        "o_proj": {"kernel": layer("self_attn.o_proj.weight", (n, h, d))},
     }
     if config.qkv_bias:
         for proj, heads in (("q_proj", n), ("k_proj", kv), ("v_proj", kv)):
-            attn[proj]["bias"] = stack(lambda i, p=proj, m=heads: layer(i, f"self_attn.{p}.bias").reshape(m, h))
+            attn[proj]["bias"] = _stacked(lambda i, p=proj, m=heads: get(f"model.layers.{i}.self_attn.{p}.bias").reshape(m, h), L)
     params: Params = {
-        "embed_tokens": {"embedding": get("model.embed_tokens.weight")},
+        "embed_tokens": {"embedding": lambda: get("model.embed_tokens.weight")},
         "layers": {
             "self_attn": attn,
-            "mlp": {p: {"kernel": stack(lambda i, p=p: layer(i, f"mlp.{p}.weight").T)} for p in ("gate_proj", "up_proj", "down_proj")},
-            "input_layernorm": {"scale": stack(lambda i: layer(i, "input_layernorm.weight"))},
-            "post_attention_layernorm": {"scale": stack(lambda i: layer(i, "post_attention_layernorm.weight"))},
+            "mlp": {p: {"kernel": layer(f"mlp.{p}.weight", ())} for p in ("gate_proj", "up_proj", "down_proj")},
+            "input_layernorm": {"scale": _stacked(lambda i: get(f"model.layers.{i}.input_layernorm.weight"), L)},
+            "post_attention_layernorm": {"scale": _stacked(lambda i: get(f"model.layers.{i}.post_attention_layernorm.weight"), L)},
         },
-        "norm": {"scale": get("model.norm.weight")},
+        "norm": {"scale": lambda: get("model.norm.weight")},
     }
     if not config.tie_embeddings:
-        params["lm_head"] = {"kernel": get("lm_head.weight").T}
+        params["lm_head"] = {"kernel": lambda: _layout(get("lm_head.weight"), ())}
     return params
+
+
+def _layout(weight: np.ndarray, shape: tuple[int, ...] | None) -> np.ndarray:
+    """A Linear weight (out, in) as a kernel (in, out), reshaped to ``shape`` (() keeps it 2-D)."""
+    kernel = weight.T
+    return kernel.reshape(shape) if shape else np.ascontiguousarray(kernel)
 
 
 def params_to_hf(params: Params, config: ModelConfig) -> dict[str, np.ndarray]:
@@ -324,6 +355,100 @@ def load_hf_checkpoint(path: str | Path, **overrides) -> tuple[ModelConfig, Para
         raise FileNotFoundError(f"{directory}: no config.json (expected a local Hugging Face model directory)")
     config = config_from_hf(json.loads((directory / "config.json").read_text()), **overrides)
     return config, params_from_hf(_read_tensors(directory), config)
+
+
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64", "I32": "int32"}
+
+
+class SafetensorsReader:
+    """The tensors of a directory's ``*.safetensors`` files, read one at a time with plain
+    file reads (no mmap: the pages of a memory-mapped file count in the process's RSS once
+    touched and stay until unmapped; read() pages land in the kernel's page cache, which
+    the kernel reclaims). ``names``: every tensor; ``get(name)``: a new host array in the
+    file's dtype (bfloat16 as ml_dtypes.bfloat16)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.index: dict[str, tuple[Path, int, str, tuple[int, ...], int]] = {}
+        for f in _safetensors_files(Path(directory)):
+            with open(f, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(size))
+            for name, entry in header.items():
+                if name != "__metadata__":
+                    start, end = entry["data_offsets"]
+                    self.index[name] = (f, 8 + size + start, entry["dtype"], tuple(entry["shape"]), end - start)
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.index)
+
+    def get(self, name: str) -> np.ndarray:
+        import ml_dtypes  # a jax dependency
+
+        path, offset, kind, shape, nbytes = self.index[name]
+        if kind not in SAFETENSORS_DTYPES:
+            raise UnsupportedCheckpoint(f"{path.name}: tensor {name} has dtype {kind} (mixjax reads {', '.join(SAFETENSORS_DTYPES)})")
+        dtype = np.dtype(ml_dtypes.bfloat16 if kind == "BF16" else SAFETENSORS_DTYPES[kind])
+        out = np.empty(shape, dtype)
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            if handle.readinto(memoryview(out.reshape(-1).view(np.uint8))) != nbytes:
+                raise UnsupportedCheckpoint(f"{path.name}: tensor {name} is truncated")
+        return out
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray]) -> None:
+    """A safetensors file as the format specifies it (8-byte little-endian header size,
+    JSON header, then the tensors' bytes), bfloat16 (ml_dtypes) included."""
+    kinds = {np.dtype(v): k for k, v in SAFETENSORS_DTYPES.items() if k != "BF16"}
+    header, offset = {}, 0
+    for name, array in tensors.items():
+        kind = "BF16" if array.dtype.name == "bfloat16" else kinds[array.dtype]
+        header[name] = {"dtype": kind, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    text = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        for array in tensors.values():
+            f.write(np.ascontiguousarray(array).tobytes())
+
+
+def load_hf_params(path: str | Path, config: ModelConfig, shardings: Any = None, dtype: str | None = None) -> Params:
+    """The params of a local HF model directory as device arrays, loaded tensor by tensor.
+
+    Each param is read (:class:`SafetensorsReader`), laid out (a stacked layer param: one
+    layer at a time into its (n_layers, ...) host array) and put onto its devices
+    (``jax.make_array_from_callback``: each process transfers its own shards) before the
+    next one is read, so host memory holds at most one param beside what is already on the
+    devices (on CPU the devices' memory IS host memory: the params themselves).
+
+    Args:
+      path: the model directory (config.json and *.safetensors).
+      config: its ModelConfig (:func:`check_hf_checkpoint`).
+      shardings: a tree of jax Shardings like the unboxed params (e.g. a Trainer's
+        ``state_shardings.params``); None: the default device.
+      dtype: the arrays' dtype; None keeps the checkpoint's (bf16 for Llama-3: half of
+        float32; ``Trainer.with_params`` makes the float32 master copy on the devices).
+    Returns:
+      The unboxed param tree of jax.Arrays.
+    Raises:
+      UnsupportedCheckpoint: a tensor the converter does not consume, or one missing.
+    """
+    import jax
+
+    reader = SafetensorsReader(path)
+    check_tensor_names(reader.names, config)
+    if config.tie_embeddings and "lm_head.weight" in reader.names:
+        check_tensors({n: reader.get(n) for n in ("lm_head.weight", "model.embed_tokens.weight")}, config)
+    makers = _param_makers(reader.get, config)
+    shardings = shardings if shardings is not None else jax_tree_map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), makers)
+
+    def put(make: Callable[[], np.ndarray], sharding) -> jax.Array:
+        host = make()
+        host = host.astype(dtype) if dtype is not None else host
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, makers, shardings, is_leaf=callable)
 
 
 def save_hf_checkpoint(path: str | Path, config: ModelConfig, params: Params, tokenizer_dir: str | Path | None = None) -> None:

@@ -11,7 +11,8 @@ stacked residuals cost more than the layers), and rematerialised by ``remat`` po
 
 Attention is causal within each packed example (``segment_ids``; padding, segment 0,
 attends only to padding, keeping rows finite) and never materialises a (B, 1, T, T)
-mask: ``attention_impl`` None/"xla" is blockwise-causal einsum attention (query blocks
+mask: ``attention_impl`` None picks "flash" on GPU where its shape rules allow
+(:func:`flash_shape_error`), else "xla"; "xla" is blockwise-causal einsum attention (query blocks
 skip the key blocks after them; the mask is built in-fusion from segment ids per block),
 "flash" is the Pallas flash-attention kernel with segment ids
 (``jax.experimental.pallas.ops.gpu.attention.mha``; Triton on GPU, run in interpret mode
@@ -67,6 +68,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     # Speed / memory only (left out of run fingerprints; see mixjax.config_fields).
     remat: RematPolicy = neutral("none", "memory: recomputes the same activations in the backward pass")
+    # None: flash on GPU where its shape rules allow (flash_shape_error), else xla.
     attention_impl: Literal["xla", "flash"] | None = neutral(None, "the same attention, another kernel (float rounding only)")
     scan_layers: bool = neutral(True, "the same layers, looped or unrolled (float rounding only)")
     init_std: float = 0.02
@@ -237,9 +239,33 @@ def flash_attention(q: Array, k: Array, v: Array, segment_ids: Array) -> Array:
     )(q, k, v, segment_ids)
 
 
+def flash_shape_error(seq_len: int, head_dim: int) -> str | None:
+    """Why the Pallas flash kernel cannot run rows of ``seq_len`` tokens with ``head_dim``
+    on CUDA (Triton), or None. Its blocks are min(128, T) positions by the head dim, and
+    Triton needs power-of-two block sizes and dots of at least 16: T must be a multiple of
+    128, or a power of two from 16 up to 128; head_dim a power of two >= 16. (The CPU
+    interpreter runs the other shapes too: tests there would not show it.)"""
+    power_of_two = lambda n: n > 0 and n & (n - 1) == 0
+    if seq_len % 128 and not (power_of_two(seq_len) and 16 <= seq_len < 128):
+        return f"seq_len {seq_len} is neither a multiple of 128 nor a power of two in [16, 128)"
+    if not (power_of_two(head_dim) and head_dim >= 16):
+        return f"head_dim {head_dim} is not a power of two >= 16"
+    return None
+
+
+def resolve_attention(impl: str | None, seq_len: int, head_dim: int, platform: str) -> str:
+    """The attention path: ``impl`` when set; by default (None) the fastest valid one: the
+    flash kernel on GPU where :func:`flash_shape_error` allows it, else XLA's."""
+    if impl is not None:
+        return impl
+    return "flash" if platform == "gpu" and flash_shape_error(seq_len, head_dim) is None else "xla"
+
+
 def attention(q: Array, k: Array, v: Array, segment_ids: Array, impl: str | None = None) -> Array:
-    """Causal attention within packed examples; see the module docstring for ``impl``."""
-    if impl in (None, "xla"):
+    """Causal attention within packed examples; see the module docstring for ``impl``
+    (None: :func:`resolve_attention`)."""
+    impl = resolve_attention(impl, q.shape[1], q.shape[-1], kernel_platform())
+    if impl == "xla":
         return xla_attention(q, k, v, segment_ids)
     if impl == "flash":
         return flash_attention(q, k, v, segment_ids)

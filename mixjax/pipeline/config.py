@@ -29,7 +29,7 @@ from mixjax.data.domain import DomainSpec
 from mixjax.mixing.design import PAPER_SCALES
 from mixjax.mixing.fit import FitConfig
 from mixjax.mixing.solve import Constraints
-from mixjax.model.llama import PRESETS, ModelConfig, RopeScaling
+from mixjax.model.llama import PRESETS, ModelConfig, RopeScaling, flash_shape_error
 from mixjax.train.loop import TrainConfig
 from mixjax.train.optimizer import OptimizerConfig
 from mixjax.train.sharding import batch_split_error
@@ -262,11 +262,12 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
     return config
 
 
-def validate(config: ExperimentConfig, device_count: int | None = None) -> None:
+def validate(config: ExperimentConfig, device_count: int | None = None, nodes: int | None = None) -> None:
     """Checks that need no data: names, budgets, paths, the batch's split over the mesh of
-    ``device_count`` devices (default: ``jax.device_count()``, all processes), and every
-    field's type (:func:`check_types`, for a config built in Python). Data-dependent checks
-    (tokens available per domain) run in the plan stage, still before any training."""
+    ``device_count`` devices on ``nodes`` nodes (default: ``jax.device_count()`` and
+    ``jax.process_count()``; given, no device is touched: ``mixjax.run --check-launch``), and
+    every field's type (:func:`check_types`, for a config built in Python). Data-dependent
+    checks (tokens available per domain) run in the plan stage, still before any training."""
     config = check_types(config, "<config>")
     names = config.domain_names
     if len(names) < 2:
@@ -307,8 +308,8 @@ def validate(config: ExperimentConfig, device_count: int | None = None) -> None:
             raise ConfigError("pretrain: need num_documents > val_documents > 0 and vocab_size >= 300")
     if config.train.max_steps is not None and config.train.max_steps <= 0:
         raise ConfigError(f"train.max_steps: a cap must be positive, got {config.train.max_steps}")
-    config.model_config()
-    check_batch_split(config, device_count)
+    check_attention(config)
+    check_batch_split(config, device_count, nodes)
 
 
 def check_domain_specs(domains: tuple[DomainSpec, ...]) -> None:
@@ -326,14 +327,28 @@ def check_domain_specs(domains: tuple[DomainSpec, ...]) -> None:
             raise ConfigError(f"domains: {d.name}.sources is empty: expected at least one file, synthetic: or tfds: source")
 
 
-def check_batch_split(config: ExperimentConfig, device_count: int | None = None) -> None:
+def check_attention(config: ExperimentConfig) -> None:
+    """ConfigError when ``model.attention_impl='flash'`` cannot run the rows of a train
+    section on CUDA (:func:`flash_shape_error`); the default (None) falls back to XLA's."""
+    model = config.model_config()
+    sections = [("train", config.train)] + ([("pretrain.train", config.pretrain.train)] if config.pretrain else [])
+    for key, train in sections:
+        if model.attention_impl == "flash" and (error := flash_shape_error(train.seq_len, model.head_size)) is not None:
+            raise ConfigError(
+                f"model.attention_impl='flash' cannot run {key}.seq_len={train.seq_len} on GPU: {error};"
+                f" set {key}.seq_len to a multiple of 128, or model.attention_impl=None (flash where it runs, else xla)"
+            )
+
+
+def check_batch_split(config: ExperimentConfig, device_count: int | None = None, nodes: int | None = None) -> None:
     """ConfigError when a global batch (train, pretrain) cannot be split over the mesh's
-    data-parallel devices, naming the numbers and the fix."""
+    data-parallel devices (``device_count`` on ``nodes`` nodes), naming the numbers and the fix."""
     if device_count is None:
         import jax
 
-        device_count = jax.device_count()
+        device_count, nodes = jax.device_count(), jax.process_count() if nodes is None else nodes
     sections = [("train", config.train)] + ([("pretrain.train", config.pretrain.train)] if config.pretrain else [])
     for key, train in sections:
-        if (error := batch_split_error(train.batch_size, train.mesh_shape, device_count, key)) is not None:
+        error = batch_split_error(train.batch_size, train.mesh_shape, device_count, key, train.dcn_mesh_shape, nodes or 1)
+        if error is not None:
             raise ConfigError(error)

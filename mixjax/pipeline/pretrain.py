@@ -82,6 +82,7 @@ def ensure_base_model(
     tokens = sum(e.num_tokens for e in examples)
     steps = steps_for_run(examples, tc)
     cfg = run_train_config(tc, max_steps=steps, eval_every=max(1, steps // 4), seed=pretrain.seed, profile=profile)
+    cfg = dataclasses.replace(cfg, best_params_dtype="float32")  # the base model's weights: its float32 master params
     log(f"pretrain: {len(examples):,} documents, {tokens:,} tokens, BPE vocabulary {tokenizer.vocab_size}, {steps} steps -> {out}")
     run_dir = out / "train"
     trainer = Trainer(model, cfg)

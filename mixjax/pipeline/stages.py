@@ -103,11 +103,15 @@ class Inputs:
 
     @functools.cached_property
     def init_params(self):
+        """The init checkpoint's params on the trainer's devices, in the checkpoint's dtype
+        (bf16 for Llama-3: 2 bytes/param, sharded as the params), loaded tensor by tensor:
+        no float32 host copy, held or transient (each run's float32 master params are made
+        from them on the devices)."""
         if self.config.checkpoint is None:
             return None
-        from mixjax.model.hf import load_hf_checkpoint
+        from mixjax.model.hf import load_hf_params
 
-        return load_hf_checkpoint(self.config.checkpoint)[1]
+        return load_hf_params(self.config.checkpoint, self.model, self.trainer.state_shardings.params)
 
     @functools.cached_property
     def checkpoint_stamp(self) -> dict | None:

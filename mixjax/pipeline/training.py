@@ -30,8 +30,10 @@ def steps_for_run(examples: Sequence[Example], train_config: TrainConfig) -> int
 
 
 def run_train_config(base: TrainConfig, *, max_steps: int, eval_every: int, seed: int, profile: bool) -> TrainConfig:
-    """The TrainConfig of one run: its exact step count, eval/checkpoint cadence and seed."""
-    return dataclasses.replace(base, max_steps=max_steps, eval_every=eval_every, checkpoint_every=eval_every, seed=seed, profile=profile)
+    """The TrainConfig of one run: its exact step count, eval cadence and seed. Full
+    checkpoints keep ``base``'s timer / step cadence: not one per evaluation (a full 8B
+    state is ~90 GiB; the pipeline evaluates ``evals_per_run`` times per run)."""
+    return dataclasses.replace(base, max_steps=max_steps, eval_every=eval_every, seed=seed, profile=profile)
 
 
 def best_params(trainer: Trainer, run_dir: str | Path):

@@ -2,12 +2,13 @@
 
 Each saved step is one atomic directory (orbax writes to a temporary name and renames):
 
-- a **full** step (every ``checkpoint_every`` steps and at the end): items ``params``,
-  ``train`` (step, schedule length, optimizer state) and ``meta`` (data position,
-  history, best so far): a point to resume from;
-- a **best** step (an evaluation that lowered the total validation loss, not on a
-  checkpoint step): items ``params`` and ``meta`` only (params-only best; no full-state
-  save at every evaluation).
+- a **full** step (on a timer, on SIGTERM/SIGUSR1, or every ``checkpoint_every`` steps;
+  never at an evaluation or at the end; mixjax.train.hooks.Checkpointing): items
+  ``params``, ``train`` (step, schedule length, optimizer state) and ``meta`` (data
+  position, history, best so far): a point to resume from;
+- a **best** step (an evaluation that lowered the total validation loss, written once:
+  before the next full save or at the end of the run): items ``params`` (in the compute
+  dtype unless ``best_params_dtype`` says otherwise) and ``meta`` only.
 
 orbax ``metrics`` per step carry ``total`` (validation total, on evaluated steps) and
 ``full`` (1 on full steps); the preservation policy keeps the best step by lowest
@@ -74,7 +75,9 @@ class RunCheckpoints:
         self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
     def save(self, step: int, state: Any, meta: dict, *, total: float | None, full: bool) -> None:
-        """Save ``step``: the full state when ``full``, else params only (a new best)."""
+        """Save ``step``: the full state when ``full`` (``state``: a TrainState), else
+        ``state.params`` only (a best; any object with ``params``), as they are (dtype,
+        sharding); in the background with ``async_save``."""
         items = {"params": ocp.args.StandardSave(state.params), "meta": ocp.args.JsonSave(meta)}
         if full:
             items["train"] = ocp.args.StandardSave({"step": state.step, "total_steps": state.total_steps, "opt_state": state.opt_state})

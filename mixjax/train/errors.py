@@ -20,3 +20,15 @@ class DataExhaustedError(RuntimeError):
             f"run {run!r}: training data exhausted at step {step} of {total_steps} "
             "(lower max_steps, raise epochs, or give the run more data)"
         )
+
+
+class Preempted(SystemExit):
+    """SLURM (or anyone) sent SIGTERM / SIGUSR1: the run saved its full state and stops.
+
+    A SystemExit, not a RuntimeError: the pipeline must not record the run as failed and
+    go on to the next one; the process ends (exit code 1, this one-line message) and a
+    rerun (``sbatch --requeue`` or by hand) resumes the run from the state just saved."""
+
+    def __init__(self, run: str, step: int, signal_name: str) -> None:
+        self.run, self.step = run, step
+        super().__init__(f"run {run!r}: {signal_name} received; full state saved at step {step}; rerun the same command to resume")

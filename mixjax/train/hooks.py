@@ -23,7 +23,7 @@ import jax
 
 from mixjax.progress import StepProgress
 from mixjax.train.checkpoint import RunCheckpoints
-from mixjax.train.errors import NonFiniteLossError
+from mixjax.train.errors import NonFiniteLossError, Preempted
 from mixjax.train.metrics import RunMetrics
 
 
@@ -85,17 +85,23 @@ class StepInfo:
 class Hook:
     """``fn(info)`` after every ``every``-th step and after the last one. ``sync``: ``fn``
     needs every step so far fetched and checked for non-finite losses first (evaluation,
-    checkpoints: never save past an unchecked NaN)."""
+    checkpoints: never save past an unchecked NaN). ``when``: a predicate of the step
+    number that decides instead of ``every`` (e.g. a timer); it is asked once per step,
+    before any hook of that step runs, and not at the last step (every hook runs then)."""
 
     fn: Callable[[StepInfo], None]
     every: int = 1
     sync: bool = False
+    when: Callable[[int], bool] | None = None
+
+    def due(self, step: int) -> bool:
+        return self.when(step) if self.when is not None else step % self.every == 0
 
 
 def run_hooks(hooks: Sequence[Hook], info: StepInfo) -> None:
     """Run the hooks due at ``info.step``, in order; ``info.sync`` tells them whether a due
     hook needs the checked run."""
-    due = [h for h in hooks if info.final or info.step % h.every == 0]
+    due = [h for h in hooks if info.final or h.due(info.step)]
     info = dataclasses.replace(info, sync=info.final or any(h.sync for h in due))
     for hook in due:
         hook.fn(info)
@@ -164,32 +170,89 @@ class Evaluation:
                  + " ".join(f"{n}={v:.4f}" for n, v in losses.items()) + (" *best" if improved else ""))
 
 
+@dataclasses.dataclass(frozen=True)
+class BestParams:
+    """The best evaluation's parameters, held on the devices (in the dtype the checkpoint
+    hook keeps them in) until they are written; ``meta``, ``total``: as at that step."""
+
+    step: int
+    params: Any
+    meta: dict
+    total: float
+
+
 class Checkpointing:
-    """Two hooks on one RunCheckpoints (see mixjax.train.checkpoint):
+    """The run's checkpoints (one RunCheckpoints; layout in mixjax.train.checkpoint):
 
-    - :meth:`full` (every ``every`` steps and at the end, sync): the full state, to resume from;
-    - :meth:`best` (after each evaluation, sync): params only, when that evaluation lowered
-      the best total on a step without a full save.
+    - :meth:`best` (after each evaluation, sync): an evaluation that lowered the best
+      total keeps a device copy of the params (``keep_best(params)``: e.g. cast to the
+      compute dtype) and writes nothing;
+    - :meth:`save` (when :meth:`due`: every ``every`` steps, every ``interval_s`` seconds
+      of training, or on SIGTERM/SIGUSR1 (``preemption``); sync): the full state, to resume
+      from, preceded by the kept best params when they are of an earlier step (a full
+      save of the best step itself carries its validation total; orbax keeps it). After a
+      signal the run stops with :class:`Preempted` once the save is on disk;
+    - at the last step: only the kept best params, if not written yet (nothing resumes a
+      finished run, so no full state is written at the end).
 
-    Register both after the Evaluation hook: a step is saved at most once, a full save
-    carrying that step's validation total when it was evaluated (orbax keeps the best
-    step by it). Each save's meta holds the data position (``data_state()``) and the
-    RunRecord."""
+    So a run writes ``saves x (full state + best params) + best params`` bytes, whatever
+    its number of evaluations (saves: 0 for a run shorter than ``interval_s``). A crash
+    loses at most the steps since the last full save: the rerun replays them bit-exactly,
+    evaluations and best included. Register :meth:`best` and :meth:`save` after the
+    Evaluation hook. Each save's meta holds the data position (``data_state()``) and the
+    RunRecord.
+    """
 
-    def __init__(self, checkpoints: RunCheckpoints, data_state: Callable[[], dict], every: int) -> None:
-        self.checkpoints, self.data_state, self.every = checkpoints, data_state, every
+    def __init__(
+        self, checkpoints: RunCheckpoints, data_state: Callable[[], dict], *, every: int | None = None,
+        interval_s: float | None = None, keep_best: Callable[[Any], Any] = lambda params: params,
+        preemption: Any = None, clock: Callable[[], float] = time.monotonic,
+        agree: Callable[[bool], bool] = lambda wanted: wanted, poll_every: int = 1,
+    ) -> None:
+        self.checkpoints, self.data_state, self.every, self.interval_s = checkpoints, data_state, every, interval_s
+        self.keep_best, self.preemption, self.clock, self.agree = keep_best, preemption, clock, agree
+        self.poll_every = poll_every
+        self.pending: BestParams | None = None
+        self._last_save, self._save_at = clock(), None
 
-    def full(self, info: StepInfo) -> None:
-        self._save(info, full=True)
+    def _meta(self, info: StepInfo) -> dict:
+        return {"data_state": self.data_state(), **info.record.to_meta()}
+
+    def due(self, step: int) -> bool:
+        """A full save after ``step``: by step count (the same on every process), or by timer
+        or signal, looked at every ``poll_every`` steps, where ``agree`` makes every process
+        take the same decision (any process wanting it; with several processes one tiny
+        all-gather, which waits for the step, hence not at every step)."""
+        by_steps = bool(self.every) and step % self.every == 0
+        polled = step % self.poll_every == 0
+        by_time = self.interval_s is not None and self.clock() - self._last_save >= self.interval_s
+        signalled = self.preemption is not None and self.preemption.received is not None
+        self._save_at = step if by_steps or (polled and self.agree(by_time or signalled)) else None
+        return self._save_at is not None
 
     def best(self, info: StepInfo) -> None:
-        is_full_step = info.final or info.step % self.every == 0
-        if info.record.best["step"] == info.step and not is_full_step:
-            self._save(info, full=False)
+        if info.record.best["step"] == info.step:
+            self.pending = BestParams(info.step, self.keep_best(info.state.params), self._meta(info), info.record.best["total"])
 
-    def _save(self, info: StepInfo, *, full: bool) -> None:
-        meta = {"data_state": self.data_state(), **info.record.to_meta()}
-        self.checkpoints.save(info.step, info.state, meta, total=info.record.total_at(info.step), full=full)
+    def save(self, info: StepInfo) -> None:
+        if info.step != self._save_at:  # the last step, not due: the best params only
+            self._write_best(before=info.step + 1)
+            return
+        self._write_best(before=info.step)
+        self.checkpoints.save(info.step, info.state, self._meta(info), total=info.record.total_at(info.step), full=True)
+        self._last_save = self.clock()
+        if self.preemption is not None and self.preemption.received is not None:
+            self.checkpoints.wait()
+            raise Preempted(info.run, info.step, self.preemption.received)
+
+    def _write_best(self, before: int) -> None:
+        """Write the kept best params if they are of a step before ``before`` (the full save
+        of their own step writes them)."""
+        if self.pending is not None and self.pending.step < before:
+            best = self.pending
+            self.checkpoints.save(best.step, best, best.meta, total=best.total, full=False)
+        if self.pending is not None and self.pending.step <= before:
+            self.pending = None
 
 
 class Profile:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -34,6 +35,7 @@ from mixjax.io import is_primary_process, write_json_atomic
 from mixjax.model.llama import ModelConfig
 from mixjax.train.checkpoint import RunCheckpoints, abstract_like
 from mixjax.train.errors import DataExhaustedError
+from mixjax.train.preemption import PreemptionSignal, any_process
 from mixjax.train.hooks import Checkpointing, Evaluation, Hook, Profile, Progress, RunRecord, StepInfo, TrainMetrics, run_hooks
 from mixjax.train.metrics import RunMetrics, peak_flops
 from mixjax.train.optimizer import OptimizerConfig, make_optimizer, steps_for_budget
@@ -65,9 +67,21 @@ class TrainConfig:
     epochs: float = result(3.0)
     max_steps: int | None = result(None)  # optimizer steps; default: steps_for_budget (floor)
     eval_every: int = result(50)  # which checkpoint is the best one depends on it
-    checkpoint_every: int = neutral(50, "full checkpoints only serve resuming, which is bit-exact")
+    # Full saves (params + optimizer state + data position) only serve resuming, which is
+    # bit-exact: every ``checkpoint_interval_s`` seconds of training (levanter saves on a
+    # timer too), on SIGTERM/SIGUSR1 (SLURM's preemption and time-limit warning), and, if
+    # set, every ``checkpoint_every`` steps. Never at an evaluation or at the end.
+    checkpoint_every: int | None = neutral(None, "full checkpoints only serve resuming, which is bit-exact")
+    checkpoint_interval_s: float | None = neutral(1800.0, "full checkpoints only serve resuming, which is bit-exact")
+    # The best evaluation's params, written once per run: in the model's compute dtype
+    # (None; bf16 for the 8B presets: 2 bytes/param) or e.g. "float32".
+    best_params_dtype: str | None = neutral(None, "storage of the kept params; the run's losses are measured before")
     seed: int = result(0)
     mesh_shape: tuple[int, int, int] | None = neutral(None, "device layout: float reduction order only (see the class docstring)")
+    # Multi-node: the mesh across nodes (processes); mesh_shape then lays out ONE node's
+    # devices and the sizes multiply (MaxText's dcn_* x ici_*), e.g. (-1, 1, 1): data
+    # parallel across nodes, FSDP (mesh_shape=(1,-1,1)) within. None: mesh_shape spans all.
+    dcn_mesh_shape: tuple[int, int, int] | None = neutral(None, "device layout: float reduction order only (see the class docstring)")
     optimizer: OptimizerConfig = result(OptimizerConfig())
     profile: bool = neutral(False, "a jax.profiler trace of a few steps into workdir/profile")
     # positions per cross-entropy chunk; 0 = full logits; None = auto
@@ -114,8 +128,9 @@ class Trainer:
     def __init__(self, model: ModelConfig, cfg: TrainConfig, devices=None) -> None:
         self.model, self.cfg = model, cfg
         self.loss_chunk = resolve_loss_chunk(model, cfg.loss_chunk)
-        self.mesh = make_mesh(cfg.mesh_shape, devices)
-        if (error := batch_split_error(cfg.batch_size, cfg.mesh_shape, self.mesh.size)) is not None:
+        self.mesh = make_mesh(cfg.mesh_shape, devices, cfg.dcn_mesh_shape)
+        nodes = len({d.process_index for d in self.mesh.devices.flat})
+        if (error := batch_split_error(cfg.batch_size, cfg.mesh_shape, self.mesh.size, dcn_shape=cfg.dcn_mesh_shape, nodes=nodes)) is not None:
             raise ValueError(error)  # else jax fails at the first step, naming a shape, not the fix
         self.tx = make_optimizer(cfg.optimizer)
         self.traces: collections.Counter[str] = collections.Counter()
@@ -135,6 +150,7 @@ class Trainer:
             out_shardings=(self.state_shardings, self.replicated),
             donate_argnums=0,
         )
+        self._best_copies: dict = {}
         self._eval = jax.jit(
             self._counted("eval", functools.partial(eval_step, model, self.loss_chunk)),
             in_shardings=(self.state_shardings.params, {k: self.eval_sharding for k in BATCH_KEYS}),
@@ -149,10 +165,10 @@ class Trainer:
         return traced
 
     def compile_key(self) -> tuple:
-        return (self.model, self.cfg.optimizer, self.cfg.mesh_shape, self.loss_chunk)
+        return (self.model, self.cfg.optimizer, self.cfg.mesh_shape, self.cfg.dcn_mesh_shape, self.loss_chunk)
 
     def check_compatible(self, model: ModelConfig, cfg: TrainConfig) -> None:
-        other = (model, cfg.optimizer, cfg.mesh_shape, resolve_loss_chunk(model, cfg.loss_chunk))
+        other = (model, cfg.optimizer, cfg.mesh_shape, cfg.dcn_mesh_shape, resolve_loss_chunk(model, cfg.loss_chunk))
         if other != self.compile_key():
             raise ValueError("this Trainer was built for another model/optimizer/mesh/loss_chunk; build a new one")
 
@@ -164,8 +180,10 @@ class Trainer:
         return state.replace(total_steps=_to_global(np.asarray(total_steps, np.int32), self.state_shardings.total_steps))
 
     def with_params(self, state: TrainState, params) -> TrainState:
-        """Replace the (unboxed) parameter values, e.g. with a loaded checkpoint; resets the optimizer."""
-        values = jax.tree.map(lambda s, v: _to_global(np.asarray(v), s), self.state_shardings.params, nn.unbox(params))
+        """Replace the (unboxed) parameter values, e.g. with a loaded checkpoint; resets the
+        optimizer. Host arrays are transferred; device arrays (``mixjax.model.hf.load_hf_params``,
+        e.g. bf16) are cast to the param dtype and placed on the devices, never via the host."""
+        values = jax.tree.map(self._param_value, self.state_shardings.params, nn.unbox(params), nn.unbox(state.params))
         boxed = jax.tree.map(
             lambda box, value: box.replace_boxed(value) if isinstance(box, nn.LogicallyPartitioned) else value,
             state.params, values, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned),
@@ -173,6 +191,23 @@ class Trainer:
         with self.mesh:
             opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(boxed)
         return state.replace(params=boxed, opt_state=opt_state)
+
+    def best_copy(self, params, dtype: str | None = None):
+        """A new device copy of (boxed) ``params`` in ``dtype`` (default: the model's
+        compute dtype), sharded as the params: what the best evaluation keeps until it is
+        written (bf16: a sixth of the full state's 12 bytes per parameter)."""
+        dtype = jnp.dtype(dtype or self.model.dtype)
+        if dtype not in self._best_copies:
+            cast = lambda tree: jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+            self._best_copies[dtype] = jax.jit(cast, out_shardings=self.state_shardings.params)
+        with self.mesh:
+            return self._best_copies[dtype](params)
+
+    def _param_value(self, sharding: NamedSharding, value, like: jax.Array) -> jax.Array:
+        if not isinstance(value, jax.Array):
+            return _to_global(np.asarray(value, like.dtype), sharding)
+        with self.mesh:
+            return jax.jit(lambda v: v.astype(like.dtype), out_shardings=sharding)(value)
 
     def step(self, state: TrainState, batch: Mapping[str, np.ndarray]) -> tuple[TrainState, dict]:
         """One optimizer update; arrays (grad_accum, B, T) or (B, T) for no accumulation.
@@ -228,8 +263,7 @@ def train(
       NonFiniteLossError, DataExhaustedError: result.json is then not written; the
         checkpoints written stay. ValueError: no training examples.
     """
-    workdir = Path(workdir)
-    run = workdir.name
+    workdir, run = Path(workdir), Path(workdir).name
     if not train_examples:
         raise ValueError(f"run {run!r}: the mixture selected no training examples")
     trainer.check_compatible(trainer.model, cfg)
@@ -248,13 +282,13 @@ def train(
         metrics = TrainMetrics(out, flops_per_token=trainer.model.flops_per_token(cfg.seq_len), peak_flops=_mesh_peak_flops(trainer.mesh))
         val_batches = multi_domain_eval_batches(val_sets, seq_len=cfg.seq_len, batch_size=cfg.batch_size)
         evaluation = Evaluation(lambda params: trainer.evaluate(params, val_batches, list(val_sets)), out, log)
-        checkpointing = Checkpointing(checkpoints, data.get_state, every=cfg.checkpoint_every)
+        checkpointing = _checkpointing(trainer, cfg, checkpoints, data, stack.enter_context(PreemptionSignal()))
         all_hooks = [
             Hook(metrics),
             *([Hook(stack.enter_context(contextlib.closing(Profile(workdir / "profile", start=step + 2))))] if cfg.profile else []),
             Hook(evaluation, every=cfg.eval_every, sync=True),
             Hook(checkpointing.best, every=cfg.eval_every, sync=True),
-            Hook(checkpointing.full, every=cfg.checkpoint_every, sync=True),
+            Hook(checkpointing.save, sync=True, when=checkpointing.due),
             *([Hook(stack.enter_context(contextlib.closing(Progress(run, total_steps, initial=step))))] if progress else []),
             *hooks,
         ]
@@ -304,6 +338,15 @@ class _Batches:
         if self._it is not None:
             self._it.close()
             self._it = None
+
+
+def _checkpointing(trainer: Trainer, cfg: TrainConfig, checkpoints: RunCheckpoints, data, preemption: PreemptionSignal) -> Checkpointing:
+    """The run's checkpoint hooks (mixjax.train.hooks.Checkpointing) as ``cfg`` says."""
+    return Checkpointing(
+        checkpoints, data.get_state, every=cfg.checkpoint_every, interval_s=cfg.checkpoint_interval_s,
+        keep_best=functools.partial(trainer.best_copy, dtype=cfg.best_params_dtype), preemption=preemption, agree=any_process,
+        poll_every=1 if jax.process_count() == 1 else 10,  # SLURM warns 300 s ahead: 10 steps of an 8B run fit
+    )
 
 
 def _start_or_resume(trainer: Trainer, checkpoints: RunCheckpoints, data, seed: int, init_params, log: Callable[[str], None], run: str):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -42,35 +42,90 @@ def resolve_mesh_shape(shape: Sequence[int] | None, device_count: int) -> tuple[
     return tuple(shape)
 
 
-def batch_split_error(batch_size: int, shape: Sequence[int] | None, device_count: int, key: str = "train") -> str | None:
+def mesh_sizes(shape: Sequence[int] | None, device_count: int, dcn_shape: Sequence[int] | None = None, nodes: int = 1) -> tuple[int, int, int]:
+    """The global (data, fsdp, tensor) sizes. Without ``dcn_shape``: ``shape`` over all
+    ``device_count`` devices. With it (MaxText's dcn/ici split): ``shape`` lays out the
+    devices of ONE node (``device_count // nodes``) and ``dcn_shape`` the ``nodes``; the
+    sizes multiply, e.g. (1, -1, 1) within 8-GPU nodes and (-1, 1, 1) across 4 nodes give
+    (4, 8, 1): FSDP over NVLink, data parallel over the network. ValueError on a mismatch."""
+    if dcn_shape is None:
+        return resolve_mesh_shape(shape, device_count)
+    if nodes < 1 or device_count % nodes:
+        raise ValueError(f"{device_count} devices do not split evenly over {nodes} nodes")
+    ici, dcn = resolve_mesh_shape(shape, device_count // nodes), resolve_mesh_shape(dcn_shape, nodes)
+    return tuple(i * d for i, d in zip(ici, dcn))
+
+
+def batch_split_error(
+    batch_size: int, shape: Sequence[int] | None, device_count: int, key: str = "train",
+    dcn_shape: Sequence[int] | None = None, nodes: int = 1,
+) -> str | None:
     """Why a global batch of ``batch_size`` rows cannot be split over the data-parallel
-    devices (data x fsdp) of the mesh, with the numbers and the fix; None when it can.
-    Each data-parallel device holds whole rows (``batch_sharding``), so data x fsdp must
-    divide the batch (else jax raises at the first step)."""
+    devices (data x fsdp) of the mesh (:func:`mesh_sizes`), with the numbers and the fix;
+    None when it can. Each data-parallel device holds whole rows (``batch_sharding``), so
+    data x fsdp must divide the batch (else jax raises at the first step)."""
     try:
-        data, fsdp, tensor = resolve_mesh_shape(shape, device_count)
+        data, fsdp, tensor = mesh_sizes(shape, device_count, dcn_shape, nodes)
     except ValueError as err:
         return f"{key}.mesh_shape: {err}"
     parallel = data * fsdp
     if batch_size % parallel == 0:
         return None
-    rows = math.gcd(batch_size, device_count)
-    return (
+    where = f"{device_count} devices" if dcn_shape is None else f"{nodes} nodes x {device_count // nodes} devices"
+    head = (
         f"{key}.batch_size={batch_size} cannot be split over the {parallel} data-parallel devices"
-        f" (mesh (data, fsdp, tensor) = ({data}, {fsdp}, {tensor}) on {device_count} devices; every device"
+        f" (mesh (data, fsdp, tensor) = ({data}, {fsdp}, {tensor}) on {where}; every device"
         f" needs whole rows): set {key}.batch_size to a multiple of {parallel}"
-        f" (e.g. --set {key}.batch_size={-(-batch_size // parallel) * parallel}), or {key}.mesh_shape so that"
-        f" data x fsdp divides {batch_size} (e.g. --set '{key}.mesh_shape=({rows},1,{device_count // rows})')"
+        f" (e.g. --set {key}.batch_size={-(-batch_size // parallel) * parallel})"
     )
+    if dcn_shape is None:
+        rows = math.gcd(batch_size, device_count)
+        return head + f", or {key}.mesh_shape so that data x fsdp divides {batch_size} (e.g. --set '{key}.mesh_shape=({rows},1,{device_count // rows})')"
+    return head + _node_fixes(batch_size, device_count // nodes, resolve_mesh_shape(dcn_shape, nodes), key)
 
 
-def make_mesh(shape: Sequence[int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+def _node_fixes(batch_size: int, per_node: int, dcn: tuple[int, int, int], key: str) -> str:
+    """The multi-node fixes: tensor parallelism within each node, or fewer nodes."""
+    across = dcn[0] * dcn[1]
+    tensor = next((t for t in range(2, per_node + 1) if per_node % t == 0 and batch_size % (across * per_node // t) == 0), None)
+    fixes = [f"--set '{key}.mesh_shape=(1,-1,{tensor})' (tensor parallel over {tensor} devices of a node)"] if tensor else []
+    fewer = [n for n in range(across - 1, 0, -1) if batch_size % (n * per_node) == 0]
+    fixes += [f"sbatch --nodes={fewer[0]}"] if fewer and dcn[2] == 1 else []
+    return "".join(f", or {fix}" for fix in fixes)
+
+
+def make_mesh(
+    shape: Sequence[int] | None = None, devices: Sequence[jax.Device] | None = None, dcn_shape: Sequence[int] | None = None,
+) -> Mesh:
     """A (data, fsdp, tensor) mesh; by default every device on the data axis.
 
-    One ``-1`` entry takes the remaining devices, e.g. (-1, 1, 2).
+    One ``-1`` entry takes the remaining devices, e.g. (-1, 1, 2). With ``dcn_shape``,
+    ``shape`` lays out each process's devices (one process per node) and ``dcn_shape`` the
+    processes (:func:`hybrid_device_grid`).
     """
     devices = list(devices if devices is not None else jax.devices())
-    return Mesh(np.asarray(devices).reshape(resolve_mesh_shape(shape, len(devices))), MESH_AXES)
+    if dcn_shape is None:
+        return Mesh(np.asarray(devices).reshape(resolve_mesh_shape(shape, len(devices))), MESH_AXES)
+    return Mesh(hybrid_device_grid(devices, shape, dcn_shape, node_of=lambda d: d.process_index), MESH_AXES)
+
+
+def hybrid_device_grid(devices: Sequence, shape: Sequence[int] | None, dcn_shape: Sequence[int], node_of: Callable) -> np.ndarray:
+    """Devices (any objects with an ``id``) as a (data, fsdp, tensor) array: each node's
+    devices (``node_of(device)``, ordered by id) laid out by ``shape``, the nodes by
+    ``dcn_shape`` (:func:`mesh_sizes`). Along every axis the node index varies slowest, so
+    an axis that ``dcn_shape`` leaves at 1 has all its devices, and its collectives, within
+    one node. ValueError when nodes hold different numbers of devices."""
+    groups: dict = {}
+    for d in sorted(devices, key=lambda d: d.id):
+        groups.setdefault(node_of(d), []).append(d)
+    sizes = {len(g) for g in groups.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"nodes hold different numbers of devices: {sorted(sizes)}")
+    ici, dcn = resolve_mesh_shape(shape, sizes.pop()), resolve_mesh_shape(dcn_shape, len(groups))
+    grid = np.empty((len(groups), *ici), dtype=object)
+    for i, key in enumerate(sorted(groups)):
+        grid[i] = np.asarray(groups[key], dtype=object).reshape(ici)
+    return grid.reshape(*dcn, *ici).transpose(0, 3, 1, 4, 2, 5).reshape([d * i for d, i in zip(dcn, ici)])
 
 
 def current_mesh() -> Mesh | AbstractMesh | None:

@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from mixjax.model.llama import Decoder, ModelConfig, head_logits
 from mixjax.train.optimizer import OptimizerConfig, learning_rate
-from mixjax.train.sharding import axis_size, current_mesh
+from mixjax.train.sharding import axis_size, constrain, current_mesh
 
 Batch = dict[str, jax.Array]
 
@@ -52,6 +52,18 @@ def _head(config: ModelConfig, params) -> jax.Array:
     return p["embed_tokens"]["embedding"].T if config.tie_embeddings else p["lm_head"]["kernel"]
 
 
+def compute_head(config: ModelConfig, params) -> jax.Array:
+    """The output projection (dim, vocab) for the chunked loss, cast to the compute dtype
+    ON ITS SHARDS (placed as ``embed``, ``vocab`` say): FSDP then gathers it in bf16, half
+    the bytes of the float32 master copy, and reduce-scatters its gradient in bf16 (summed
+    over the chunks in float32 first). The logits do not change: :func:`head_logits` casts
+    its operands to the compute dtype anyway. The layers' weights need no such cast: XLA's
+    SPMD partitioner already gathers them after flax's cast to bf16 (benchmarks/collectives.py)."""
+    head = _head(config, params)
+    dtype = jnp.dtype(config.dtype)
+    return head if head.dtype == dtype else constrain(head.astype(dtype), ("embed", "vocab"))
+
+
 def _chunk_cross_entropy(h: jax.Array, head: jax.Array, y: jax.Array, dtype, vocab_axis) -> jax.Array:
     """Cross-entropies (b, c) of one chunk: hidden (b, c, D), head (D, V_local) float32,
     targets (b, c). The matmul takes ``dtype`` operands (bf16 on accelerators) and
@@ -72,8 +84,12 @@ def _chunk_cross_entropy(h: jax.Array, head: jax.Array, y: jax.Array, dtype, voc
 def _local_chunked_cross_entropy(hidden, head, targets, chunk: int, dtype, embed_axis=None, vocab_axis=None, row_axes=()) -> jax.Array:
     b, t, d = hidden.shape
     if embed_axis is not None:
-        # The FSDP-sharded head, gathered ONCE for all chunks (its gradient: one reduce-scatter).
+        # The FSDP-sharded head (compute dtype: compute_params), gathered ONCE for all
+        # chunks (its gradient: one reduce-scatter).
         head = jax.lax.all_gather(head, embed_axis, axis=0, tiled=True)
+    # Float32 from here: the chunks' head gradients are summed in float32 (head_logits
+    # casts its operands to ``dtype`` anyway).
+    head = head.astype(jnp.float32)
     # The head meets rows that differ per device: mark it device-varying HERE, outside the
     # chunk loop, so the gradient's sum over the row axes (the transpose) runs once,
     # after the loop, instead of once per chunk inside it.
@@ -132,7 +148,7 @@ def token_cross_entropy(config: ModelConfig, params, batch: Batch, loss_chunk: i
     args = (batch["inputs"], batch["positions"], batch["segment_ids"])
     if loss_chunk:
         hidden = decoder.apply({"params": params}, *args, return_hidden=True)
-        return chunked_cross_entropy(hidden, _head(config, params), batch["targets"], loss_chunk, jnp.dtype(config.dtype))
+        return chunked_cross_entropy(hidden, compute_head(config, params), batch["targets"], loss_chunk, jnp.dtype(config.dtype))
     logits = decoder.apply({"params": params}, *args)
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
 
