@@ -29,6 +29,7 @@ import numpy as np
 
 from mixjax.cache import cached_call, small_program_jit
 from mixjax.mixing.baselines import proportional_weights, uniform_weights
+from mixjax.mixing.fit.config import FitConfig
 from mixjax.mixing.fit.result import Fit
 from mixjax.mixing.law import AnyLawParams, LawParams, TransferLawParams, total_loss
 from mixjax.mixing.solve import Constraints, project_bounded_simplex, projected_newton, weight_bounds
@@ -120,7 +121,7 @@ def decide_weights(fit: Fit, budget: float, constraints: Constraints, optimum: n
     Raises:
       ValueError: the constraints are infeasible at ``budget`` (checked by the solve).
     """
-    cfg = fit.config.decision
+    cfg = (fit.config or FitConfig()).decision  # a fit.json without a recorded config: the defaults
     laws, families = plausible_laws(fit)
     importance = np.asarray(constraints.importance, np.float64) * fit.has_law
     lo, hi = (np.asarray(a, np.float64) for a in weight_bounds(jax.tree.map(lambda a: np.asarray(a, np.float64), constraints), budget, xp=np))
