@@ -127,7 +127,7 @@ def plot_simplex(fit: Fit, budget, optimum, validated: dict[str, np.ndarray], pa
             ax.scatter(*xy(np.asarray(w)), color="white", edgecolor="black", s=25 if label.startswith("grid") else 60, zorder=3)
             if not label.startswith("grid"):
                 ax.annotate(label, xy(np.asarray(w)), fontsize=7, color="white", xytext=(4, 4), textcoords="offset points")
-    ax.scatter(*xy(np.asarray(optimum)), marker="*", color="red", s=200, zorder=4, label="optimum")
+    ax.scatter(*xy(np.asarray(optimum)), marker="*", color="red", s=200, zorder=4, label="recommended")
     names = fit.domains
     for (x, y), name in zip([(0, 0), (1, 0), (0.5, np.sqrt(3) / 2)], names):
         ax.annotate(name, (x, y), ha="center", va="top" if y == 0 else "bottom", fontsize=9)
