@@ -282,7 +282,10 @@ def refit_group(family: str, tokens, losses, measured_cols, sample_losses: np.nd
     resampled = np.repeat(loss[:, None, :], len(sample_losses), axis=1)  # (D, B, R padded)
     resampled[:, :, :r] = np.where(measured[:, None, :r], np.transpose(sample_losses, (2, 0, 1)), resampled[:, :, :r])
     inputs = (pad_tokens, resampled, measured, onehots, free, prec, weak, np.asarray(full, np.float64))
-    statics = {k: v for k, v in statics.items() if k != "iterations"}
+    # Full-length refits: warm-started refits stopped early stay near the full fit and make
+    # the plausible laws too alike (measured: harm on benchmarks/procedure.py 50% -> 28% of
+    # the harmful cases' re-runs).
+    statics = {k: v for k, v in statics.items() if k not in ("iterations", "fold_iterations")} | {"fold_iterations": statics["iterations"]}
     work = onehots.shape[0] * len(sample_losses) * pad_tokens.shape[0]
     program = compiled("family-refits", functools.partial(_refit_all, **statics), inputs, compiler_options=options_for(work))
     return np.swapaxes(np.asarray(program(*inputs)), 0, 1)
