@@ -267,8 +267,6 @@ def main(argv: list[str] | None = None) -> int:
         per_example = export_tokens_per_example(args.export, table.domains, args.tokens_per_example)
         constraints = _constraints(args, table)
         check_budgets(args.budget)
-        if any(b <= 0 for b in args.budget):
-            raise ValueError(f"--budget must be positive, got {args.budget}")
         cfg = fit_config(args)
         enable_compilation_cache()
         key = jax.random.key(args.seed)  # the pipeline's keys: fit.json + --fit-config give its weights

@@ -32,7 +32,7 @@ from mixjax.mixing.baselines import proportional_weights, uniform_weights
 from mixjax.mixing.fit.config import FitConfig
 from mixjax.mixing.fit.result import Fit
 from mixjax.mixing.law import AnyLawParams, LawParams, TransferLawParams, total_loss
-from mixjax.mixing.solve import Constraints, project_bounded_simplex, projected_newton, weight_bounds
+from mixjax.mixing.solve import Constraints, host_weight_bounds, project_bounded_simplex, projected_newton
 
 STRENGTHS = np.concatenate([[0.0], np.geomspace(1e-5, 3.0, 12)])  # nats; the prior itself is the limit
 
@@ -124,7 +124,7 @@ def decide_weights(fit: Fit, budget: float, constraints: Constraints, optimum: n
     cfg = (fit.config or FitConfig()).decision  # a fit.json without a recorded config: the defaults
     laws, families = plausible_laws(fit)
     importance = np.asarray(constraints.importance, np.float64) * fit.has_law
-    lo, hi = (np.asarray(a, np.float64) for a in weight_bounds(jax.tree.map(lambda a: np.asarray(a, np.float64), constraints), budget, xp=np))
+    lo, hi = host_weight_bounds(constraints, budget)
     k = len(fit.domains)
     baselines = {"uniform": uniform_weights(k)}
     if np.all(np.isfinite(constraints.available)):

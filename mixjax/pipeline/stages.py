@@ -380,16 +380,19 @@ class Pipeline:
         self.store.write_plan(specs, dict(zip(cfg.domain_names, map(int, available))))
         self.store.log(f"plan: {len(specs)} perturbation runs (4k+1 with k={len(cfg.domain_names)}), base {cfg.base_tokens:,} tokens per domain")
 
+    def adaptive_specs(self) -> list[RunSpec]:
+        """The adaptive rounds' runs recorded so far (adaptive.json)."""
+        return [RunSpec(**r) for r in (self.store.read_json("adaptive.json") or {"runs": []})["runs"]]
+
     def perturbation_specs(self) -> list[RunSpec]:
         """The 4k+1 runs of plan.json and the adaptive rounds' runs recorded so far."""
-        adaptive = self.store.read_json("adaptive.json") or {"runs": []}
-        return [s for s in self.store.plan() if s.kind == "perturb"] + [RunSpec(**r) for r in adaptive["runs"]]
+        return [s for s in self.store.plan() if s.kind == "perturb"] + self.adaptive_specs()
 
     def adaptive_round(self, index: int, fit: Fit) -> list[RunSpec]:
         """Round ``index``'s proposed runs (k mixtures at the base run's budget), proposed from
         ``fit`` once and recorded in adaptive.json (a rerun trains the recorded ones)."""
-        recorded = self.store.read_json("adaptive.json") or {"runs": []}
-        mine = [RunSpec(**r) for r in recorded["runs"] if r["name"].startswith(f"adapt{index}-")]
+        recorded = self.adaptive_specs()
+        mine = [s for s in recorded if s.name.startswith(f"adapt{index}-")]
         if mine:
             return mine
         names, budget = self.config.domain_names, self.validate_budget
@@ -400,8 +403,7 @@ class Pipeline:
         base = self.config.base_tokens * len(names)
         specs = [RunSpec(f"adapt{index}-{i}", "perturb", token_budgets(w, base, names), dict(zip(names, map(float, w))))
                  for i, w in enumerate(mixtures)]
-        every = [RunSpec(**r) for r in recorded["runs"]] + specs
-        self.store.write_json("adaptive.json", {"runs": [dataclasses.asdict(s) for s in every]})
+        self.store.write_json("adaptive.json", {"runs": [dataclasses.asdict(s) for s in recorded + specs]})
         return specs
 
     def stage_perturb(self) -> None:
