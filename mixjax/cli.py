@@ -49,7 +49,7 @@ BUDGET = Allowed(0.0, open_low=True, meaning="total training tokens N, in the ru
 # What each per-domain flag may hold; a flag not named here takes any finite number.
 FLAG_VALUES: Mapping[str, Allowed] = {
     "--lower": WEIGHT_BOUND, "--upper": WEIGHT_BOUND, "--available": AVAILABLE, "--importance": IMPORTANCE,
-    "--weights": WEIGHT, "--tokens-per-example": TOKENS_PER_EXAMPLE,
+    "--weights": WEIGHT, "--tokens-per-example": TOKENS_PER_EXAMPLE, "--objective": IMPORTANCE,
     "lower": WEIGHT_BOUND, "upper": WEIGHT_BOUND, "importance": IMPORTANCE,
 }
 
@@ -85,7 +85,7 @@ def per_domain_values(items: Sequence[str], domains: Sequence[str], flag: str, *
         if not sep:
             raise ValueError(f"{flag}: {item!r} is not name=number")
         if name not in domains:
-            raise ValueError(f"{flag}: unknown domain {name!r} (domains: {', '.join(domains)})")
+            raise ValueError(f"{flag}: unknown domain {name!r} (have: {', '.join(domains)})")
         out[name] = check_value(value, allowed, f"{flag} {name}")
     missing = [d for d in domains if d not in out]
     if required and missing:

@@ -31,6 +31,7 @@ from mixjax.mixing.export import FORMATS, export_tokens_per_example, export_weig
 from mixjax.mixing.fit.config import ALPHA_MODES, FAMILY_CHOICES, PROCEDURES, FitConfig
 from mixjax.mixing.fit.result import Fit, predict
 from mixjax.mixing.mixture import MixtureReport, optimise_mixture
+from mixjax.mixing.objective import objective_importance
 from mixjax.mixing.runs import RunTableError, read_run_table
 from mixjax.mixing.solve import Constraints
 
@@ -56,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     out.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     out.add_argument("--export", choices=FORMATS, help="print the weights in this tool's format instead of the tables")
     p.add_argument("--importance", nargs="*", metavar="D=S", help="per-domain loss weight s_i (default 1)")
+    p.add_argument("--objective", nargs="*", metavar="NAME=S",
+                   help="what the solve minimises: sum of S x loss over these domains or targets (loss.<name> columns without"
+                        " tokens.<name>), the others 0; default every measured domain at 1, targets at 0")
     p.add_argument("--available", nargs="*", metavar="D=TOKENS", help="tokens available per domain")
     p.add_argument("--lower", nargs="*", metavar="D=W", help="lower bound on a weight")
     p.add_argument("--upper", nargs="*", metavar="D=W", help="upper bound on a weight")
@@ -94,6 +98,8 @@ def check_flags(args: argparse.Namespace) -> list[str]:
         raise ValueError("--predict: predictions are not part of an --export; use --json or the tables with --predict")
     if args.export and args.propose:
         raise ValueError("--propose: proposals are not part of an --export; use --json or the tables with --propose")
+    if args.objective is not None and args.importance is not None:
+        raise ValueError("--importance and --objective both set the objective's weights: give one (--objective NAME=S ... covers targets too)")
     if args.max_epochs is not None and not args.available:
         raise ValueError("--max-epochs caps the passes over the available tokens: give --available too")
     if args.max_epochs is not None and not args.max_epochs > 0:
@@ -138,8 +144,8 @@ def fit_config(args: argparse.Namespace) -> FitConfig:
 
 
 def _law_lines(fit: Fit) -> list[str]:
-    """The fitted-parameter table, one line per domain."""
-    names = fit.domains
+    """The fitted-parameter table, one line per domain and target."""
+    names = fit.outputs
     width = max(8, *(len(n) for n in names))
     how = f"family {fit.family}" + ("; M_i = (sum_j t_ij x_j^rho_i)^(1/rho_i)" if fit.family == "transfer" else "")
     if fit.config is not None and fit.config.two_stage_only:
@@ -152,7 +158,7 @@ def _law_lines(fit: Fit) -> list[str]:
         if not diag.measured:
             lines.append(f"  {name:<{width}} (trained, never measured: no law of its own)")
             continue
-        alpha = diag.two_stage.alpha_choice if diag.two_stage else "fitted"
+        alpha = diag.two_stage.alpha_choice if diag.two_stage else ("target" if i >= len(fit.domains) else "fitted")
         lines.append(
             f"  {name:<{width}} {p.beta[i]:9.4g} {p.c[i]:9.4g} {p.gamma[i]:9.4g} {p.alpha[i]:7.3f}"
             f" {p.e[i]:9.4g} {diag.num_runs:4d} {diag.rmse:9.2e} {diag.oof_rmse:9.2e} {diag.oof_max_rel_error:8.2%} {alpha:>7}"
@@ -220,9 +226,21 @@ def predictions(fit: Fit, path: str) -> dict:
     return {"domains": list(fit.domains), "losses": [[None if np.isnan(v) else float(v) for v in row] for row in losses]}
 
 
+def _objective(args: argparse.Namespace, table) -> np.ndarray:
+    """The objective's weights (P,) over the table's domains and targets."""
+    k = len(table.domains)
+    if args.objective is not None:
+        given = per_domain_values(args.objective, table.outputs, "--objective")
+        return objective_importance(table.outputs, k, table.measured, given)
+    importance = _per_domain(args.importance, table.domains, "--importance")
+    if importance is None:
+        return objective_importance(table.outputs, k, table.measured)
+    return np.concatenate([importance, np.zeros(len(table.targets))])
+
+
 def _constraints(args: argparse.Namespace, table) -> Constraints:
     names = table.domains
-    importance = _per_domain(args.importance, names, "--importance") or table.measured.astype(float).tolist()
+    importance = _objective(args, table)
     available = _per_domain(args.available, names, "--available")
     if available is not None and args.max_epochs is not None:
         available = [a * args.max_epochs for a in available]
@@ -232,12 +250,13 @@ def _constraints(args: argparse.Namespace, table) -> Constraints:
     )
 
 
-def _print(args: argparse.Namespace, report: MixtureReport, predicted: dict | None, proposals: np.ndarray | None, per_example=None) -> None:
+def _print(args: argparse.Namespace, report: MixtureReport, predicted: dict | None, proposals: np.ndarray | None, per_example=None,
+           objective: dict[str, float] | None = None) -> None:
     fit = report.fit
     if args.export:
         print(export_weights(args.export, fit.domains, {b.budget: b.weights for b in report.budgets}, seed=args.seed, tokens_per_example=per_example))
     elif args.json:
-        out = report.to_dict() | {"config": fit.config.to_dict()}
+        out = report.to_dict() | {"config": fit.config.to_dict(), "objective": objective}
         if fit.scores:
             out["family"] = {"chosen": fit.family, "scores": fit.scores, "candidates": list(fit.candidates), "notes": list(fit.notes)}
         if predicted is not None:
@@ -246,6 +265,7 @@ def _print(args: argparse.Namespace, report: MixtureReport, predicted: dict | No
             out["proposals"] = {"budget": proposals[0], "weights": proposals[1].tolist()}
         print(json.dumps(out))
     else:
+        print(f"Objective: minimise {' + '.join(f'{s:g} x loss.{n}' for n, s in (objective or {}).items() if s)}\n")
         print(format_report(report))
         if predicted is not None:
             print(f"\nPredicted losses for {args.predict} (one row per run):")
@@ -285,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for w in caught:
         print(f"mixjax.fit: warning: {w.message}", file=sys.stderr)
-    _print(args, report, predicted, proposals, per_example)
+    objective = dict(zip(table.outputs, np.asarray(constraints.importance).tolist()))
+    _print(args, report, predicted, proposals, per_example, objective)
     return 0
 
 

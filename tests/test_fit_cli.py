@@ -46,7 +46,8 @@ BASE = "tokens.a,tokens.b,loss.a,loss.b\n1,1,2.0,2.0\n0.5,1,2.1,\n2,1,1.9,\n1,0.
 @pytest.mark.parametrize(
     "text, message",
     [
-        (BASE.replace("loss.b", "loss.c"), "column loss.c has no tokens.c column"),
+        (BASE.replace("loss.b\n", "loss.b,loss.c\n"), "target loss.c (no tokens.c column) is empty in every run"),
+        (BASE.replace("loss.b\n1,1,2.0,2.0\n", "loss.b,loss.c\n1,1,2.0,2.0,3\n"), "target c has 1 runs with a measured loss"),
         (BASE.replace("0.5,1,2.1", "-0.5,1,2.1"), "runs.csv:3: tokens.a must be a finite number >= 0"),
         (BASE.replace("0.5,1,2.1", "0,0,2.1"), "runs.csv:3: the run trains no tokens"),
         (BASE.replace("2,1,1.9", "2,1,nan"), "runs.csv:4: loss.a is NaN"),

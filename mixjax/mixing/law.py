@@ -128,15 +128,23 @@ def other_tokens(params: AnyLawParams, tokens: Array) -> Array:
 
 
 def token_losses(params: AnyLawParams, tokens: Array) -> Array:
-    """Per-domain validation losses of runs with per-domain ``tokens`` (..., k) (any mix)."""
+    """Validation losses of runs with per-column ``tokens`` (..., P) (any mix; a target's column is 0)."""
     return domain_loss(params, tokens, other_tokens(params, tokens))
 
 
 def mixture_losses(params: AnyLawParams, weights: Array, budget: Array | float) -> Array:
-    """Per-domain validation losses of the mixture ``weights`` at token budget ``budget``."""
+    """Validation losses (..., P) of the mixture ``weights`` (..., k) at token budget
+    ``budget``: one per law output, the k domains then any targets (laws of entries past
+    the k-th, whose own tokens are 0: no mixture trains on a target)."""
+    targets = params.beta.shape[-1] - weights.shape[-1]
+    own, other = weights * budget, (1.0 - weights) * budget  # the paper's M_i = (1 - w_i) N: separable in w
+    if targets:
+        shape = (*own.shape[:-1], targets)
+        own = jnp.concatenate([own, jnp.zeros(shape, own.dtype)], axis=-1)
+        other = jnp.concatenate([other, jnp.broadcast_to(jnp.asarray(budget, other.dtype)[..., None], shape)], axis=-1)  # a target sees N
     if has_transfer(params):
-        return token_losses(params, weights * budget)
-    return domain_loss(params, weights * budget, (1.0 - weights) * budget)
+        return token_losses(params, own)
+    return domain_loss(params, own, other)
 
 
 def total_loss(
@@ -145,7 +153,8 @@ def total_loss(
     budget: Array | float,
     importance: Array | None = None,
 ) -> Array:
-    """The objective the solver minimises: ``sum_i s_i L_i(w, N)``."""
+    """The objective the solver minimises: ``sum_i s_i L_i(w, N)`` over every law output
+    (``importance`` (P,): the domains', then the targets')."""
     losses = mixture_losses(params, weights, budget)
     if importance is None:
         return jnp.sum(losses, axis=-1)

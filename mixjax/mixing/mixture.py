@@ -83,6 +83,7 @@ class MixtureReport:
         key = lambda b: f"{b.budget:g}"
         return {
             "domains": list(self.fit.domains),
+            "targets": list(self.fit.targets),
             "params": self.fit.params_dict(),
             "weights": {key(b): b.weights.tolist() for b in rows},
             "predicted_losses": {key(b): b.predicted_losses.tolist() for b in rows},

@@ -1,7 +1,10 @@
 """The run table: one row per training run, tokens and validation loss per domain.
 
 Columns ``tokens.<domain>`` (numbers >= 0, any unit; budgets use the same unit) and
-``loss.<domain>``. An empty loss cell means "not measured"; a literal NaN is an error. A
+``loss.<domain>``. A ``loss.<name>`` column without a ``tokens.<name>`` column is a
+*target*: a validation set no run trains on (a held-out benchmark, a downstream task's
+loss, a source that is not a training domain); it gets a law of every domain's tokens
+and can be (part of) the objective. An empty loss cell means "not measured"; a literal NaN is an error. A
 domain with a ``tokens.`` column but no ``loss.`` column (or only empty cells) was trained
 but never measured: its tokens count in the other domains' transfer and it gets no law of
 its own (RegMix's tables train 17 Pile domains and measure 13). A token count of 0 is a
@@ -36,11 +39,25 @@ class RunTableError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class RunTable:
+    """Runs (R) of k training domains: tokens (R, k) and the losses (R, k + T) of the
+    domains then the T targets (:attr:`outputs`), NaN where not measured."""
+
     domains: tuple[str, ...]
     tokens: np.ndarray  # (R, k)
-    losses: np.ndarray  # (R, k), NaN where not measured
+    losses: np.ndarray  # (R, k + T), NaN where not measured
     lines: tuple[int, ...]  # source line of each row
     source: str = "<table>"
+    targets: tuple[str, ...] = ()  # loss columns with no tokens column
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The loss columns: every domain, then every target."""
+        return self.domains + self.targets
+
+    @property
+    def output_tokens(self) -> np.ndarray:
+        """(R, k + T) tokens with a zero column per target (no run trains on a target)."""
+        return np.concatenate([self.tokens, np.zeros((len(self.tokens), len(self.targets)))], axis=1)
 
     @property
     def base_tokens(self) -> np.ndarray:
@@ -48,7 +65,7 @@ class RunTable:
 
     @property
     def measured(self) -> np.ndarray:
-        """(k,) bool: domains with at least one measured loss (the others get no law)."""
+        """(k + T,) bool: outputs with at least one measured loss (the others get no law)."""
         return ~np.all(np.isnan(self.losses), axis=0)
 
 
@@ -103,7 +120,7 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
             continue
         if len(cells) > len(header) and any(c.strip() for c in cells[len(header):]):
             raise RunTableError(f"{path}:{line}: {len(cells)} cells but the header has {len(header)} columns")
-        rows.append((line, dict(zip(header, cells))))
+        rows.append((line, dict(zip(header, cells + [""] * (len(header) - len(cells))))))  # a short row's missing cells are empty
     return rows
 
 
@@ -163,9 +180,8 @@ def parse_run_table(rows: list[tuple[int, dict]], source: str = "<table>", requi
         raise RunTableError(f"{source}: no tokens.<domain> columns (have: {', '.join(columns)})")
     if require_losses and not any(f"loss.{d}" in columns for d in domains):
         raise RunTableError(f"{source}: no loss.<domain> column (have: {', '.join(columns)})")
-    stray = [c for c in columns if c.startswith("loss.") and c.removeprefix("loss.") not in domains]
-    if stray:
-        raise RunTableError(f"{source}: column {stray[0]} has no tokens.{stray[0].removeprefix('loss.')} column")
+    targets = tuple(c.removeprefix("loss.") for c in columns if c.startswith("loss.") and c.removeprefix("loss.") not in domains)
+    outputs = domains + targets
     tokens, losses, lines = [], [], []
     for number, row in rows:
         where = f"{source}:{number}"
@@ -176,17 +192,20 @@ def parse_run_table(rows: list[tuple[int, dict]], source: str = "<table>", requi
         if not sum(t) > 0:
             raise RunTableError(f"{where}: the run trains no tokens (every tokens.<domain> is 0)")
         tokens.append(t)
-        losses.append([_loss(row.get(f"loss.{d}"), where, d) for d in domains])
+        losses.append([_loss(row.get(f"loss.{d}"), where, d) for d in outputs])
         lines.append(number)
     losses = np.asarray(losses)
-    for d, column in zip(domains, losses.T):
+    for d, column in zip(outputs, losses.T):
         measured = column[~np.isnan(column)]
         if measured.size and np.all(measured == 0):  # cross-entropy over real tokens is > 0
             raise RunTableError(
                 f"{source}: loss.{d} is 0 in every run: no loss was measured (a mean over zero trained tokens,"
                 f" e.g. every {d} example longer than seq_len); refusing to fit it"
             )
-    return RunTable(domains, np.asarray(tokens), losses, tuple(lines), source)
+    if targets and not (~np.isnan(losses[:, len(domains):])).any(axis=0).all():
+        empty = [t for t, col in zip(targets, losses[:, len(domains):].T) if np.all(np.isnan(col))][0]
+        raise RunTableError(f"{source}: target loss.{empty} (no tokens.{empty} column) is empty in every run; fill it or drop the column")
+    return RunTable(domains, np.asarray(tokens), losses, tuple(lines), source, targets)
 
 
 def read_run_table(path: str | Path, require_losses: bool = True) -> RunTable:
@@ -307,13 +326,14 @@ def _average_repeats(x: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.nd
     return keys, np.array([loss[x == k].mean() for k in keys])
 
 
-def write_run_table(path: str | Path, domains, tokens, losses, extra: dict[str, list] | None = None) -> None:
-    """Write a CSV run table (empty cells for NaN losses); ``extra``: columns written first,
-    one value per run (a run's name, label, seed; the reader ignores them)."""
+def write_run_table(path: str | Path, domains, tokens, losses, extra: dict[str, list] | None = None, targets=()) -> None:
+    """Write a CSV run table (empty cells for NaN losses): tokens (R, k), losses (R, k + T)
+    of ``domains`` then ``targets``; ``extra``: columns written first, one value per run
+    (a run's name, label, seed; the reader ignores them)."""
     extra = extra or {}
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*extra, *(f"tokens.{d}" for d in domains), *(f"loss.{d}" for d in domains)])
+        writer.writerow([*extra, *(f"tokens.{d}" for d in domains), *(f"loss.{d}" for d in (*domains, *targets))])
         for r, (t, l) in enumerate(zip(np.asarray(tokens), np.asarray(losses))):
             writer.writerow([v[r] for v in extra.values()] + [repr(float(v)) for v in t]
                             + ["" if np.isnan(v) else repr(float(v)) for v in l])

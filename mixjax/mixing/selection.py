@@ -102,15 +102,15 @@ def choose(fits) -> Fit:
     notes = _comparator_note(scores, errors, chosen, fits.fits) if fits.num_folds else []
     auto = cfg.family == "auto" and fits.num_folds
     notes.insert(0, f"law family: {chosen!r}" + (f" (lowest out-of-fold RMSE of the families that extrapolate in N, {fits.num_folds} folds)" if auto else ""))
-    variants = {f: law_params(f, fits.fits[f].theta, measured, fits.scale) for f in extrapolating}
+    variants = {f: law_params(f, fits.fits[f].theta, measured, fits.scale, fits.sources) for f in extrapolating}
     fit = Fit(
-        domains=tuple(table.domains), params=variants[chosen], family=chosen, scores=scores, variants=variants,
+        domains=tuple(table.domains), targets=tuple(table.targets), params=variants[chosen], family=chosen, scores=scores, variants=variants,
         candidates=candidates, exp_params=exp_params(fits.fits["exp"].theta, measured) if "exp" in fits.fits else None,
         notes=tuple(notes), config=cfg,
         validation={"oof_rmse": scores[chosen]["rmse"], "oof_spearman": scores[chosen]["domain_spearman"],
                     "num_points": int((~np.isnan(target)).sum()), "folds": int(fits.num_folds)},
-        diagnostics=tuple(unmeasured(d) if not m else DomainDiagnostics(d) for d, m in zip(table.domains, measured)),
-        samples={f: _stacked([law_params(f, theta, measured, fits.scale) for theta in fits.fits[f].samples])
+        diagnostics=tuple(unmeasured(d) if not m else DomainDiagnostics(d) for d, m in zip(table.outputs, measured)),
+        samples={f: _stacked([law_params(f, theta, measured, fits.scale, fits.sources) for theta in fits.fits[f].samples])
                  for f in extrapolating if fits.fits[f].samples is not None and len(fits.fits[f].samples)},
     )
     return dataclasses.replace(fit, diagnostics=_diagnostics(fit, table, errors[chosen], measured))
@@ -122,12 +122,12 @@ def _stacked(laws: list):
 
 
 def _diagnostics(fit: Fit, table, oof: np.ndarray, measured_cols: np.ndarray) -> tuple[DomainDiagnostics, ...]:
-    """One entry per domain of the table (table order); unmeasured ones say they have no law.
-    ``oof``: out-of-fold errors (R, D) of the measured domains (NaN without folds)."""
+    """One entry per output of the table (domains then targets); unmeasured ones say they
+    have no law. ``oof``: out-of-fold errors (R, D) of the measured outputs (NaN without folds)."""
     pred = predict(fit, table.tokens)
     bounds = fit.config.families.beta_bounds
     limit = fit.config.checks.max_oof_rel_error
-    out = [unmeasured(d) for d in table.domains]
+    out = [unmeasured(d) for d in table.outputs]
     for col, i in enumerate(np.flatnonzero(measured_cols)):
         ok = ~np.isnan(table.losses[:, i])
         res = pred[ok, i] - table.losses[ok, i]
@@ -142,7 +142,7 @@ def _diagnostics(fit: Fit, table, oof: np.ndarray, measured_cols: np.ndarray) ->
         if np.isfinite(oof_max) and oof_max > limit:
             notes.append(f"leave-one-out error {oof_max:.2%} exceeds {limit:.2%}")
         out[i] = DomainDiagnostics(
-            name=table.domains[i], residuals=res.tolist(), rmse=float(np.sqrt(np.mean(res**2))),
+            name=table.outputs[i], residuals=res.tolist(), rmse=float(np.sqrt(np.mean(res**2))),
             max_abs_residual=float(np.max(np.abs(res))), oof_errors=err.tolist(), oof_max_rel_error=oof_max,
             oof_rmse=float(np.sqrt(np.nanmean(err**2))) if np.any(np.isfinite(err)) else float("nan"),
             oof_spearman=spearman(table.losses[ok, i], table.losses[ok, i] + err), num_runs=int(ok.sum()),

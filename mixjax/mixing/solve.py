@@ -41,7 +41,9 @@ Array = jax.Array
 
 
 class Constraints(NamedTuple):
-    """Per-domain constraints, arrays of shape (k,). ``available`` is in budget units."""
+    """Per-domain constraints, arrays of shape (k,). ``available`` is in budget units;
+    ``importance`` (P,) weighs every law output, the k domains then any targets
+    (:mod:`mixjax.mixing.objective`)."""
 
     lower: Array
     upper: Array
@@ -60,11 +62,13 @@ class Constraints(NamedTuple):
         fill = lambda v, default: np.broadcast_to(
             np.asarray(default if v is None else v, np.float64), (num_domains,)
         ).copy()
+        # The objective's weights cover every law output: the domains, then any targets.
+        outputs = np.size(importance) if np.ndim(importance) == 1 else num_domains
         return cls(
             lower=fill(lower, 0.0),
             upper=fill(upper, 1.0),
             available=fill(available, np.inf),
-            importance=fill(importance, 1.0),
+            importance=np.broadcast_to(np.asarray(1.0 if importance is None else importance, np.float64), (outputs,)).copy(),
         )
 
 
@@ -311,8 +315,8 @@ def solve_weights_pg(
     maxiter: int = 20000,
 ) -> Array:
     """The previous solver (projected gradient, 20,000 iterations): the tests' reference."""
-    k = params.beta.shape[-1]
     lo, hi = weight_bounds(constraints, budget)
+    k = lo.shape[-1]
     solver = jaxopt.ProjectedGradient(
         fun=total_loss,
         projection=project_bounded_simplex,

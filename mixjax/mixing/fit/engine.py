@@ -19,12 +19,18 @@ from mixjax.mixing.optim import box_lm
 Array = jax.Array
 
 
-def _law_terms(theta: Array, tokens: Array, onehot: Array):
-    """Shared pieces of the law and its Jacobian for one domain (``onehot`` marks it)."""
+def sources_of(tokens: np.ndarray) -> np.ndarray:
+    """(P,) float: the token columns some run trains on (a target's column is all zero)."""
+    return (np.asarray(tokens).sum(axis=0) > 0).astype(np.float64)
+
+
+def _law_terms(theta: Array, tokens: Array, onehot: Array, sources: Array):
+    """Shared pieces of the law and its Jacobian for one output (``onehot`` marks its own
+    column; a target's column has no tokens). ``sources`` (P,): the columns that transfer."""
     c, beta, gamma, alpha, e = jnp.exp(theta[0]), jnp.exp(theta[1]), jnp.exp(theta[2]), theta[3], jnp.exp(theta[4])
     rho = theta[5]
     u = theta[LAW_FIXED:]
-    off = 1.0 - onehot
+    off = (1.0 - onehot) * sources
     count = jnp.maximum(jnp.sum(off), 1.0)
     w = jnp.exp(u - jnp.max(jnp.where(off > 0, u, -jnp.inf))) * off
     t = w / (jnp.sum(w) / count)
@@ -43,16 +49,16 @@ def _law_terms(theta: Array, tokens: Array, onehot: Array):
     return locals()
 
 
-def _law_predict(theta: Array, tokens: Array, onehot: Array) -> Array:
-    """The paper/transfer law of one domain (``onehot`` marks it) on (R, k) tokens."""
-    v = _law_terms(theta, tokens, onehot)
+def _law_predict(theta: Array, tokens: Array, onehot: Array, sources: Array) -> Array:
+    """The paper/transfer law of one output (``onehot`` marks it) on (R, P) tokens."""
+    v = _law_terms(theta, tokens, onehot, sources)
     return v["c"] * v["f"] + v["e"]
 
 
-def _law_jacobian(theta: Array, tokens: Array, onehot: Array) -> tuple[Array, Array]:
+def _law_jacobian(theta: Array, tokens: Array, onehot: Array, sources: Array) -> tuple[Array, Array]:
     """The law and its analytic Jacobian (R, n) in ``theta`` (a few (R, k) passes instead of
     n forward-mode ones)."""
-    v = _law_terms(theta, tokens, onehot)
+    v = _law_terms(theta, tokens, onehot, sources)
     c, beta, gamma, alpha, rho, t, ok = v["c"], v["beta"], v["gamma"], v["alpha"], v["rho"], v["t"], v["ok"]
     cf = c * v["f"]
     d_eff = -beta * cf / v["effective"]  # d pred / d effective
@@ -71,14 +77,14 @@ def _law_jacobian(theta: Array, tokens: Array, onehot: Array) -> tuple[Array, Ar
     return cf + v["e"], jac
 
 
-def _exp_predict(theta: Array, tokens: Array, onehot: Array) -> Array:
-    del onehot
+def _exp_predict(theta: Array, tokens: Array, onehot: Array, sources: Array) -> Array:
+    del onehot, sources
     r = tokens / jnp.sum(tokens, axis=1, keepdims=True)
     return theta[0] + jnp.exp(theta[1] + r @ theta[2:])
 
 
-def _exp_jacobian(theta: Array, tokens: Array, onehot: Array) -> tuple[Array, Array]:
-    del onehot
+def _exp_jacobian(theta: Array, tokens: Array, onehot: Array, sources: Array) -> tuple[Array, Array]:
+    del onehot, sources
     r = tokens / jnp.sum(tokens, axis=1, keepdims=True)
     grow = jnp.exp(theta[1] + r @ theta[2:])
     return theta[0] + grow, jnp.concatenate([jnp.ones_like(grow)[:, None], grow[:, None], grow[:, None] * r], axis=1)
@@ -96,7 +102,7 @@ def _linear_c_e(f: Array, loss: Array, mask: Array) -> tuple[Array, Array]:
     return c, e
 
 
-def _setup(family: str, tokens, loss, mask, onehot, u, free_u, prec, weak, rho_min: float, beta_bounds: tuple[float, float]):
+def _setup(family: str, tokens, loss, mask, onehot, sources, u, free_u, prec, weak, rho_min: float, beta_bounds: tuple[float, float]):
     """Box, start and prior of one fit. ``u`` (n,): draws in [0, 1) (0.5: the central start);
     ``weak``: the scale of the weak beta/alpha priors, (loss noise / Huber delta)^2, so they
     stay weak against the data at any noise level."""
@@ -112,7 +118,7 @@ def _setup(family: str, tokens, loss, mask, onehot, u, free_u, prec, weak, rho_m
         x0 = jnp.concatenate([jnp.stack([c0, jnp.log(jnp.maximum(mean_loss - c0, 1e-6))]), t0])
         # A weak ridge on t fixes the direction sum_j r_j = 1 leaves free (t + a, k e^-a).
         return x0, lo, hi, (jnp.concatenate([jnp.zeros(2), jnp.full(k, 1e-3 / n_fit)]), jnp.zeros(k + 2))
-    free_u = free_u & (onehot < 1)
+    free_u = free_u & (onehot < 1) & (sources > 0)
     ub = jnp.where(free_u, 8.0, 0.0)
     rho_lo = jnp.where(jnp.any(free_u), rho_min, 1.0)
     lo = jnp.concatenate([jnp.array([-30.0, np.log(beta_bounds[0]), -15.0, 0.0]), jnp.log(jnp.stack([1e-4 * low])), rho_lo[None], -ub])
@@ -120,7 +126,7 @@ def _setup(family: str, tokens, loss, mask, onehot, u, free_u, prec, weak, rho_m
     beta0 = jnp.exp(jnp.log(0.1) + u[0] * jnp.log(30.0))
     gamma0 = jnp.exp(jnp.log(0.01) + u[1] * jnp.log(300.0))
     alpha0 = 0.2 + 0.7 * u[2]
-    f = (tokens @ onehot + gamma0 * (tokens @ (1.0 - onehot)) ** alpha0) ** (-beta0)
+    f = (tokens @ onehot + gamma0 * (tokens @ ((1.0 - onehot) * sources)) ** alpha0) ** (-beta0)
     c, e = _linear_c_e(f, loss, mask)
     x0 = jnp.concatenate([jnp.log(jnp.stack([c, beta0, gamma0])), jnp.stack([alpha0, jnp.log(e), 1.0]), jnp.zeros(k)])
     # Priors: u toward 0 (the paper's law, precision 1 / (transfer_prior^2 n)); weak ones
@@ -130,31 +136,32 @@ def _setup(family: str, tokens, loss, mask, onehot, u, free_u, prec, weak, rho_m
     return x0, lo, hi, (precision, mean)
 
 
-def _fit_law(family, tokens, loss, mask, onehot, free, pr, wk, u, warm, its, *, delta, rho_min, beta_bounds):
-    """One fit of one domain (``onehot``) on the runs in ``mask``: (parameters (n,), objective)."""
+def _fit_law(family, tokens, sources, loss, mask, onehot, free, pr, wk, u, warm, its, *, delta, rho_min, beta_bounds):
+    """One fit of one output (``onehot``) on the runs in ``mask``: (parameters (n,), objective)."""
     predict = _exp_predict if family == "exp" else _law_predict
     jacobian_of = _exp_jacobian if family == "exp" else _law_jacobian
-    x0, lo, hi, prior = _setup(family, tokens, loss, mask, onehot, u, free, pr, wk, rho_min, beta_bounds)
+    x0, lo, hi, prior = _setup(family, tokens, loss, mask, onehot, sources, u, free, pr, wk, rho_min, beta_bounds)
     x0 = jnp.where(jnp.isfinite(warm), warm, x0)
-    residuals = lambda th: (predict(th, tokens, onehot) - loss, mask.astype(loss.dtype))
-    jacobian = lambda th: jacobian_of(th, tokens, onehot)[1]
+    residuals = lambda th: (predict(th, tokens, onehot, sources) - loss, mask.astype(loss.dtype))
+    jacobian = lambda th: jacobian_of(th, tokens, onehot, sources)[1]
     return box_lm(residuals, x0, lo, hi, its, delta, prior=prior, jacobian=jacobian)
 
 
-def _refit_all(tokens, sample_losses, masks, onehots, free_u, prec, weak, warm_full, *, family, fold_iterations, delta, rho_min, beta_bounds):
+def _refit_all(tokens, sources, sample_losses, masks, onehots, free_u, prec, weak, warm_full, *, family, fold_iterations, delta, rho_min, beta_bounds):
     """Refits of every fit (V) on each of its resampled loss vectors ``sample_losses``
     (V, B, R), warm-started from ``warm_full`` (V, n): parameters (V, B, n)."""
-    fit = functools.partial(_fit_law, family, tokens, delta=delta, rho_min=rho_min, beta_bounds=beta_bounds)
+    fit = functools.partial(_fit_law, family, tokens, sources, delta=delta, rho_min=rho_min, beta_bounds=beta_bounds)
     centre = jnp.full(warm_full.shape[-1], 0.5, tokens.dtype)
     over = jax.vmap(lambda loss, mask, onehot, free, pr, wk, warm: fit(loss, mask, onehot, free, pr, wk, centre, warm, fold_iterations)[0],
                     in_axes=(0, None, None, None, None, None, None))
     return jax.vmap(over)(sample_losses, masks, onehots, free_u, prec, weak, warm_full)
 
 
-def _fit_all(tokens, losses, masks, onehots, free_u, prec, weak, starts, warm_full, fold_masks, *, family, iterations, fold_iterations, delta, rho_min, beta_bounds):
+def _fit_all(tokens, sources, losses, masks, onehots, free_u, prec, weak, starts, warm_full, fold_masks, *, family, iterations, fold_iterations, delta, rho_min, beta_bounds):
     """Every fit of one family group in one program.
 
-    Args (V: law variants x measured domains, S: starts, F: folds; ``tokens`` (R, k) shared):
+    Args (V: law variants x measured outputs, S: starts, F: folds; ``tokens`` (R, P) and
+    ``sources`` (P,) (:func:`sources_of`) shared):
       losses/masks (V, R); onehots (V, k); free_u (V,) (transfer matrix free); prec, weak (V,);
       starts (V, S, n) draws in [0, 1); warm_full (V, n): replaces the first start where
       finite (the two-stage fit's parameters); fold_masks (F, R) (True: the run is trained on).
@@ -162,8 +169,9 @@ def _fit_all(tokens, losses, masks, onehots, free_u, prec, weak, starts, warm_fu
       (full parameters (V, n), the full fits' predictions (V, R), every fold's fit's
       predictions of every run (V, F, R)).
     """
-    predict = _exp_predict if family == "exp" else _law_predict
-    fit = functools.partial(_fit_law, family, tokens, delta=delta, rho_min=rho_min, beta_bounds=beta_bounds)
+    law = _exp_predict if family == "exp" else _law_predict
+    predict = lambda th, t, onehot: law(th, t, onehot, sources)
+    fit = functools.partial(_fit_law, family, tokens, sources, delta=delta, rho_min=rho_min, beta_bounds=beta_bounds)
 
     first = jnp.arange(starts.shape[1]) == 0
     over_starts = jax.vmap(lambda loss, mask, onehot, free, pr, wk, u, is_first, warm: fit(
@@ -205,7 +213,7 @@ def _group_inputs(group: tuple[str, ...], tokens, losses, measured_cols, folds, 
     loss[:, :r] = np.where(measured[:, :r], losses[:, d_idx].T, np.nanmean(losses[:, d_idx], axis=0)[:, None])
     # Prior u ~ N(0, transfer_prior^2) against losses with noise ``noise`` (nats, per domain;
     # default noise_floor), in the units of the objective (mean Huber / delta^2 over n runs).
-    raw = np.full(num_d, cfg.noise_floor) if noise is None else np.asarray(noise, np.float64)
+    raw = np.full(num_d, cfg.noise_floor) if noise is None else np.nan_to_num(np.asarray(noise, np.float64), nan=cfg.noise_floor)
     noise = np.maximum(raw, cfg.noise_floor)
     prec = (noise / cfg.huber_delta) ** 2 / (max(cfg.transfer_prior, 1e-6) ** 2 * np.maximum(measured.sum(axis=1), 1))
     weak = np.minimum((np.maximum(raw, 1e-6) / cfg.huber_delta) ** 2, 1.0)
@@ -218,7 +226,7 @@ def _group_inputs(group: tuple[str, ...], tokens, losses, measured_cols, folds, 
     starts = rng.uniform(size=(v * num_d, s, n))
     starts[:, 0] = 0.5  # one central start per fit
     warm_full = np.full((v * num_d, n), np.nan) if warm is None or family == "exp" else rep(warm)
-    args = (pad_tokens, rep(loss), rep(measured), rep(np.eye(k)[d_idx]), free, rep(prec), rep(weak), starts, warm_full, fold_masks)
+    args = (pad_tokens, sources_of(tokens), rep(loss), rep(measured), rep(np.eye(k)[d_idx]), free, rep(prec), rep(weak), starts, warm_full, fold_masks)
     statics = dict(family=family, iterations=cfg.iterations, fold_iterations=max(8, cfg.iterations // 4),
                    delta=float(cfg.huber_delta), rho_min=float(cfg.transfer_rho_min),
                    beta_bounds=tuple(map(float, cfg.beta_bounds)))
@@ -227,7 +235,7 @@ def _group_inputs(group: tuple[str, ...], tokens, losses, measured_cols, folds, 
 
 def _program(args: tuple, statics: dict):
     """:func:`_fit_all` compiled for ``args``' shapes (:func:`mixjax.cache.compiled`)."""
-    tokens, *_, starts, _, fold_masks = args  # _fit_all's order
+    tokens, _, *_, starts, _, fold_masks = args  # _fit_all's order
     work = starts.shape[0] * (starts.shape[1] + fold_masks.shape[0]) * tokens.shape[0]  # lanes x runs
     return compiled("families", functools.partial(_fit_all, **statics), args, compiler_options=options_for(work))
 
@@ -278,10 +286,10 @@ def refit_group(family: str, tokens, losses, measured_cols, sample_losses: np.nd
     """
     r = tokens.shape[0]
     args, statics = _group_inputs((family,), tokens, losses, measured_cols, np.zeros(r, int), 0, cfg, np.random.default_rng(0), noise)
-    pad_tokens, loss, measured, onehots, free, prec, weak, _, _, _ = args
+    pad_tokens, sources, loss, measured, onehots, free, prec, weak, _, _, _ = args
     resampled = np.repeat(loss[:, None, :], len(sample_losses), axis=1)  # (D, B, R padded)
     resampled[:, :, :r] = np.where(measured[:, None, :r], np.transpose(sample_losses, (2, 0, 1)), resampled[:, :, :r])
-    inputs = (pad_tokens, resampled, measured, onehots, free, prec, weak, np.asarray(full, np.float64))
+    inputs = (pad_tokens, sources, resampled, measured, onehots, free, prec, weak, np.asarray(full, np.float64))
     # Full-length refits: warm-started refits stopped early stay near the full fit and make
     # the plausible laws too alike (measured: harm on benchmarks/procedure.py 50% -> 28% of
     # the harmful cases' re-runs).

@@ -52,21 +52,26 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (PAPER, TRANSFER, EXP)}
 GBM_SCORE = "gbm"  # LightGBM's out-of-fold score (FamilyConfig.reference_gbm): a reference, never a family
 
 
-def law_params(family: str, theta: np.ndarray, measured_cols: np.ndarray, scale: float) -> AnyLawParams:
-    """Fitted law vectors (D, LAW_FIXED + k) of the measured domains -> k-entry parameters in
-    the table's token units (``scale``: the unit the fit ran in); unmeasured domains get
-    :data:`~mixjax.mixing.law.NO_LAW`."""
+def law_params(family: str, theta: np.ndarray, measured_cols: np.ndarray, scale: float,
+               sources: np.ndarray | None = None) -> AnyLawParams:
+    """Fitted law vectors (D, LAW_FIXED + P) of the measured outputs -> P-entry parameters
+    (P = k domains + T targets) in the table's token units (``scale``: the unit the fit ran
+    in); unmeasured ones get :data:`~mixjax.mixing.law.NO_LAW`. ``sources`` (P,): the
+    columns that transfer (a target's does not; :func:`~mixjax.mixing.fit.engine.sources_of`),
+    default all."""
     k = len(measured_cols)
+    sources = np.ones(k, bool) if sources is None else np.asarray(sources) > 0
     beta, c, gamma, alpha, e = (np.full(k, NO_LAW[f]) for f in LawParams._fields)
     rho = np.ones(k)
-    t = np.ones((k, k)) - np.eye(k)
+    t = (np.ones((k, k)) - np.eye(k)) * sources[None]
     for row, i in enumerate(np.flatnonzero(measured_cols)):
         th = theta[row]
         c[i], beta[i], gamma[i], alpha[i], e[i] = np.exp(th[0]), np.exp(th[1]), np.exp(th[2]), th[3], np.exp(th[4])
         rho[i] = th[5]
-        u = np.where(np.arange(k) == i, -np.inf, th[LAW_FIXED:])
+        transfers = sources & (np.arange(k) != i)
+        u = np.where(transfers, th[LAW_FIXED:], -np.inf)
         w = np.exp(u - u.max())
-        t[i] = w / (w.sum() / (k - 1))
+        t[i] = w / (w.sum() / transfers.sum())
     law = LawParams(beta, c, gamma, alpha, e) if family == "paper" else TransferLawParams(beta, c, gamma, alpha, e, t, rho)
     return rescale_units(law, scale)
 

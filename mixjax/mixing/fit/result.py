@@ -76,10 +76,12 @@ def unmeasured(name: str) -> DomainDiagnostics:
 
 @dataclasses.dataclass(frozen=True)
 class Fit:
-    """A fitted law over every domain of a run table.
+    """A fitted law over every output of a run table: its k domains, then its T targets
+    (:attr:`outputs`, P = k + T; a target is a loss no run trains on).
 
-    ``params``: the chosen family's parameters, (k,) per field (and the transfer matrix
-    (k, k)), in the table's token units; a domain never measured has ``c = e = 0`` (no
+    ``params``: the chosen family's parameters, (P,) per field (and the transfer matrix
+    (P, P)), in the table's token units; a target's own tokens are always 0 (its law is the
+    transfer-only form) and it transfers nothing; a domain never measured has ``c = e = 0`` (no
     law, loss 0) and still transfers its tokens. ``scores[family]``: out-of-fold ``rmse``
     (every measured cell), ``total_rmse`` / ``total_spearman`` (per-run sums),
     ``domain_spearman``, ``extrapolates``, ``seconds``. ``variants``: every extrapolating
@@ -103,12 +105,18 @@ class Fit:
     # Plausible laws: every extrapolating family refitted on residual-bootstrap tables,
     # (B, k) per field (transfer (B, k, k)), in the table's token units.
     samples: dict[str, AnyLawParams] = dataclasses.field(default_factory=dict)
+    targets: tuple[str, ...] = ()
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The laws' names: every domain, then every target."""
+        return self.domains + self.targets
 
     @property
     def has_law(self) -> np.ndarray:
-        """(k,) bool: the domains with a law of their own (False: trained, never measured)."""
+        """(P,) bool: the outputs with a law of their own (False: trained, never measured)."""
         if not self.diagnostics:
-            return np.ones(len(self.domains), bool)
+            return np.ones(len(self.outputs), bool)
         return np.array([d.measured for d in self.diagnostics], bool)
 
     def variant(self, family: str) -> "Fit":
@@ -116,7 +124,7 @@ class Fit:
         return dataclasses.replace(self, family=family, params=self.variants[family])
 
     def params_dict(self) -> dict[str, dict[str, float]]:
-        return {name: {f: float(getattr(self.params, f)[i]) for f in LawParams._fields} for i, name in enumerate(self.domains)}
+        return {name: {f: float(getattr(self.params, f)[i]) for f in LawParams._fields} for i, name in enumerate(self.outputs)}
 
     def score_table(self) -> str:
         """The out-of-fold table, one line per family (* = the chosen one)."""
@@ -133,6 +141,7 @@ class Fit:
         """A JSON-ready dict (``fit.json``); :meth:`from_dict` reads it back."""
         return {
             "domains": list(self.domains),
+            "targets": list(self.targets),
             "family": self.family,
             "params": _law_to_dict(self.params),
             "diagnostics": [d.to_dict() for d in self.diagnostics],
@@ -152,6 +161,7 @@ class Fit:
         """Read back :meth:`to_dict`. Raises KeyError / ValueError on another layout."""
         return cls(
             domains=tuple(d["domains"]),
+            targets=tuple(d.get("targets", ())),
             params=_law_from_dict(d["params"]),
             diagnostics=tuple(DomainDiagnostics.from_dict(x) for x in d.get("diagnostics", ())),
             family=d.get("family", "paper"),
@@ -186,7 +196,8 @@ def predict(fit: Fit, tokens: np.ndarray, domains: tuple[str, ...] | None = None
       family: predict with this family's fit (one of ``fit.variants``, or ``"exp"``);
         default the chosen one.
     Returns:
-      (R, k) losses in ``fit.domains`` order; NaN for domains without a law (never measured).
+      (R, P) losses in ``fit.outputs`` order (domains, then targets); NaN for domains
+      without a law (never measured).
     Raises:
       ValueError: ``domains`` is not the fit's set of domains, or tokens are negative or not finite.
     """
@@ -200,6 +211,7 @@ def predict(fit: Fit, tokens: np.ndarray, domains: tuple[str, ...] | None = None
         raise ValueError(f"tokens must have shape (R, {k}), got {tokens.shape}")
     if np.any(tokens < 0) or not np.all(np.isfinite(tokens)):
         raise ValueError("tokens must be finite and >= 0")
+    tokens = np.concatenate([tokens, np.zeros((len(tokens), len(fit.targets)))], axis=1)  # no run trains on a target
     family = family or fit.family
     params = fit.exp_params if family == "exp" else (fit.params if family == fit.family else fit.variants[family])
     out = FAMILIES[family].predict(params, tokens)

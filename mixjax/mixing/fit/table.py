@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from mixjax.mixing.fit.config import FitConfig
-from mixjax.mixing.fit.engine import compile_group, fit_group, refit_group
+from mixjax.mixing.fit.engine import compile_group, fit_group, refit_group, sources_of
 from mixjax.mixing.fit.families import FAMILIES
 from mixjax.mixing.fit.folds import run_folds
 from mixjax.mixing.fit.result import Fit, unmeasured
@@ -47,12 +47,13 @@ class FamilyFits:
 
     table: RunTable
     config: FitConfig
-    measured: np.ndarray  # (k,) bool: domains with >= 3 measured runs (the others get no law)
+    measured: np.ndarray  # (P,) bool: outputs (domains, then targets) with >= 3 measured runs (the others get no law)
     scale: float  # token unit of the fits (the median run's total tokens)
     num_folds: int
     fits: dict[str, FamilyFit]
     gbm: FamilyFit | None = None  # LightGBM's out-of-fold predictions (reference only)
     two_stage: Fit | None = None  # paper_fit="two-stage": the whole fit, over every domain
+    sources: np.ndarray | None = None  # (P,): the columns that transfer (engine.sources_of)
 
 
 def _check(table: RunTable, cfg: FitConfig) -> tuple[tuple[str, ...], np.ndarray]:
@@ -71,11 +72,12 @@ def _check(table: RunTable, cfg: FitConfig) -> tuple[tuple[str, ...], np.ndarray
     if np.any(tokens.sum(axis=1) <= 0):
         raise ValueError(f"{table.source}: a run has no tokens")
     counts = np.sum(~np.isnan(losses), axis=0)
-    few = [(d, int(c)) for d, c in zip(table.domains, counts) if 0 < c < 3]
+    kinds = ["domain"] * len(table.domains) + ["target"] * len(table.targets)
+    few = [(f"{kind} {d}", int(c)) for kind, d, c in zip(kinds, table.outputs, counts) if 0 < c < 3]
     if few:
-        raise ValueError(f"{table.source}: domain {few[0][0]} has {few[0][1]} runs with a measured loss; the fit needs >= 3")
+        raise ValueError(f"{table.source}: {few[0][0]} has {few[0][1]} runs with a measured loss; the fit needs >= 3")
     if not (counts >= 3).any():
-        raise ValueError(f"{table.source}: no domain has a measured loss")
+        raise ValueError(f"{table.source}: no domain or target has a measured loss")
     return families, counts >= 3
 
 
@@ -84,7 +86,9 @@ def fit_families(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> F
 
     Args:
       table: runs (R, k) of tokens (>= 0, any unit; a 0 is a domain left out of a run) and
-        losses (nats; NaN where not measured). A domain never measured gets no law.
+        losses (R, k + T) of the domains and targets (nats; NaN where not measured). Each
+        output is fitted as a law of the tokens; a target is one whose own tokens are 0 in
+        every run (so its law is the transfer-only form). A domain never measured gets no law.
       key: PRNG key (starts and folds).
       cfg: the fit's configuration.
     Returns:
@@ -96,9 +100,9 @@ def fit_families(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> F
     if cfg.two_stage_only:
         return _two_stage_fits(table, key, cfg)
     families, measured_cols = _check(table, cfg)
-    tokens, losses = np.asarray(table.tokens, np.float64), np.asarray(table.losses, np.float64)
-    scale = float(np.median(tokens.sum(axis=1)))
-    x = tokens / scale
+    losses = np.asarray(table.losses, np.float64)
+    scale = float(np.median(table.tokens.sum(axis=1)))
+    x = table.output_tokens / scale
     key_fold, key_fit = jax.random.split(key)
     rng_fold = np.random.default_rng(np.asarray(jax.random.key_data(key_fold)).ravel())
     rng_fit = np.random.default_rng(np.asarray(jax.random.key_data(key_fit)).ravel())
@@ -136,7 +140,7 @@ def fit_families(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> F
         oof = _gbm_oof(x, losses, measured_cols, folds, num_folds, int(rng_fit.integers(2**31)))
         gbm = FamilyFit(np.zeros((0, 0)), oof, np.full_like(oof, np.nan), time.perf_counter() - start)
     fits = {f: fits[f] for f in families}
-    return FamilyFits(table, cfg, measured_cols, scale, num_folds, fits, gbm)
+    return FamilyFits(table, cfg, measured_cols, scale, num_folds, fits, gbm, sources=sources_of(x))
 
 
 def resampled_losses(fitted: np.ndarray, residuals: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -164,26 +168,35 @@ def two_stage_start(table: RunTable, measured_cols: np.ndarray, scale: float, ke
     """The start strategy of the paper and transfer families: the paper's two-stage fit
     (t = 1, rho = 1: the same law), in the normalised units, when every measured domain has
     an own series (a 4k+1 design): the joint fit of five parameters from few runs is
-    ill-conditioned, stage 1's ratios are not. Returns (starts (D, n), its residual RMS per
-    domain (nats): the noise scale of the paper fit's priors), or (None, None)."""
+    ill-conditioned, stage 1's ratios are not. Targets get no start (NaN rows: the engine's
+    own) and the floor of the noise scale (NaN). Returns (starts (D, n), its residual RMS per
+    output (nats): the noise scale of the paper fit's priors), or (None, None)."""
+    k = len(table.domains)
+    trained = measured_cols[:k]
     try:
-        data = [d for d in domain_data(table) if d.name in np.asarray(table.domains)[measured_cols]]
+        data = [d for d in domain_data(table) if d.name in np.asarray(table.domains)[trained]]
     except RunTableError:
         return None, None
-    if len(data) != int(measured_cols.sum()) or not all(d.has_series for d in data):
+    if len(data) != int(trained.sum()) or not all(d.has_series for d in data):
         return None, None
     start_cfg = dataclasses.replace(cfg, folds=dataclasses.replace(cfg.folds, enabled=False))
     fit = fit_two_stage(data, key, start_cfg)
     p = rescale_units(fit.params, 1.0 / scale)
-    k = len(table.domains)
     fixed = np.stack([np.log(np.maximum(p.c, 1e-300)), np.log(p.beta), np.log(np.maximum(p.gamma, 1e-300)), p.alpha,
                       np.log(np.maximum(p.e, 1e-300)), np.ones_like(p.beta)], axis=1)
-    return np.concatenate([fixed, np.zeros((len(data), k))], axis=1), np.array([d.rmse for d in fit.diagnostics])
+    starts = np.concatenate([fixed, np.zeros((len(data), len(table.outputs)))], axis=1)
+    num_targets = int(measured_cols[k:].sum())
+    starts = np.concatenate([starts, np.full((num_targets, starts.shape[1]), np.nan)])
+    return starts, np.concatenate([[d.rmse for d in fit.diagnostics], np.full(num_targets, np.nan)])
 
 
 def _two_stage_fits(table: RunTable, key: Array, cfg: FitConfig) -> FamilyFits:
     """``paper_fit="two-stage"``: the paper's procedure on every measured domain, over
-    every domain of the table (a domain never measured gets :data:`NO_LAW` and says so)."""
+    every domain of the table (a domain never measured gets :data:`NO_LAW` and says so).
+    Raises ValueError for a table with targets (they have no series of their own)."""
+    if table.targets:
+        raise ValueError(f"{table.source}: targets ({', '.join(table.targets)}) have no series of their own for the paper's"
+                         " two-stage procedure; fit them with the joint fit (--family auto, paper or transfer)")
     fit = fit_two_stage(domain_data(table), key, cfg)
     where = [table.domains.index(n) for n in fit.domains]
 
