@@ -89,3 +89,35 @@ def test_swarm_without_enough_runs_is_a_clear_error():
         domain_data(table)
     with pytest.raises(ValueError, match=">= 3"):
         DomainData("x", np.zeros(0), 0.0, np.zeros(0), np.ones(2), np.ones(2), np.ones(2))
+
+
+def test_a_swarm_is_reproducible_distinct_and_within_the_available_tokens():
+    from mixjax.mixing.design import design_runs, swarm_mixtures
+
+    available = np.array([1000.0, 150.0, 2000.0, 600.0])
+    draw = lambda seed: design_runs("swarm", np.full(4, 100.0), available, np.random.default_rng(seed))
+    tokens, names = draw(3)
+    assert tokens.shape == (17, 4) and names[0] == "swarm-000"  # 4k+1 runs by default
+    assert np.allclose(tokens.sum(axis=1), 400.0) and np.all(tokens <= available + 1e-9)
+    assert np.array_equal(tokens, draw(3)[0]) and not np.array_equal(tokens, draw(4)[0])
+    w = tokens / 400.0
+    gaps = [0.5 * np.abs(w[i] - w[j]).sum() for i in range(17) for j in range(i)]
+    assert min(gaps) >= 0.05
+    both, labels = design_runs("4k+1+swarm", np.full(4, 100.0), available, np.random.default_rng(3))
+    assert len(both) == 34 and labels[:2] == ["base", "0-x0.25"] and np.array_equal(both[17:], tokens)
+    with pytest.raises(ValueError, match="largest weights sum to"):
+        swarm_mixtures(np.ones(2), 3, np.random.default_rng(0), max_weight=[0.3, 0.3])
+
+
+def test_a_swarm_table_fits_and_decides():
+    """A swarm has no base run: every run is a cross point, and the decision still runs."""
+    from mixjax.mixing.design import design_runs
+    from mixjax.mixing.mixture import optimise_mixture
+
+    tokens, _ = design_runs("swarm", np.full(3, 1.0), np.full(3, 10.0), np.random.default_rng(0), swarm_runs=26)
+    x = tokens
+    losses = 1.0 + 0.8 * (x + 0.3 * (x.sum(1, keepdims=True) - x) ** 0.6 + 1e-3) ** -0.3
+    table = RunTable(("a", "b", "c"), tokens, losses, tuple(range(2, len(tokens) + 2)))
+    report = optimise_mixture(table, [6.0], key=jax.random.key(0), grid_step=None)
+    assert report.budgets[0].decision is not None and np.isclose(report.budgets[0].weights.sum(), 1.0)
+    assert np.allclose(report.budgets[0].optimum, 1 / 3, atol=0.05)  # a symmetric truth

@@ -26,7 +26,7 @@ import pydantic
 
 from mixjax.cli import check_per_domain
 from mixjax.data.domain import DomainSpec
-from mixjax.mixing.design import PAPER_SCALES
+from mixjax.mixing.design import DESIGNS, SWARM_STRENGTHS, PAPER_SCALES
 from mixjax.mixing.fit import FitConfig
 from mixjax.mixing.solve import Constraints
 from mixjax.model.llama import PRESETS, ModelConfig, RopeScaling, flash_shape_error
@@ -65,6 +65,24 @@ class PretrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PlanConfig:
+    """Which runs the plan stage trains (:func:`mixjax.mixing.design.design_runs`).
+
+    ``design``: "4k+1" (the paper's perturbation runs, ``ExperimentConfig.scales``),
+    "swarm" (a Dirichlet swarm around the available tokens' shares at the base run's
+    budget, RegMix's and olmix's procedure) or "4k+1+swarm". ``swarm_runs``: its size
+    (None: 4k+1, the cost of the 4k+1 design); ``swarm_strengths``: the range of the
+    Dirichlet strength; ``swarm_min_distance``: the half-L1 distance below which a draw is
+    a near-duplicate. The draws come from ``ExperimentConfig.seed`` and are recorded in
+    plan.json."""
+
+    design: str = "4k+1"
+    swarm_runs: int | None = None
+    swarm_strengths: tuple[float, float] = SWARM_STRENGTHS
+    swarm_min_distance: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     name: str
     domains: tuple[DomainSpec, ...]
@@ -76,6 +94,7 @@ class ExperimentConfig:
     train: TrainConfig = TrainConfig()
     evals_per_run: int = 6
     scales: tuple[float, ...] = PAPER_SCALES
+    plan: PlanConfig = PlanConfig()
     fit: FitConfig = FitConfig()  # the library's and mixjax.fit's defaults; fit.json records it
     importance: dict[str, float] = dataclasses.field(default_factory=dict)
     lower: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -293,6 +312,13 @@ def validate(config: ExperimentConfig, device_count: int | None = None, nodes: i
         for source in domain.sources:
             if not source.startswith(("synthetic:", "tfds:")) and not Path(source).exists():
                 raise ConfigError(f"domain {domain.name}: source {source} does not exist")
+    plan = config.plan
+    if plan.design not in DESIGNS:
+        raise ConfigError(f"plan.design: unknown design {plan.design!r} (have: {', '.join(DESIGNS)})")
+    if plan.swarm_runs is not None and plan.swarm_runs < 1:
+        raise ConfigError(f"plan.swarm_runs: a number of runs >= 1 (or None: 4k+1), got {plan.swarm_runs}")
+    if not 0 < plan.swarm_strengths[0] <= plan.swarm_strengths[1]:
+        raise ConfigError(f"plan.swarm_strengths: (low, high) with 0 < low <= high, got {plan.swarm_strengths}")
     if config.adaptive_rounds < 0:
         raise ConfigError(f"adaptive_rounds: a number of rounds >= 0, got {config.adaptive_rounds}")
     if config.validate.seeds < 1:

@@ -30,7 +30,7 @@ from mixjax.data.domain import Domain, Example, examples_hash, load_domains
 from mixjax.data.tokenizer import check_vocab, load_tokenizer
 from mixjax.data.pipeline import mixture_selection
 from mixjax.mixing.baselines import feasible_mask, proportional_weights, simplex_grid, uniform_weights
-from mixjax.mixing.design import perturbation_runs
+from mixjax.mixing.design import design_runs
 from mixjax.mixing.fit.config import FitConfig
 from mixjax.mixing.fit.result import Fit
 from mixjax.mixing.mixture import decide, fit_table, settle_with_probes
@@ -38,7 +38,7 @@ from mixjax.mixing.runs import RunTable, read_run_table
 from mixjax.mixing.solve import Constraints
 from mixjax.model.llama import ModelConfig
 from mixjax.pipeline.training import RUN_ERRORS, run_train_config, steps_for_run
-from mixjax.pipeline.config import ConfigError, ExperimentConfig, validate
+from mixjax.pipeline.config import ConfigError, ExperimentConfig, PlanConfig, validate
 from mixjax.pipeline.fingerprint import config_dict, data_stamp, directory_stamp, normalise
 from mixjax.pipeline.store import RunSpec, RunStore
 from mixjax.progress import progress_iter
@@ -126,9 +126,17 @@ class Inputs:
 # ---------------------------------------------------------------------- plan
 
 
-def plan_runs(names: Sequence[str], base_tokens: int, scales: Sequence[float], available: np.ndarray, budgets: Sequence[int]) -> list[RunSpec]:
-    """The 4k+1 perturbation runs; ConfigError when a domain cannot supply its largest run."""
-    tokens = perturbation_runs(np.full(len(names), base_tokens), scales).round().astype(int)
+def plan_runs(names: Sequence[str], base_tokens: int, scales: Sequence[float], available: np.ndarray, budgets: Sequence[int],
+              plan: PlanConfig = PlanConfig(), key: jax.Array | None = None) -> list[RunSpec]:
+    """The plan's runs (``plan.design``: :func:`mixjax.mixing.design.design_runs`; ``key``
+    draws a swarm); ConfigError when a domain cannot supply its largest run."""
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.key(0) if key is None else key)).ravel())
+    try:
+        tokens, labels = design_runs(plan.design, np.full(len(names), base_tokens), available, rng, scales, plan.swarm_runs,
+                                     strengths=plan.swarm_strengths, min_distance=plan.swarm_min_distance)
+    except ValueError as err:
+        raise ConfigError(f"plan: {err}") from None
+    tokens = tokens.round().astype(int)
     for name, need, have in zip(names, tokens.max(axis=0), available):
         if need > have:
             raise ConfigError(
@@ -139,9 +147,9 @@ def plan_runs(names: Sequence[str], base_tokens: int, scales: Sequence[float], a
         if budget > available.sum():
             raise ConfigError(f"target budget {budget:,} exceeds the {int(available.sum()):,} training tokens available")
     specs = []
-    for row in tokens:
-        changed = [i for i, t in enumerate(row) if t != base_tokens]
-        name = "base" if not changed else f"{names[changed[0]]}-x{row[changed[0]] / base_tokens:g}"
+    for label, row in zip(labels, tokens):
+        domain, _, scale = label.partition("-x")
+        name = f"{names[int(domain)]}-x{scale}" if scale else label
         specs.append(RunSpec(name, "perturb", dict(zip(names, row.tolist()))))
     return specs
 
@@ -373,12 +381,14 @@ class Pipeline:
     def stage_plan(self) -> None:
         cfg = self.config
         available = self.inputs().available
-        specs = plan_runs(cfg.domain_names, cfg.base_tokens, cfg.scales, available, cfg.target_budgets)
+        specs = plan_runs(cfg.domain_names, cfg.base_tokens, cfg.scales, available, cfg.target_budgets, cfg.plan,
+                          jax.random.fold_in(jax.random.key(cfg.seed), 11))
         for domain in self.inputs().domains.values():
             if domain.skipped:
                 self.store.log(f"plan: domain {domain.name}: skipped {len(domain.skipped)} unusable records: " + "; ".join(domain.skipped[:5]))
-        self.store.write_plan(specs, dict(zip(cfg.domain_names, map(int, available))))
-        self.store.log(f"plan: {len(specs)} perturbation runs (4k+1 with k={len(cfg.domain_names)}), base {cfg.base_tokens:,} tokens per domain")
+        design = dataclasses.asdict(cfg.plan) | {"seed": cfg.seed, "runs": len(specs)}
+        self.store.write_plan(specs, dict(zip(cfg.domain_names, map(int, available))), design)
+        self.store.log(f"plan: {len(specs)} runs (design {cfg.plan.design}, k={len(cfg.domain_names)}), base {cfg.base_tokens:,} tokens per domain")
 
     def adaptive_specs(self) -> list[RunSpec]:
         """The adaptive rounds' runs recorded so far (adaptive.json)."""

@@ -82,10 +82,10 @@ class RunStore:
 
     # ------------------------------------------------------------------ plan
 
-    def write_plan(self, specs: Sequence[RunSpec], available: dict[str, int] | None = None) -> None:
-        """plan.json: the perturbation runs and the training tokens each domain has (counted
-        once here; later stages read them instead of tokenizing the data again)."""
-        self.write_json("plan.json", {"runs": [dataclasses.asdict(s) for s in specs], "available": available})
+    def write_plan(self, specs: Sequence[RunSpec], available: dict[str, int] | None = None, design: dict | None = None) -> None:
+        """plan.json: the runs, the training tokens each domain has (counted once here; later
+        stages read them instead of tokenizing the data again) and the design that drew them."""
+        self.write_json("plan.json", {"runs": [dataclasses.asdict(s) for s in specs], "available": available, "design": design})
         barrier("mixjax-plan")
 
     def available(self) -> dict[str, int] | None:
