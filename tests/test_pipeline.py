@@ -631,3 +631,53 @@ def test_adaptive_rounds_train_proposed_runs_and_refit(tmp_path):
     assert len(fake.calls) == 9 + 2
     assert _main(["--stages", "fit", *args], tmp_path, fake) == 0  # a rerun trains nothing new
     assert len(fake.calls) == 11
+
+
+# ---------------------------------------------------------------------- #26: a target that is not a training domain
+
+
+class FakeTrainWithTarget(FakeTrain):
+    """FakeTrain that also measures every validation set that is not a trained domain: a
+    target that learns mostly from math."""
+
+    def __call__(self, trainer, cfg, examples, val_sets, workdir, **kwargs):
+        super().__call__(trainer, cfg, examples, val_sets, workdir, **kwargs)
+        workdir = Path(workdir)
+        x = json.loads((workdir / "spec.json").read_text())["selected_tokens"]
+        result = json.loads((workdir / "result.json").read_text())
+        for name in set(val_sets) - set(x):
+            result["best_losses"][name] = 1.2 + 30.0 * (2.0 * x["math"] + 0.3 * x["instruct"] + 1.0) ** -0.3
+        write_json_atomic(workdir / "result.json", result)
+        self.val_sets = sorted(val_sets)
+
+
+def test_a_target_that_is_not_a_training_domain_end_to_end(tmp_path):
+    """targets=(TargetSpec('held', ...),), objective={'held': 1}: every run evaluates the
+    target's validation set, runs.csv and validation.csv carry loss.held, the fit gives it a
+    law, the solve minimises it (more math than the default objective gives) and the report
+    says so."""
+    config = tmp_path / "target_config.py"
+    config.write_text(
+        "import dataclasses, importlib.util\n"
+        "from mixjax.data.domain import TargetSpec\n"
+        f"_s = importlib.util.spec_from_file_location('tiny', {str(TINY)!r})\n"
+        "_m = importlib.util.module_from_spec(_s); _s.loader.exec_module(_m)\n"
+        "config = dataclasses.replace(_m.config, targets=(TargetSpec('held', ('synthetic:code:60',), val_examples=8),),"
+        " objective={'held': 1.0})\n"
+    )
+    fake = FakeTrainWithTarget()
+    assert _main(["--stages", "plan,perturb,fit,solve,validate,report"], tmp_path, fake, config=config) == 0
+    exp = tmp_path / "tiny"
+    assert fake.val_sets == ["held", "instruct", "math"]
+    header = (exp / "runs.csv").read_text().splitlines()[0]
+    assert header.endswith("loss.instruct,loss.math,loss.held") and "tokens.held" not in header
+    fit = json.loads((exp / "fit.json").read_text())
+    assert fit["targets"] == ["held"] and [d["name"] for d in fit["diagnostics"]] == ["instruct", "math", "held"]
+    w = json.loads((exp / "solution.json").read_text())["weights"]["4000"]
+    assert w[1] > 0.6  # the target learns 2/0.3 more from math than from instruct
+    assert "loss.held" in (exp / "validation.csv").read_text().splitlines()[0]
+    report = (exp / "report.md").read_text()
+    assert "Objective (the total below): 1 x held; targets: held" in report and "held meas / pred" in report
+    summary = json.loads((exp / "summary.json").read_text())
+    optimal = summary["validation"]["mixtures"]["optimal"]
+    assert optimal["measured_total"] == pytest.approx(optimal["measured"][2])  # the total is the objective: held's loss

@@ -43,6 +43,15 @@ class DomainSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class TargetSpec(DomainSpec):
+    """A validation set no run trains on (a held-out benchmark, a downstream task, a source
+    that is not a training domain), in any format a domain takes: its ``val_examples``
+    examples are evaluated in every run and held out of every domain's training data like
+    the domains' validation sets; the fit gives it a law of the domains' tokens and the
+    objective may weigh it (:mod:`mixjax.mixing.objective`)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Example:
     tokens: np.ndarray  # int32 (n,)
     loss_mask: np.ndarray  # int32 (n,), 1 where the token is a training target
@@ -235,15 +244,31 @@ def load_domain(spec: DomainSpec, tokenizer: Tokenizer, max_len: int) -> Domain:
     return _build(spec, split, {split.hashes[i] for i in split.val_ids}, max_len)
 
 
-def load_domains(specs: Sequence[DomainSpec], tokenizer: Tokenizer, max_len: int) -> dict[str, Domain]:
-    """All domains; a conversation in ANY domain's validation set is dropped from EVERY domain's
-    training data, so no validation loss is measured on a trained example."""
-    names = [s.name for s in specs]
+def load_domains(specs: Sequence[DomainSpec], tokenizer: Tokenizer, max_len: int,
+                 targets: Sequence[TargetSpec] = ()) -> dict[str, Domain]:
+    """All domains, then the targets (a :class:`Domain` with no training examples); a
+    conversation in ANY domain's or target's validation set is dropped from EVERY domain's
+    training data, so no validation loss is measured on a trained example.
+
+    Raises:
+      DataError: a repeated name, a domain left without training or validation examples, a
+        target without validation examples.
+    """
+    names = [s.name for s in (*specs, *targets)]
     if len(set(names)) != len(names):
-        raise DataError(f"duplicate domain names: {names}")
-    splits = [_split(s, tokenizer) for s in specs]
+        raise DataError(f"duplicate domain or target names: {names}")
+    splits = [_split(s, tokenizer) for s in (*specs, *targets)]
     held_out = {split.hashes[i] for split in splits for i in split.val_ids}
-    return {s.name: _build(s, split, held_out, max_len) for s, split in zip(specs, splits)}
+    domains = {s.name: _build(s, split, held_out, max_len) for s, split in zip(specs, splits)}
+    return domains | {t.name: _build_target(t, split, max_len) for t, split in zip(targets, splits[len(specs):])}
+
+
+def _build_target(spec: TargetSpec, split: _Split, max_len: int) -> Domain:
+    """A target: its validation examples only (cut to ``max_len`` tokens)."""
+    val = [split.encoded[i] for i in sorted(split.val_ids.tolist()) if _first_trained(split.encoded[i][1]) < max_len]
+    if not val:
+        raise DataError(f"target {spec.name}: no validation example keeps an answer within {max_len} tokens (train.seq_len={max_len - 1})")
+    return Domain(spec.name, (), tuple(Example(t[:max_len].copy(), m[:max_len].copy()) for t, m in val), split.skipped)
 
 
 def encode_documents(tokenizer: Tokenizer, texts: Iterable[str], max_len: int) -> list[Example]:

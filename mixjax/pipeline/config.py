@@ -22,12 +22,14 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydantic
 
 from mixjax.cli import check_per_domain
-from mixjax.data.domain import DomainSpec
+from mixjax.data.domain import DomainSpec, TargetSpec
 from mixjax.mixing.design import DESIGNS, SWARM_STRENGTHS, PAPER_SCALES
 from mixjax.mixing.fit import FitConfig
+from mixjax.mixing.objective import objective_importance
 from mixjax.mixing.solve import Constraints
 from mixjax.model.llama import PRESETS, ModelConfig, RopeScaling, flash_shape_error
 from mixjax.train.loop import TrainConfig
@@ -95,6 +97,11 @@ class ExperimentConfig:
     evals_per_run: int = 6
     scales: tuple[float, ...] = PAPER_SCALES
     plan: PlanConfig = PlanConfig()
+    # Validation sets no run trains on, evaluated in every run; the objective may weigh them.
+    targets: tuple[TargetSpec, ...] = ()
+    # What the solve minimises: {domain or target: weight}; empty: every domain at its
+    # ``importance`` (default 1), targets at 0 (mixjax.mixing.objective).
+    objective: dict[str, float] = dataclasses.field(default_factory=dict)
     fit: FitConfig = FitConfig()  # the library's and mixjax.fit's defaults; fit.json records it
     importance: dict[str, float] = dataclasses.field(default_factory=dict)
     lower: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -118,14 +125,23 @@ class ExperimentConfig:
     def domain_names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.domains)
 
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.targets)
+
     def constraints(self, available) -> Constraints:
-        """The solver's constraints: this config's bounds and importance, and ``available``
-        training tokens per domain (in domain order)."""
+        """The solver's constraints: this config's bounds, ``available`` training tokens per
+        domain (in domain order) and the objective's weights over the domains then the
+        targets (``objective``, else ``importance`` with targets at 0)."""
         names = self.domain_names
         pick = lambda d, default: [d.get(n, default) for n in names]
+        outputs = names + self.target_names
+        if self.objective:
+            importance = objective_importance(outputs, len(names), np.ones(len(outputs), bool), self.objective)
+        else:
+            importance = np.concatenate([pick(self.importance, 1.0), np.zeros(len(self.targets))])
         return Constraints.create(
-            len(names), lower=pick(self.lower, 0.0), upper=pick(self.upper, 1.0), available=available,
-            importance=pick(self.importance, 1.0),
+            len(names), lower=pick(self.lower, 0.0), upper=pick(self.upper, 1.0), available=available, importance=importance,
         )
 
     def model_config(self) -> ModelConfig:
@@ -301,7 +317,14 @@ def validate(config: ExperimentConfig, device_count: int | None = None, nodes: i
             check_per_domain(getattr(config, field), field)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    check_domain_specs(config.domains)
+    check_domain_specs(config.domains + config.targets)
+    if set(config.target_names) & set(names):
+        raise ConfigError(f"targets: {sorted(set(config.target_names) & set(names))[0]!r} is also a domain; a target is a validation set no run trains on: rename it")
+    if config.objective:
+        try:
+            objective_importance(names + config.target_names, len(names), np.ones(len(names) + len(config.targets), bool), config.objective)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if config.base_tokens <= 0 or any(b <= 0 for b in config.target_budgets) or not config.target_budgets:
         raise ConfigError("base_tokens and target_budgets must be positive (and at least one target budget)")
     if config.checkpoint is not None and not (Path(config.checkpoint) / "config.json").exists():

@@ -50,14 +50,14 @@ class ReportInputs:
     answer: str = "solution.json"  # which recorded file is the experiment's answer (RunStore.answer)
 
 
-def read_validation(path: Path, names: Sequence[str]) -> dict[str, tuple[list[float], dict[int, list[float]]]]:
-    """validation.csv as ``{label: (weights, {seed: per-domain losses})}`` (what the
-    validate stage recorded; :meth:`mixjax.pipeline.store.RunStore.write_table`)."""
+def read_validation(path: Path, names: Sequence[str], targets: Sequence[str] = ()) -> dict[str, tuple[list[float], dict[int, list[float]]]]:
+    """validation.csv as ``{label: (weights, {seed: losses of the domains then the targets})}``
+    (what the validate stage recorded; :meth:`mixjax.pipeline.store.RunStore.write_table`)."""
     measured: dict[str, tuple[list[float], dict[int, list[float]]]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             weights, by_seed = measured.setdefault(row["label"], ([float(row[f"weight.{n}"]) for n in names], {}))
-            by_seed[int(row["seed"])] = [float(row[f"loss.{n}"]) for n in names]
+            by_seed[int(row["seed"])] = [float(row[f"loss.{n}"]) for n in (*names, *targets)]
     return measured
 
 
@@ -210,22 +210,25 @@ def grid_metrics_over_seeds(rows: Mapping[str, dict], names: Sequence[str]) -> d
 
 
 def validation_summary(r: ReportInputs) -> dict:
-    """Per mixture: mean and sd over seeds of every domain's measured loss and of the total,
-    the law's prediction; for each non-grid mixture, the paired difference optimal - it over
-    the seeds both were measured at (t interval, verdict); the grid metrics over seeds."""
+    """Per mixture: mean and sd over seeds of every domain's (and target's) measured loss and
+    of the total (the objective: ``sum_o s_o L_o`` with the solve's weights ``s``), the law's
+    prediction; for each non-grid mixture, the paired difference optimal - it over the seeds
+    both were measured at (t interval, verdict); the grid metrics over seeds."""
     rows = {}
+    s = np.asarray(r.constraints.importance, np.float64)
+    objective = lambda losses: float(np.nansum(np.asarray(losses, np.float64) * s))
     for label, (weights, by_seed) in r.measured.items():
         w = np.asarray(weights, np.float64)
         predicted = predict(r.fit, (w * float(r.validate_budget))[None])[0]
         seeds = sorted(by_seed)
         losses = np.asarray([by_seed[s] for s in seeds], np.float64)  # (S, k)
         mean, sd = mean_sd(losses)
-        total_mean, total_sd = mean_sd(losses.sum(axis=1))
+        total_mean, total_sd = mean_sd(np.array([objective(row) for row in losses]))
         rows[label] = {
             "weights": w.tolist(), "seeds": seeds, "measured": mean.tolist(), "measured_sd": sd.tolist(),
             "measured_total": float(total_mean), "measured_total_sd": float(total_sd),
-            "predicted": predicted.tolist(), "predicted_total": float(np.nansum(predicted)),
-            "per_seed": {s: {"measured": by_seed[s], "total": float(np.sum(by_seed[s]))} for s in seeds},
+            "predicted": predicted.tolist(), "predicted_total": objective(predicted),
+            "per_seed": {seed: {"measured": by_seed[seed], "total": objective(by_seed[seed])} for seed in seeds},
         }
     summary: dict = {"budget": r.validate_budget, "seeds": sorted({s for v in rows.values() for s in v["seeds"]}), "mixtures": rows, "skipped": dict(r.skipped)}
     grid = grid_metrics_over_seeds(rows, r.domains)
@@ -314,6 +317,7 @@ def selection_lines(selection: dict, solution: dict, final: dict | None, budget:
 
 def write_report(r: ReportInputs, out: Path) -> dict:
     fit, solution, names = r.fit, r.solution, r.domains
+    outputs = tuple(names) + tuple(fit.targets)
     plot_fits(r.runs_csv, fit, out / "fit_curves.png")
     plot_weights_vs_budget(r.target_budgets, r.constraints, fit, out / "weights_vs_budget.png")
     plot_training_curves(r.histories, out / "training_curves.png")
@@ -330,7 +334,9 @@ def write_report(r: ReportInputs, out: Path) -> dict:
     }
     write_json_atomic(out / "summary.json", summary)
 
-    lines = [f"# mixjax report: {r.name}", "", f"Base model: {r.base_model or 'none (randomly initialised)'}", "", "## Optimal mixture", "",
+    weighed = [f"{x:g} x {n}" for n, x in zip(outputs, np.asarray(r.constraints.importance, np.float64)) if x]
+    lines = [f"# mixjax report: {r.name}", "", f"Base model: {r.base_model or 'none (randomly initialised)'}", "",
+             f"Objective (the total below): {' + '.join(weighed)}" + (f"; targets: {', '.join(fit.targets)}" if fit.targets else ""), "", "## Optimal mixture", "",
              f"The answer: {r.answer}. The weights the validation runs trained (the solve of fit.json):", ""]
     lines.append("| budget (tokens) | " + " | ".join(names) + " | predicted total loss |")
     lines.append("|---|" + "---|" * (len(names) + 1))
@@ -352,7 +358,7 @@ def write_report(r: ReportInputs, out: Path) -> dict:
         lines += ["", "Law families, out-of-fold on the same folds (* = used):", "", "```", fit.score_table(), "```", ""]
         lines += [f"- {note}" for note in fit.notes]
     if validation["mixtures"]:
-        lines += validation_lines(validation, names)
+        lines += validation_lines(validation, outputs)
     if r.selection is not None:
         lines += selection_lines(r.selection, solution, r.solution_final, r.validate_budget, names)
     if validation["skipped"]:

@@ -94,7 +94,7 @@ class Inputs:
     @functools.cached_property
     def domains(self) -> dict[str, Domain]:
         check_vocab(self.tokenizer, self.model.vocab_size)
-        return load_domains(self.config.domains, self.tokenizer, self.config.train.seq_len + 1)
+        return load_domains(self.config.domains, self.tokenizer, self.config.train.seq_len + 1, self.config.targets)
 
     @functools.cached_property
     def trainer(self) -> Trainer:
@@ -185,7 +185,7 @@ def prepare_run(spec: RunSpec, inputs: Inputs, profile: bool = False) -> Prepare
         "train": config_dict(run_cfg),
         "init_checkpoint": inputs.checkpoint_stamp,
         "tokenizer": inputs.tokenizer_fingerprint,
-        "data": data_stamp(cfg.domains),
+        "data": data_stamp(cfg.domains + cfg.targets),
     })
     return PreparedRun(spec, examples, selected, run_cfg, fingerprint)
 
@@ -361,7 +361,7 @@ class Pipeline:
         inputs = self.inputs()
         runs = [prepare_run(s, inputs, self.options.profile) for s in specs]
         val = {n: d.val for n, d in inputs.domains.items()}
-        write = lambda: self.store.write_table(table, recorded, self.config.domain_names)
+        write = lambda: self.store.write_table(table, recorded, self.config.domain_names, self.config.target_names)
         failed = train_runs(
             runs, self.store, label, val_sets=val, init_params=inputs.init_params, trainer=lambda: inputs.trainer, options=self.options,
             after_each=write, keep_best_params=self.config.keep_best_params,
@@ -424,7 +424,7 @@ class Pipeline:
 
     def stage_fit(self) -> None:
         # runs.csv from every finished run's result.json (job-array tasks each wrote their own view)
-        self.store.write_table("runs.csv", self.perturbation_specs(), self.config.domain_names)
+        self.store.write_table("runs.csv", self.perturbation_specs(), self.config.domain_names, self.config.target_names)
         fit = fit_runs(self.store.path("runs.csv"), self.config.seed, self.config.fit)
         for index in range(self.config.adaptive_rounds):
             specs = self.adaptive_round(index, fit)
@@ -477,8 +477,8 @@ class Pipeline:
         solved again; fit_final.json, solution_final.json and selection.json record the
         outcome, probes.csv the probe runs."""
         names = self.config.domain_names
-        measured = self.store.run_table(probes, names, "probe runs")
-        self.store.write_table("probes.csv", probes, names)
+        measured = self.store.run_table(probes, names, "probe runs", self.config.target_names)
+        self.store.write_table("probes.csv", probes, names, self.config.target_names)
         train = read_run_table(self.store.path("runs.csv"))
         key = jax.random.fold_in(jax.random.key(self.config.seed), 2)
         fit, report = settle_with_probes(self.recorded_fit(), train, measured, self.config.fit, key)
@@ -501,7 +501,7 @@ class Pipeline:
         names = self.config.domain_names
         plan = self.store.read_json("validation_plan.json") or {}
         validated = self.store.path("validation.csv")
-        measured = read_validation(validated, names) if validated.exists() else {}
+        measured = read_validation(validated, names, self.config.target_names) if validated.exists() else {}
         run_names = [s.name for s in self.store.plan()] + [r["name"] for r in plan.get("runs", [])]
         report = ReportInputs(
             name=self.config.name, domains=names, fit=self.recorded_fit(), solution=self.store.read_json("solution.json"),

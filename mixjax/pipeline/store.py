@@ -24,6 +24,7 @@ Every file is written atomically and only by process 0 (multi-host runs).
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -176,41 +177,43 @@ class RunStore:
     def histories(self, names: Sequence[str]) -> dict[str, list[dict]]:
         return {n: r.get("history", []) for n in names if (r := self.result(n)) is not None}
 
-    def finished(self, specs: Sequence[RunSpec], domains: Sequence[str]) -> list[tuple[RunSpec, list[int], list[float]]]:
-        """(spec, tokens actually selected per domain, best checkpoint's losses) of every
-        finished run among ``specs``, in their order."""
+    def finished(self, specs: Sequence[RunSpec], domains: Sequence[str], targets: Sequence[str] = ()) -> list[tuple[RunSpec, list[int], list[float]]]:
+        """(spec, tokens actually selected per domain, best checkpoint's losses of the domains
+        then the targets (NaN where a run did not measure one)) of every finished run among
+        ``specs``, in their order."""
         rows = []
         for spec in specs:
             result, record = self.result(spec.name), self.record(spec.name)
             if result is not None:
                 tokens = (record or {}).get("selected_tokens") or spec.tokens
-                rows.append((spec, [tokens[d] for d in domains], [result["best_losses"][d] for d in domains]))
+                losses = result["best_losses"]
+                rows.append((spec, [tokens[d] for d in domains], [losses[d] for d in domains] + [losses.get(t, math.nan) for t in targets]))
         return rows
 
-    def run_table(self, specs: Sequence[RunSpec], domains: Sequence[str], source: str) -> RunTable:
+    def run_table(self, specs: Sequence[RunSpec], domains: Sequence[str], source: str, targets: Sequence[str] = ()) -> RunTable:
         """The finished runs among ``specs`` as a run table (what :meth:`write_table` writes).
 
         Raises:
           RunTableError: none of them has finished."""
-        rows = self.finished(specs, domains)
+        rows = self.finished(specs, domains, targets)
         if not rows:
             raise RunTableError(f"{source}: no finished runs")
         return RunTable(tuple(domains), np.array([r[1] for r in rows], np.float64), np.array([r[2] for r in rows], np.float64),
-                        tuple(range(2, len(rows) + 2)), source)
+                        tuple(range(2, len(rows) + 2)), source, tuple(targets))
 
-    def write_table(self, filename: str, specs: Sequence[RunSpec], domains: Sequence[str]) -> int:
+    def write_table(self, filename: str, specs: Sequence[RunSpec], domains: Sequence[str], targets: Sequence[str] = ()) -> int:
         """runs.csv / validation.csv / probes.csv from the finished runs: the tokens actually
         selected per domain (not the planned ones) and the best checkpoint's losses; runs
         with a label (validation runs) also record ``run``, ``label``, ``seed`` and
         ``weight.<domain>``. Returns the number of rows."""
-        rows = self.finished(specs, domains)
+        rows = self.finished(specs, domains, targets)
         if rows and self.primary:
             extra = {}
             if all(spec.label is not None for spec, _, _ in rows):
                 extra = {"run": [s.name for s, _, _ in rows], "label": [s.label for s, _, _ in rows], "seed": [s.seed for s, _, _ in rows]}
                 extra |= {f"weight.{d}": [repr(float(s.weights[d])) for s, _, _ in rows] for d in domains}
             with atomic_path(self.dir / filename) as tmp:
-                write_run_table(tmp, domains, [r[1] for r in rows], [r[2] for r in rows], extra)
+                write_run_table(tmp, domains, [r[1] for r in rows], [r[2] for r in rows], extra, targets)
         return len(rows)
 
     # ------------------------------------------------------------------ the answer
