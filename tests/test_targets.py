@@ -92,3 +92,21 @@ def test_cli_objective_in_json(table_path, capsys):
     assert out["objective"] == {"a": 0.5, "b": 0.0, "c": 0.0, "bench": 1.0}
     assert out["targets"] == ["bench"] and len(out["predicted_losses"]["3"]) == 4
     assert main(["--runs", str(table_path), "--budget", "3", "--objective", "bench=1", "--importance", "a=1"]) == 2
+
+
+def test_a_target_keeps_its_own_family_under_the_paper_law(table_path):
+    """--family paper for the domains: the target's law is still the family that predicts it
+    out-of-fold (the paper's law would make it a function of the budget alone), and says so."""
+    table = read_run_table(table_path)
+    from mixjax.mixing.fit.config import FitConfig
+
+    importance = objective_importance(table.outputs, 3, table.measured, {"bench": 1.0})
+    report = optimise_mixture(table, [3.0], Constraints.create(3, importance=importance), FitConfig(family="paper"),
+                              key=jax.random.key(0), grid_step=None)
+    fit = report.fit
+    assert fit.family == "paper" and "its law is the 'transfer' family's" in fit.diagnostics[3].notes[0]
+    assert report.budgets[0].optimum[0] > 0.95
+    # The domains' laws are the paper family's, written in the transfer form: t = 1 among the
+    # domains, rho = 1, nothing transferred from the target's (empty) column.
+    t = np.asarray(fit.params.transfer)
+    assert np.allclose(t[:3, :3], 1 - np.eye(3)) and np.allclose(t[:, 3], 0) and np.allclose(fit.params.rho[:3], 1)

@@ -89,6 +89,7 @@ def choose(fits) -> Fit:
     family's scores and the chosen fit's per-domain diagnostics."""
     if fits.two_stage is not None:
         return fits.two_stage
+    fits, target_notes = _targets_on_their_own_family(fits)
     cfg, table, measured = fits.config, fits.table, fits.measured
     target = table.losses[:, measured]
     scores = {f: score(target, ff.oof) | {"extrapolates": FAMILIES[f].extrapolates, "seconds": ff.seconds} for f, ff in fits.fits.items()}
@@ -102,7 +103,8 @@ def choose(fits) -> Fit:
     notes = _comparator_note(scores, errors, chosen, fits.fits) if fits.num_folds else []
     auto = cfg.family == "auto" and fits.num_folds
     notes.insert(0, f"law family: {chosen!r}" + (f" (lowest out-of-fold RMSE of the families that extrapolate in N, {fits.num_folds} folds)" if auto else ""))
-    variants = {f: law_params(f, fits.fits[f].theta, measured, fits.scale, fits.sources) for f in extrapolating}
+    law_of = lambda f, theta: law_params("transfer" if table.targets else f, theta, measured, fits.scale, fits.sources)
+    variants = {f: law_of(f, fits.fits[f].theta) for f in extrapolating}
     fit = Fit(
         domains=tuple(table.domains), targets=tuple(table.targets), params=variants[chosen], family=chosen, scores=scores, variants=variants,
         candidates=candidates, exp_params=exp_params(fits.fits["exp"].theta, measured) if "exp" in fits.fits else None,
@@ -110,10 +112,48 @@ def choose(fits) -> Fit:
         validation={"oof_rmse": scores[chosen]["rmse"], "oof_spearman": scores[chosen]["domain_spearman"],
                     "num_points": int((~np.isnan(target)).sum()), "folds": int(fits.num_folds)},
         diagnostics=tuple(unmeasured(d) if not m else DomainDiagnostics(d) for d, m in zip(table.outputs, measured)),
-        samples={f: _stacked([law_params(f, theta, measured, fits.scale, fits.sources) for theta in fits.fits[f].samples])
+        samples={f: _stacked([law_of(f, theta) for theta in fits.fits[f].samples])
                  for f in extrapolating if fits.fits[f].samples is not None and len(fits.fits[f].samples)},
     )
-    return dataclasses.replace(fit, diagnostics=_diagnostics(fit, table, errors[chosen], measured))
+    diagnostics = _diagnostics(fit, table, errors[chosen], measured)
+    diagnostics = tuple(dataclasses.replace(d, notes=[*target_notes[d.name], *d.notes]) if d.name in target_notes else d for d in diagnostics)
+    return dataclasses.replace(fit, diagnostics=diagnostics)
+
+
+def _targets_on_their_own_family(fits):
+    """Each target's law from the extrapolating family with the lowest out-of-fold RMSE on
+    that target, in every family's fit (the family choice is the domains'; a target has no
+    own-domain term, and the paper's law makes its loss a function of the budget alone).
+    Returns (the fits with the targets' rows replaced, {target: [note]})."""
+    table, measured = fits.table, fits.measured
+    k = len(table.domains)
+    rows = np.flatnonzero(measured)
+    extrapolating = [f for f in fits.fits if FAMILIES[f].extrapolates]
+    if not table.targets or not fits.num_folds or len(extrapolating) < 2:
+        return fits, {}
+    replaced = {f: ff for f, ff in fits.fits.items()}
+    notes = {}
+    for row, i in enumerate(rows):
+        if i < k:
+            continue
+        measured_i = ~np.isnan(table.losses[:, i])
+        rmse = {f: float(np.sqrt(np.mean((fits.fits[f].oof[measured_i, row] - table.losses[measured_i, i]) ** 2))) for f in extrapolating}
+        best = min(rmse, key=rmse.get)
+        name = table.outputs[i]
+        notes[name] = [f"target: its law is the {best!r} family's (out-of-fold RMSE " + ", ".join(f"{f} {v:.3g}" for f, v in rmse.items()) + ")"]
+        if best == "paper":
+            notes[name].append("under the paper's law a target's loss depends on the budget only: it does not move the weights")
+        for f in extrapolating:
+            replaced[f] = _with_row(replaced[f], fits.fits[best], row)
+    return dataclasses.replace(fits, fits=replaced), notes
+
+
+def _with_row(fit, source, row: int):
+    """``fit`` (a FamilyFit) with measured output ``row`` taken from ``source``."""
+    take = lambda a, b, axis: None if a is None or b is None else np.concatenate(
+        [np.take(a, range(row), axis), np.take(b, [row], axis), np.take(a, range(row + 1, a.shape[axis]), axis)], axis)
+    return dataclasses.replace(fit, theta=take(fit.theta, source.theta, 0), oof=take(fit.oof, source.oof, 1),
+                               fitted=take(fit.fitted, source.fitted, 1), samples=take(fit.samples, source.samples, 1))
 
 
 def _stacked(laws: list):
