@@ -276,15 +276,20 @@ def _rows(table: RunTable, keep: np.ndarray) -> RunTable:
 def _concat(a: RunTable, b: RunTable) -> RunTable:
     return RunTable(domains=a.domains, tokens=np.concatenate([a.tokens, b.tokens]),
                     losses=np.concatenate([a.losses, b.losses]), lines=tuple(a.lines) + tuple(b.lines),
-                    source=f"{a.source}+{b.source}")
+                    source=f"{a.source}+{b.source}", targets=a.targets)
 
 
-def _aligned(probes: RunTable, domains: tuple[str, ...]) -> RunTable:
-    missing = [d for d in domains if d not in probes.domains]
+def _aligned(probes: RunTable, train: RunTable) -> RunTable:
+    """``probes`` with ``train``'s domains and targets in ``train``'s order (a target the
+    probes did not measure: NaN)."""
+    missing = [d for d in train.domains if d not in probes.domains]
     if missing:
         raise ValueError(f"{probes.source}: probe runs lack domains {missing}")
-    order = [probes.domains.index(d) for d in domains]
-    return dataclasses.replace(probes, domains=tuple(domains), tokens=probes.tokens[:, order], losses=probes.losses[:, order])
+    order = [probes.domains.index(d) for d in train.domains]
+    nan = np.full((len(probes.losses), 1), np.nan)
+    losses = [probes.losses[:, [probes.outputs.index(o)]] if o in probes.outputs else nan for o in train.outputs]
+    return dataclasses.replace(probes, domains=train.domains, targets=train.targets, tokens=probes.tokens[:, order],
+                               losses=np.concatenate(losses, axis=1))
 
 
 def _leave_one_probe_out(fit: Fit, train: RunTable, probes: RunTable, cfg: FitConfig, key: jax.Array) -> dict[str, np.ndarray]:
@@ -321,7 +326,7 @@ def settle_with_probes(fit: Fit, train: RunTable, probes: RunTable, cfg: FitConf
       ValueError: if the probe table lacks one of the training table's domains or has no
         measured loss on a domain with a law.
     """
-    probes = _aligned(probes, tuple(train.domains))
+    probes = _aligned(probes, train)
     measured = ~np.isnan(probes.losses) & fit.has_law[None]
     if not measured.any():
         raise ValueError(f"{probes.source}: no measured loss on a domain with a law")
