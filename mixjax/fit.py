@@ -219,11 +219,12 @@ def format_report(report: MixtureReport) -> str:
 
 
 def predictions(fit: Fit, path: str) -> dict:
-    """``{"domains", "losses"}``: the fit's loss for every run of the table at ``path``, in its
-    row order, None where a domain has no law."""
+    """``{"domains", "targets", "losses"}``: the fit's loss of every domain then target for
+    every run of the table at ``path``, in its row order, None where a domain has no law."""
     other = read_run_table(path, require_losses=False)
     losses = predict(fit, other.tokens, other.domains)
-    return {"domains": list(fit.domains), "losses": [[None if np.isnan(v) else float(v) for v in row] for row in losses]}
+    return {"domains": list(fit.domains), "targets": list(fit.targets),
+            "losses": [[None if np.isnan(v) else float(v) for v in row] for row in losses]}
 
 
 def _objective(args: argparse.Namespace, table) -> np.ndarray:
@@ -269,7 +270,7 @@ def _print(args: argparse.Namespace, report: MixtureReport, predicted: dict | No
         print(format_report(report))
         if predicted is not None:
             print(f"\nPredicted losses for {args.predict} (one row per run):")
-            print("  " + " ".join(f"{n:>10}" for n in predicted["domains"]))
+            print("  " + " ".join(f"{n:>10}" for n in predicted["domains"] + predicted["targets"]))
             for row in predicted["losses"]:
                 print("  " + " ".join(f"{'-':>10}" if v is None else f"{v:10.4f}" for v in row))
         if proposals is not None:
