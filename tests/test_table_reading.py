@@ -94,3 +94,14 @@ def test_the_fit_of_a_spaced_table_is_the_fit_of_the_clean_one(tmp_path, capsys,
         assert main(["--runs", str(path), "--budget", "20", "--json", "--grid-step", "0"]) == 0
         weights.append(json.loads(capsys.readouterr().out)["weights"]["20"])
     assert weights[1] == weights[0]  # main: other weights, code "trained, never measured"
+
+
+def test_a_short_first_row_keeps_the_later_columns(tmp_path):
+    """The columns are the header's: a first row with its trailing loss cells left out
+    (not measured) must not drop those columns from every row."""
+    from mixjax.mixing.runs import read_run_table
+
+    path = tmp_path / "runs.csv"
+    path.write_text("tokens.a,tokens.b,loss.a,loss.b\n1,1,2.0\n2,1,1.9,2.1\n1,2,2.1,1.9\n")
+    table = read_run_table(path)
+    assert np.isnan(table.losses[0, 1]) and table.losses[1:, 1].tolist() == [2.1, 1.9]
