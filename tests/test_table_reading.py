@@ -98,10 +98,8 @@ def test_the_fit_of_a_spaced_table_is_the_fit_of_the_clean_one(tmp_path, capsys,
 
 def test_a_short_first_row_keeps_the_later_columns(tmp_path):
     """The columns are the header's: a first row with its trailing loss cells left out
-    (not measured) must not drop those columns from every row."""
-    from mixjax.mixing.runs import read_run_table
-
+    (not measured) must not drop those columns (here a target's) from the table."""
     path = tmp_path / "runs.csv"
-    path.write_text("tokens.a,tokens.b,loss.a,loss.b\n1,1,2.0\n2,1,1.9,2.1\n1,2,2.1,1.9\n")
+    path.write_text("tokens.a,tokens.b,loss.a,loss.b,loss.t\n1,1,2.0,2.0\n2,1,1.9,2.1,3.0\n1,2,2.1,1.9,3.1\n")
     table = read_run_table(path)
-    assert np.isnan(table.losses[0, 1]) and table.losses[1:, 1].tolist() == [2.1, 1.9]
+    assert table.targets == ("t",) and np.isnan(table.losses[0, 2]) and table.losses[1:, 2].tolist() == [3.0, 3.1]
