@@ -681,3 +681,20 @@ def test_a_target_that_is_not_a_training_domain_end_to_end(tmp_path):
     summary = json.loads((exp / "summary.json").read_text())
     optimal = summary["validation"]["mixtures"]["optimal"]
     assert optimal["measured_total"] == pytest.approx(optimal["measured"][2])  # the total is the objective: held's loss
+
+
+def test_a_swarm_design_is_planned_recorded_and_trained(tmp_path):
+    """plan.design='4k+1+swarm': the 4k+1 runs, then 4k+1 swarm runs at the base run's
+    budget, recorded with the design in plan.json, the same draws from the same seed."""
+    fake = FakeTrain()
+    args = ["--set", "plan.design='4k+1+swarm'", "plan.swarm_runs=5"]
+    assert _main(["--stages", "plan,perturb", *args], tmp_path, fake) == 0
+    plan = json.loads((tmp_path / "tiny" / "plan.json").read_text())
+    assert plan["design"]["design"] == "4k+1+swarm" and plan["design"]["runs"] == 9 + 5
+    swarm = [r for r in plan["runs"] if r["name"].startswith("swarm-")]
+    assert len(swarm) == 5 and all(abs(sum(r["tokens"].values()) - 4000) <= 1 for r in swarm)
+    assert len((tmp_path / "tiny" / "runs.csv").read_text().splitlines()) == 1 + 14 and len(fake.calls) == 14
+    again = tmp_path / "again"
+    assert _main(["--stages", "plan", *args], again, FakeTrain()) == 0
+    assert json.loads((again / "tiny" / "plan.json").read_text())["runs"] == plan["runs"]
+    assert _main(["--stages", "plan", "--set", "plan.design='grid'"], tmp_path / "bad", FakeTrain()) == 2
