@@ -3,6 +3,7 @@ paper's 4k+1 design observed with multiplicative per-run noise, a recommendation
 the base run's budget, scored against the truth.
 
     python benchmarks/procedure.py [--truths 4] [--ks 3 5] [--noise 0.003 0.01 0.02] [--previous REV] [--adaptive]
+                                   [--design 4k+1 swarm swarm2x]
 
 Score of a mixture w: the fraction of uniform's excess total loss (over the true optimum)
 that w recovers (truths where uniform is within 0.2% of the optimum are drawn again), (L(uniform) - L(w)) / (L(uniform) - L(opt)): 1 is the true optimum, 0 is
@@ -26,12 +27,18 @@ that git revision on every table), the paper's procedure (two-stage, reference s
 statistic, alpha at the prior), the best observed run's mixture, uniform (0 by
 definition). ``--adaptive``: the recommendation after +k and +2k proposed runs
 (``mixjax.fit --propose``) against as many random Dirichlet(1) runs, at 1% noise.
+``--design``: the runs observed, each design on the same truths: ``4k+1`` (the paper's,
+the default), ``swarm`` (as many runs, 4k+1, of a Dirichlet swarm around uniform shares at
+the base run's budget of k units: :func:`mixjax.mixing.design.swarm_mixtures`) or
+``swarm2x`` (twice as many); the paper's procedure needs the 4k+1 series (NaN, "-", on a
+swarm), the adaptive runs are for 4k+1 only.
 Prints the load average; times compare only within a run.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -52,6 +59,19 @@ def design(k: int) -> np.ndarray:
     from mixjax.mixing.design import perturbation_runs
 
     return perturbation_runs(np.ones(k), SCALES)
+
+
+DESIGNS = ("4k+1", "swarm", "swarm2x")
+
+
+def design_tokens(name: str, k: int, rng: np.random.Generator) -> np.ndarray:
+    """The runs (R, k) of a design, each at the base run's budget of k token units."""
+    from mixjax.mixing.design import swarm_mixtures
+
+    if name == "4k+1":
+        return design(k)
+    runs = {"swarm": 4 * k + 1, "swarm2x": 2 * (4 * k + 1)}[name]
+    return swarm_mixtures(np.full(k, 1.0 / k), runs, rng, max_weight=None) * k
 
 
 def truth(form: str, k: int, rng: np.random.Generator):
@@ -85,10 +105,20 @@ def regmix_truth(rng: np.random.Generator):
     """The transfer law fitted to RegMix 1M's 512 training runs (its 13 measured domains),
     each domain's beta scaled by a random factor in [0.8, 1.25]; tokens in units of the
     base run's per-domain share."""
+    from mixjax.mixing.law import evaluate, token_losses
+
+    sub, unit = regmix_law()
+    sub = sub._replace(beta=sub.beta * rng.uniform(0.8, 1.25, len(sub.beta)))
+    return lambda x: evaluate(token_losses, sub, x * unit)
+
+
+@functools.cache
+def regmix_law():
+    """(the transfer law of RegMix 1M's 13 measured domains, the token unit): one fit per
+    process (it is deterministic: key 0)."""
     import jax
 
     from mixjax.mixing.fit import FitConfig, FoldConfig
-    from mixjax.mixing.law import evaluate, token_losses
     from mixjax.mixing.mixture import fit_table
     from mixjax.mixing.runs import read_run_table
 
@@ -98,9 +128,7 @@ def regmix_truth(rng: np.random.Generator):
     params = jax.tree.map(np.asarray, fit.params)
     idx = np.flatnonzero(keep)
     sub = type(params)(*(p[idx][:, idx] if p.ndim == 2 else p[idx] for p in params))
-    unit = float(np.median(table.tokens.sum(axis=1))) / len(idx)
-    sub = sub._replace(beta=sub.beta * rng.uniform(0.8, 1.25, len(idx)))
-    return lambda x: evaluate(token_losses, sub, x * unit)
+    return sub, float(np.median(table.tokens.sum(axis=1))) / len(idx)
 
 
 def observe(f, tokens, noise, rng):
@@ -162,31 +190,55 @@ def score(f, w, uniform_total, best_total, budget) -> float:
     return (uniform_total - float(f(np.asarray(w)[None] * budget).sum())) / (uniform_total - best_total)
 
 
-def one_case(form, k, noise, seed, args, rev_dir, tmp):
-    from mixjax.mixing.fit import FitConfig, TwoStageConfig
-
-    rng = np.random.default_rng(seed)
-    budget = 10.0 * k
-    for _ in range(20):  # truths where uniform is within 0.2% of the optimum say nothing of a method
+def draw_truth(form, k, budget, rng):
+    """A truth where uniform is not within 0.2% of the optimum (those say nothing of a
+    method): (f, uniform's total, the optimum's total)."""
+    for _ in range(20):
         f = regmix_truth(rng) if form == "regmix" else truth(form, k, rng)
-        w_opt, best_total = true_optimum(f, k, budget, rng)
+        _, best_total = true_optimum(f, k, budget, rng)
         uniform_total = float(f(np.full((1, k), budget / k)).sum())
         if uniform_total - best_total >= 0.002 * best_total:
             break
-    tokens = design(k)
-    losses = observe(f, tokens, noise, rng)
+    return f, uniform_total, best_total
+
+
+def one_case(form, k, noise, seed, args, rev_dir, tmp) -> list[dict]:
+    """One truth, observed through every design of ``args.design``: a row per design.
+    4k+1 draws its noise from the truth's generator (as before designs existed); a swarm
+    draws its mixtures and noise from its own, so the truth is the same for every design."""
+    rng = np.random.default_rng(seed)
+    budget = 10.0 * k
+    f, uniform_total, best_total = draw_truth(form, k, budget, rng)
     s = lambda w: score(f, w, uniform_total, best_total, budget)
-    rec, opt, proposals = fit_weights(tokens, losses, budget, 0, propose=k if args.adaptive else 0)  # key 0: mixjax.fit's default --seed
-    paper_cfg = FitConfig(family="paper", paper_fit="two-stage", two_stage=TwoStageConfig(procedure="paper", alpha_mode="prior"))
-    _, paper, _ = fit_weights(tokens, losses, budget, 0, paper_cfg)
+    rows = []
+    for name in args.design:
+        own = rng if name == "4k+1" else np.random.default_rng([seed, DESIGNS.index(name)])
+        tokens = design_tokens(name, k, own)
+        losses = observe(f, tokens, noise, own)
+        row = {"form": form, "k": k, "noise": noise, "seed": seed, "design": name, "runs": len(tokens),
+               "excess": (uniform_total - best_total) / best_total}
+        row |= design_case(f, tokens, losses, budget, k, noise, seed, args, rev_dir, tmp, own, s, name == "4k+1")
+        rows.append(row)
+    return rows
+
+
+def design_case(f, tokens, losses, budget, k, noise, seed, args, rev_dir, tmp, rng, s, series: bool) -> dict:
+    """The comparators' scores on one observed table (``series``: a 4k+1 design)."""
+    from mixjax.mixing.fit import FitConfig, TwoStageConfig
+
+    adaptive_here = args.adaptive and series
+    rec, opt, proposals = fit_weights(tokens, losses, budget, 0, propose=k if adaptive_here else 0)  # key 0: mixjax.fit's default --seed
+    paper = float("nan")
+    if series:  # the paper's two-stage procedure needs every domain's own series
+        paper_cfg = FitConfig(family="paper", paper_fit="two-stage", two_stage=TwoStageConfig(procedure="paper", alpha_mode="prior"))
+        paper = s(fit_weights(tokens, losses, budget, 0, paper_cfg)[1])
     observed = tokens[np.argmin(losses.sum(axis=1))]
-    row = {"form": form, "k": k, "noise": noise, "seed": seed, "excess": (uniform_total - best_total) / best_total,
-           "default": s(rec), "optimum": s(opt), "paper": s(paper), "best observed": s(observed / observed.sum())}
+    row = {"default": s(rec), "optimum": s(opt), "paper": paper, "best observed": s(observed / observed.sum())}
     if rev_dir is not None:
         path = tmp / f"case{seed}.csv"
         write_table(path, tokens, losses)
         row["previous"] = s(previous_weights(rev_dir, path, budget))
-    if args.adaptive and noise == 0.01 and seed < 1000:  # the first truth of each form and k
+    if adaptive_here and noise == 0.01 and seed < 1000:  # the first truth of each form and k
         row |= adaptive(f, tokens, losses, proposals, budget, k, noise, seed, rng, s)
     return row
 
@@ -207,20 +259,28 @@ def adaptive(f, tokens, losses, proposals, budget, k, noise, seed, rng, s) -> di
     return out
 
 
+def cell(values) -> str:
+    """median, 10th percentile, harm rate (< -0.1) of the finite values; "-" if none."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return "-" if not len(v) else f"{np.median(v):6.2f} {np.percentile(v, 10):6.2f} {np.mean(v < -0.1):6.0%}"
+
+
 def summarise(rows: list[dict]) -> None:
     methods = [m for m in ("default", "optimum", "previous", "paper", "best observed") if m in rows[0]]
-    print(f"\n{'noise':>6} {'cases':>5} " + " ".join(f"{m:>22}" for m in methods))
-    for noise in sorted({r["noise"] for r in rows}):
-        sel = [r for r in rows if r["noise"] == noise]
-        cells = []
-        for m in methods:
-            v = np.array([r[m] for r in sel])
-            cells.append(f"{np.median(v):6.2f} {np.percentile(v, 10):6.2f} {np.mean(v < -0.1):6.0%}")
-        print(f"{noise:6.3f} {len(sel):5d} " + " ".join(f"{c:>22}" for c in cells))
+    designs = list(dict.fromkeys(r["design"] for r in rows))
+    print(f"\n{'design':>8} {'runs':>4} {'noise':>6} {'cases':>5} " + " ".join(f"{m:>22}" for m in methods))
+    for design_name in designs:
+        for noise in sorted({r["noise"] for r in rows}):
+            sel = [r for r in rows if r["noise"] == noise and r["design"] == design_name]
+            runs = "/".join(str(n) for n in sorted({r["runs"] for r in sel}))
+            print(f"{design_name:>8} {runs:>4} {noise:6.3f} {len(sel):5d} " + " ".join(f"{cell([r[m] for r in sel]):>22}" for m in methods))
     print("(each cell: median, 10th percentile of the fraction recovered, harm rate < -0.1)")
-    for form in sorted({r["form"] for r in rows}):
-        sel = [r for r in rows if r["form"] == form]
-        print(f"  {form:13s} " + " ".join(f"{m} {np.median([r[m] for r in sel]):+.2f}" for m in methods))
+    for design_name in designs:
+        for form in sorted({r["form"] for r in rows}):
+            sel = [r for r in rows if r["form"] == form and r["design"] == design_name]
+            print(f"  {design_name:8s} {form:13s} " + " ".join(f"{m} {np.nanmedian([r[m] for r in sel]):+.2f}" for m in methods
+                                                       if np.isfinite([r[m] for r in sel]).any()))
     extra = [r for r in rows if "proposed +1k" in r]
     if extra:
         print(f"\nadaptive runs at 1% noise ({len(extra)} cases): median fraction recovered")
@@ -239,6 +299,8 @@ def main() -> None:
     p.add_argument("--regmix", action="store_true", help="add the k = 13 RegMix-fitted truth (one per noise level per truth count)")
     p.add_argument("--previous", metavar="DIR", help="a checkout of the previous revision: its mixjax.fit on every table")
     p.add_argument("--adaptive", action="store_true", help="also +k, +2k proposed vs random runs at 1% noise")
+    p.add_argument("--design", nargs="+", choices=DESIGNS, default=["4k+1"],
+                   help="the runs observed, each design on the same truths (4k+1: the paper's; swarm: 4k+1 Dirichlet runs; swarm2x: twice as many)")
     p.add_argument("--out", type=Path, help="write every case as JSON lines here")
     args = p.parse_args()
     os.environ.setdefault("MIXJAX_CACHE_DIR", "")
@@ -250,14 +312,15 @@ def main() -> None:
     rows, start = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for n, case in enumerate(cases, 1):
-            rows.append(one_case(*case, args, Path(args.previous) if args.previous else None, Path(tmp)))
-            r = rows[-1]
-            print(f"[{n}/{len(cases)} {time.perf_counter() - start:6.0f} s] {r['form']:12s} k={r['k']:2d} noise={r['noise']:.3f}"
-                  f" excess {r['excess']:.2%}: " + " ".join(f"{m} {v:+.2f}" for m, v in r.items() if isinstance(v, float) and m not in ("noise", "excess")),
-                  flush=True)
-            if args.out:
-                with open(args.out, "a") as out:
-                    out.write(json.dumps(r) + "\n")
+            for r in one_case(*case, args, Path(args.previous) if args.previous else None, Path(tmp)):
+                rows.append(r)
+                print(f"[{n}/{len(cases)} {time.perf_counter() - start:6.0f} s load {os.getloadavg()[0]:.1f}] {r['form']:12s} k={r['k']:2d}"
+                      f" noise={r['noise']:.3f} {r['design']:>7s} ({r['runs']} runs) excess {r['excess']:.2%}: "
+                      + " ".join(f"{m} {v:+.2f}" for m, v in r.items() if isinstance(v, float) and m not in ("noise", "excess")),
+                      flush=True)
+                if args.out:
+                    with open(args.out, "a") as out:
+                        out.write(json.dumps(r) + "\n")
     summarise(rows)
     print(f"load average after: {os.getloadavg()[0]:.2f}; {time.perf_counter() - start:.0f} s")
 
