@@ -42,6 +42,7 @@ import jax
 import numpy as np
 
 from mixjax.mixing.fit import FitConfig, predict
+from mixjax.mixing.fit.gbm import fit_gbm
 from mixjax.mixing.fit.folds import run_folds
 from mixjax.mixing.fit.table import fit_families
 from mixjax.mixing.mixture import decide
@@ -65,14 +66,8 @@ def load(path: Path) -> RunTable:
 
 
 def lightgbm_fit(x: np.ndarray, y: np.ndarray):
-    """RegMix's regressor (LGBMRegressor(n_estimators=1000, learning_rate=0.01,
-    num_leaves=31), LightGBM's other defaults) through LightGBM's own API: its sklearn
-    wrapper needs scikit-learn."""
-    import lightgbm
-
-    params = {"objective": "regression", "learning_rate": 0.01, "num_leaves": 31, "seed": 0, "verbose": -1,
-              "num_threads": 1}  # 2 threads on the shared 2-core machine: 17x slower (OpenMP spinning under load)
-    return lightgbm.train(params, lightgbm.Dataset(x, y), num_boost_round=1000)
+    """RegMix's regressor (:func:`mixjax.mixing.fit.gbm.fit_gbm`, LightGBM's defaults otherwise)."""
+    return fit_gbm(x, y)
 
 
 def lightgbm_models(train: RunTable, measured: np.ndarray, rows: np.ndarray | None = None) -> dict:

@@ -232,3 +232,20 @@ def test_a_compile_that_fails_ahead_is_not_lost(monkeypatch):
     with pytest.raises(RuntimeError, match="compile failed in the worker"):
         fit_table(table, jax.random.key(0), CFG)
 
+
+
+def test_lightgbm_reference_scores_out_of_fold_without_scikit_learn():
+    """FamilyConfig(reference_gbm=True): LightGBM's out-of-fold score beside the families'
+    (through LightGBM's own API: its sklearn wrapper crashed where scikit-learn is absent)."""
+    pytest.importorskip("lightgbm")
+    from mixjax.mixing.fit import DecisionConfig
+
+    rng = np.random.default_rng(0)
+    tokens = rng.dirichlet(np.ones(3), 40) * 3.0
+    losses = 1.0 + 0.8 * (tokens + 0.3 * (tokens.sum(1, keepdims=True) - tokens) ** 0.6 + 1e-3) ** -0.3
+    table = RunTable(("a", "b", "c"), tokens, losses, tuple(range(2, 42)), "swarm")
+    fit = fit_table(table, jax.random.key(0), FitConfig(families=FamilyConfig(reference_gbm=True), decision=DecisionConfig(samples=0)))
+    gbm = fit.scores["gbm"]
+    assert gbm["reference_only"] and 0 < gbm["rmse"] < 0.05 and gbm["total_spearman"] > 0.3
+    assert fit.scores["paper"]["rmse"] < 0.1 * gbm["rmse"]  # 40 runs of a law of the paper's form: the law predicts them far better
+    assert fit.family != "gbm"

@@ -230,7 +230,7 @@ def _with_warnings(rows, constraints: Constraints, domains, jump: float, max_int
             for i in np.flatnonzero(width > max_interval):
                 why.append(f"{domains[i]} bootstrap interval [{b.interval[0][i]:.2f}, {b.interval[1][i]:.2f}] wider than {max_interval:g}")
         if why:
-            why.append(f"predicted total-loss gain of the optimum over uniform: {b.uniform_gap:.2e}")
+            why.append(f"predicted gain of the optimum over uniform in the objective: {b.uniform_gap:.2e} nats")
         out[r] = dataclasses.replace(b, warnings=tuple(why))
     return out
 

@@ -21,6 +21,7 @@ import numpy as np
 from mixjax.mixing.fit.config import FitConfig
 from mixjax.mixing.fit.engine import compile_group, fit_group, refit_group, sources_of
 from mixjax.mixing.fit.families import FAMILIES
+from mixjax.mixing.fit.gbm import gbm_oof
 from mixjax.mixing.fit.folds import run_folds
 from mixjax.mixing.fit.result import Fit, unmeasured
 from mixjax.mixing.fit.two_stage import fit_two_stage
@@ -137,7 +138,7 @@ def fit_families(table: RunTable, key: Array, cfg: FitConfig = FitConfig()) -> F
     gbm = None
     if cfg.families.reference_gbm and num_folds:
         start = time.perf_counter()
-        oof = _gbm_oof(x, losses, measured_cols, folds, num_folds, int(rng_fit.integers(2**31)))
+        oof = gbm_oof(x, losses, measured_cols, folds, num_folds, int(rng_fit.integers(2**31)))
         gbm = FamilyFit(np.zeros((0, 0)), oof, np.full_like(oof, np.nan), time.perf_counter() - start)
     fits = {f: fits[f] for f in families}
     return FamilyFits(table, cfg, measured_cols, scale, num_folds, fits, gbm, sources=sources_of(x))
@@ -218,22 +219,3 @@ def _two_stage_fits(table: RunTable, key: Array, cfg: FitConfig) -> FamilyFits:
                               candidates=("paper",))
     measured = np.array([d.measured for d in diagnostics])
     return FamilyFits(table, cfg, measured, 1.0, int((fit.validation or {}).get("folds", 0)), {}, two_stage=fit)
-
-
-def _gbm_oof(tokens, losses, measured_cols, folds, num_folds, seed: int) -> np.ndarray:
-    """Out-of-fold LightGBM predictions on the proportions (a reference only; never solved)."""
-    import lightgbm
-
-    r = tokens / tokens.sum(axis=1, keepdims=True)
-    d_idx = np.flatnonzero(measured_cols)
-    oof = np.full((len(r), len(d_idx)), np.nan)
-    for col, d in enumerate(d_idx):
-        ok = ~np.isnan(losses[:, d])
-        for f in range(num_folds):
-            train, test = ok & (folds != f), folds == f
-            # min_child_samples: LightGBM's default 20 makes no split at all on small tables.
-            model = lightgbm.LGBMRegressor(n_estimators=1000, learning_rate=0.01, num_leaves=31, random_state=seed,
-                                           min_child_samples=int(max(2, min(20, train.sum() // 5))), verbose=-1, n_jobs=2)
-            model.fit(r[train], losses[train, d])
-            oof[test, col] = model.predict(r[test])
-    return oof
