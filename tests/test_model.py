@@ -76,7 +76,7 @@ def test_flash_attention_equals_dense_masked_on_packed_segments():
 def test_unknown_attention_impl_is_an_error():
     q, k, v = qkv(1, 8)
     with pytest.raises(ValueError, match="attention_impl"):
-        attention(q, k, v, jnp.ones((1, 8), jnp.int32), "cudnn")
+        attention(q, k, v, jnp.ones((1, 8), jnp.int32), "splash")
 
 
 def _inputs(b=2, t=32):
@@ -234,3 +234,59 @@ def test_flash_under_remat_keeps_the_gradients_and_its_residuals(remat):
     kernel_outputs = [line for line in out.getvalue().splitlines() if "custom_vjp_call" in line]
     # (groups, B, T, kv, H) output and (groups, B, kv, T) log-sum-exp, or nothing
     assert [line.split()[0] for line in kernel_outputs] == (["f32[2,1,32,2,16]", "f32[2,1,2,32]"] if remat != "full" else [])
+
+
+@pytest.mark.parametrize("seq_len, head_dim, dtype, error", [
+    (4096, 128, "bfloat16", None), (4096, 64, "float16", None), (96, 8, "bfloat16", None),
+    (4096, 128, "float32", "model.dtype 'float32' is not 'bfloat16' or 'float16'"),
+    (4096, 256, "bfloat16", "head_dim 256 is not a multiple of 8 <= 128"),
+    (4096, 60, "bfloat16", "head_dim 60 is not a multiple of 8 <= 128"),
+    (4095, 128, "bfloat16", "seq_len 4095 is odd"),
+])
+def test_cudnn_shape_rules(seq_len, head_dim, dtype, error):
+    from mixjax.model.llama import cudnn_shape_error
+
+    assert cudnn_shape_error(seq_len, head_dim, dtype) == error
+
+
+def test_cudnn_with_rows_it_cannot_run_is_a_config_error():
+    from pathlib import Path
+
+    from mixjax.pipeline.config import ConfigError, apply_overrides, load_config, validate
+
+    config = load_config(Path(__file__).parent / "fixtures" / "tiny_config.py")
+    ok = ["model.attention_impl='cudnn'", "model.dim=64", "model.dtype='bfloat16'"]
+    validate(apply_overrides(config, ok), device_count=1)  # head_dim 32, seq_len 96
+    with pytest.raises(ConfigError, match=r"^model.attention_impl='cudnn' cannot run train.seq_len=96 with model.head_dim=32 and"
+                       r" model.dtype='float32': model.dtype 'float32' is not 'bfloat16' or 'float16'; fix that, or set"
+                       r" model.attention_impl=None \(flash where it runs, else xla\)$"):
+        validate(apply_overrides(config, ok[:2]), device_count=1)
+
+
+def test_cudnn_needs_cuda_when_traced():
+    """Why no CPU test runs the cuDNN path: jax reads the cuDNN version when it traces it."""
+    q, k, v = (x.astype(jnp.bfloat16) for x in qkv(1, 16, h=16))
+    with pytest.raises(RuntimeError, match="cuDNN is not detected"):
+        attention(q, k, v, jnp.ones((1, 16), jnp.int32), "cudnn")
+
+
+def test_cudnn_train_step_lowers_for_cuda(monkeypatch):
+    """With jax's cuDNN version probe answered (9.10, as a GPU node would), the model's train
+    step lowers for CUDA to cuDNN's fused attention with the same-segment mask as a
+    (B, 1, T, T) bias, forward and backward (what cuDNN accepts at run time is not checked)."""
+    import re
+
+    from jax._src.cudnn import fused_attention_stablehlo
+
+    from mixjax.train.loop import TrainConfig, Trainer
+    from mixjax.train.sharding import LOGICAL_RULES
+
+    monkeypatch.setattr(fused_attention_stablehlo, "check_cudnn_version", lambda: 91000)
+    model = dataclasses.replace(CONFIG, dim=64, n_heads=4, n_kv_heads=2, dtype="bfloat16", attention_impl="cudnn")
+    trainer = Trainer(model, TrainConfig(seq_len=64, batch_size=2))
+    batch = {key: jax.ShapeDtypeStruct((1, 2, 64), jnp.float32 if key == "weights" else jnp.int32, sharding=trainer.step_sharding)
+             for key in ("inputs", "targets", "weights", "segment_ids", "positions")}
+    with trainer.mesh, nn.logical_axis_rules(LOGICAL_RULES):
+        text = trainer._train.trace(trainer.abstract_state, batch).lower(lowering_platforms=("cuda",)).as_text()
+    assert sorted(set(re.findall(r"__cudnn\$\w+", text))) == ["__cudnn$fmhaScaleBiasSoftmax", "__cudnn$fmhaScaleBiasSoftmaxBackward"]
+    assert "tensor<2x1x64x64xbf16>" in text  # the mask as a bias, one per row

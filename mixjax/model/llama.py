@@ -69,7 +69,7 @@ class ModelConfig:
     # Speed / memory only (left out of run fingerprints; see mixjax.config_fields).
     remat: RematPolicy = neutral("none", "memory: recomputes the same activations in the backward pass")
     # None: flash on GPU where its shape rules allow (flash_shape_error), else xla.
-    attention_impl: Literal["xla", "flash"] | None = neutral(None, "the same attention, another kernel (float rounding only)")
+    attention_impl: Literal["xla", "flash", "cudnn"] | None = neutral(None, "the same attention, another kernel (float rounding only)")
     scan_layers: bool = neutral(True, "the same layers, looped or unrolled (float rounding only)")
     init_std: float = 0.02
 
@@ -275,6 +275,33 @@ def flash_shape_error(seq_len: int, head_dim: int) -> str | None:
     return None
 
 
+def cudnn_shape_error(seq_len: int, head_dim: int, dtype: str) -> str | None:
+    """Why cuDNN's fused attention cannot train rows of ``seq_len`` tokens with ``head_dim``
+    in compute ``dtype``, or None (jax's checks, ``jax._src.cudnn.fused_attention_stablehlo``:
+    fp16 / bf16 inputs; head_dim a multiple of 8, at most 128 before Hopper (256 from
+    Hopper on; 128 here, as the config cannot know the GPU); with a bias, which the
+    same-segment mask becomes, even lengths in training)."""
+    if dtype not in ("bfloat16", "float16"):
+        return f"model.dtype {dtype!r} is not 'bfloat16' or 'float16'"
+    if head_dim > 128 or head_dim % 8:
+        return f"head_dim {head_dim} is not a multiple of 8 <= 128"
+    if seq_len % 2:
+        return f"seq_len {seq_len} is odd"
+    return None
+
+
+def cudnn_attention(q: Array, k: Array, v: Array, segment_ids: Array) -> Array:
+    """cuDNN's fused flash attention (``jax.nn.dot_product_attention(implementation=
+    "cudnn")``), causal, with packed examples kept apart by a same-segment mask. jax's
+    public call takes no segment ids, so the mask goes to cuDNN as a (B, 1, T, T) bias in
+    the compute dtype, materialised per layer (32 MiB per 4096-token row) and kept for the
+    backward pass; GQA without repeating K/V. CUDA GPUs only: jax reads the cuDNN version
+    when it traces the call ("cuDNN is not detected" elsewhere). q: (B, T, N, H), k / v:
+    (B, T, K, H), segment_ids (B, T) -> (B, T, N, H)."""
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+    return jax.nn.dot_product_attention(q, k, v, mask=same, is_causal=True, implementation="cudnn")
+
+
 def resolve_attention(impl: str | None, seq_len: int, head_dim: int, platform: str) -> str:
     """The attention path: ``impl`` when set; by default (None) the fastest valid one: the
     flash kernel on GPU where :func:`flash_shape_error` allows it, else XLA's."""
@@ -291,7 +318,9 @@ def attention(q: Array, k: Array, v: Array, segment_ids: Array, impl: str | None
         return xla_attention(q, k, v, segment_ids)
     if impl == "flash":
         return flash_attention(q, k, v, segment_ids)
-    raise ValueError(f"attention_impl must be None, 'xla' or 'flash', got {impl!r}")
+    if impl == "cudnn":
+        return cudnn_attention(q, k, v, segment_ids)
+    raise ValueError(f"attention_impl must be None, 'xla', 'flash' or 'cudnn', got {impl!r}")
 
 
 def _matmul_operand(x: Array, dtype) -> Array:
