@@ -24,6 +24,7 @@ reader ever sees a partial conversion and no lock is needed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import uuid
@@ -42,15 +43,18 @@ from mixjax.train.preemption import any_process
 
 LAYOUT = 1  # bump when mixjax's param layout (hf._param_makers) changes: older conversions are then stale
 # orbax reads / writes at most this many GB of arrays at once (its default is 96: the whole
-# tree of an 8B model in flight in host memory); an array larger than this goes alone.
-CONCURRENT_GB = 1
+# tree of an 8B model in flight in host memory). orbax refuses a shard at or over its limit
+# (ValueError), so the limit is raised to twice the largest array where that is larger.
+CONCURRENT_GB = 1.0
 
 
-def _checkpointer():
-    """A synchronous orbax Checkpointer whose host memory in flight is bounded by CONCURRENT_GB."""
+def _checkpointer(largest_bytes: int):
+    """A synchronous orbax Checkpointer whose host memory in flight is bounded by
+    max(CONCURRENT_GB, 2 x ``largest_bytes``) (bytes of the largest array, a bound on any shard)."""
     import orbax.checkpoint as ocp
 
-    return ocp.Checkpointer(ocp.StandardCheckpointHandler(save_concurrent_gb=CONCURRENT_GB, restore_concurrent_gb=CONCURRENT_GB))
+    limit = max(CONCURRENT_GB, 2 * largest_bytes / 1e9)
+    return ocp.Checkpointer(ocp.StandardCheckpointHandler(save_concurrent_gb=limit, restore_concurrent_gb=limit))
 
 
 def source_fingerprint(checkpoint: str | Path, dtype: str | None = None) -> dict:
@@ -81,12 +85,12 @@ def restore_converted(directory: Path, shardings: Any) -> Any:
     """
     import orbax.checkpoint as ocp
 
-    checkpointer = _checkpointer()
-    saved = checkpointer.metadata(directory / "params").item_metadata.tree
+    saved = _checkpointer(0).metadata(directory / "params").item_metadata.tree
     if jax.tree.structure(saved) != jax.tree.structure(shardings):
         raise ValueError(f"{directory}: the converted params' tree differs from the model's; delete {directory} to convert again")
     abstract = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), saved, shardings)
-    return checkpointer.restore(directory / "params", args=ocp.args.StandardRestore(abstract))
+    largest = max(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(abstract))
+    return _checkpointer(largest).restore(directory / "params", args=ocp.args.StandardRestore(abstract))
 
 
 def _agreed_nonce() -> str:
@@ -109,7 +113,8 @@ def save_converted(root: Path, fingerprint: dict, params: Any) -> bool:
 
     key = conversion_key(fingerprint)
     tmp = root / f"tmp-{key}-{_agreed_nonce()}"
-    _checkpointer().save(tmp / "params", args=ocp.args.StandardSave(params))
+    largest = max(a.nbytes for a in jax.tree.leaves(params))
+    _checkpointer(largest).save(tmp / "params", args=ocp.args.StandardSave(params))
     won = True
     if is_primary_process():
         (tmp / "source.json").write_text(json.dumps(fingerprint, indent=1))
