@@ -130,9 +130,9 @@ def test_eight_devices_restore_into_the_mesh_shardings():
 
 
 def test_arrays_larger_than_the_in_flight_limit_still_save_and_restore(tmp_path, monkeypatch):
-    """orbax raises on a shard at or over its byte limit: the limit grows to fit the largest
-    array (here a 1 kB limit against 32 kB kernels)."""
-    monkeypatch.setattr(converted, "CONCURRENT_GB", 1e-6)
+    """orbax raises on a shard at or over its byte limit: the limit fits the largest array
+    (here a 1 kB floor against 32 kB kernels)."""
+    monkeypatch.setattr(converted, "MIN_IN_FLIGHT_GB", 1e-6)
     model = write_checkpoint(tmp_path / "ckpt")
     direct = hf.load_hf_params(tmp_path / "ckpt", model)
     assert max(a.nbytes for a in jax.tree.leaves(direct)) > 1_000

@@ -42,18 +42,18 @@ from mixjax.pipeline.fingerprint import digest, directory_stamp
 from mixjax.train.preemption import any_process
 
 LAYOUT = 1  # bump when mixjax's param layout (hf._param_makers) changes: older conversions are then stale
-# orbax reads / writes at most this many GB of arrays at once (its default is 96: the whole
-# tree of an 8B model in flight in host memory). orbax refuses a shard at or over its limit
-# (ValueError), so the limit is raised to twice the largest array where that is larger.
-CONCURRENT_GB = 1.0
+# orbax's bytes in flight (its default is 96 GB: the whole tree of an 8B model in host
+# memory at once): about one array, as load_hf_params holds one param, but at least this
+# many GB. orbax refuses a shard at or over its limit (ValueError), hence the margin.
+MIN_IN_FLIGHT_GB = 0.25
 
 
 def _checkpointer(largest_bytes: int):
     """A synchronous orbax Checkpointer whose host memory in flight is bounded by
-    max(CONCURRENT_GB, 2 x ``largest_bytes``) (bytes of the largest array, a bound on any shard)."""
+    max(MIN_IN_FLIGHT_GB, 1.01 x ``largest_bytes``) (the largest array: a bound on any shard)."""
     import orbax.checkpoint as ocp
 
-    limit = max(CONCURRENT_GB, 2 * largest_bytes / 1e9)
+    limit = max(MIN_IN_FLIGHT_GB, 1.01 * largest_bytes / 1e9)
     return ocp.Checkpointer(ocp.StandardCheckpointHandler(save_concurrent_gb=limit, restore_concurrent_gb=limit))
 
 
