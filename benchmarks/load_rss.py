@@ -1,6 +1,7 @@
-"""Peak host RSS of loading a llama3.2-1b-shaped checkpoint (issue 27 item 3).
+"""Peak host RSS and wall time of loading a llama3.2-1b-shaped checkpoint (issue 27).
 
     PYTHONPATH=. JAX_PLATFORMS=cpu python benchmarks/load_rss.py [--dir /tmp/llama1b-random] [--how sharded|host]
+    PYTHONPATH=. JAX_PLATFORMS=cpu python benchmarks/load_rss.py --how convert,restore --repeat 3
     PYTHONPATH=/path/to/an/older/checkout JAX_PLATFORMS=cpu python benchmarks/load_rss.py --how host   # "before"
 
 Writes (once) a random-weights bf16 checkpoint of llama3.2-1b's shapes (config.json and
@@ -11,13 +12,22 @@ initialised, before reading anything):
 - ``host``: ``load_hf_checkpoint`` (every tensor read, then float32 host arrays, np.stack);
 - ``sharded``: ``load_hf_params`` as the pipeline now calls it (tensor by tensor onto the
   devices, in the checkpoint's dtype). On CPU the device arrays ARE host memory, so its
-  floor is the checkpoint's own 2.47 GB.
+  floor is the checkpoint's own 2.47 GB;
+- ``convert``: the first array task of an experiment (``load_init_params`` with no
+  conversion yet: ``load_hf_params``, then the orbax save into ``<dir>-init/``);
+- ``restore``: every later task (``load_init_params`` restoring that conversion).
+
+``--how`` takes a comma list and ``--repeat`` runs the list that many times, interleaved
+(the machines are shared: compare figures of one interleaved series), printing the load
+average before each.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,31 +73,59 @@ LOAD = """
 import sys
 def rss(field):
     return int(next(l for l in open('/proc/self/status') if l.startswith(field)).split()[1]) * 1024
-import jax, numpy as np
+import time, jax, numpy as np
 jax.numpy.zeros(1).block_until_ready()
-base = rss('VmRSS')
 from mixjax.model import hf
+from mixjax.pipeline import converted
+base = rss('VmRSS')
+start = time.perf_counter()
 if sys.argv[2] == 'host':
     config, params = hf.load_hf_checkpoint(sys.argv[1])
 else:
     config = hf.check_hf_checkpoint(sys.argv[1])
-    params = hf.load_hf_params(sys.argv[1], config)
+    if sys.argv[2] == 'sharded':
+        params = hf.load_hf_params(sys.argv[1], config)
+    else:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = hf.jax_tree_map(lambda _: device, hf._param_makers(lambda n: None, config))
+        params = converted.load_init_params(sys.argv[1], config, shardings, sys.argv[3], log=lambda _: None)
     jax.block_until_ready(params)
-print(base, rss('VmHWM'), sum(np.asarray(a).nbytes if not hasattr(a, 'nbytes') else a.nbytes for a in jax.tree.leaves(params)))
+seconds = time.perf_counter() - start
+print(base, rss('VmHWM'), sum(np.asarray(a).nbytes if not hasattr(a, 'nbytes') else a.nbytes for a in jax.tree.leaves(params)), seconds)
 """
+
+
+HOWS = ("sharded", "host", "convert", "restore")
+
+
+def measure(directory: Path, how: str, size: int) -> str:
+    """One load in a fresh process: a line with its wall time and peak RSS."""
+    root = directory.with_name(directory.name + "-init")
+    if how == "convert":
+        shutil.rmtree(root, ignore_errors=True)  # the experiment's first task: no conversion yet
+    elif how == "restore" and not root.exists():
+        raise SystemExit(f"--how restore needs a conversion in {root}: run --how convert first")
+    out = subprocess.run([sys.executable, "-c", LOAD, str(directory), how, str(root)], capture_output=True, text=True, check=True)
+    base, peak, held = (int(x) for x in out.stdout.split()[:3])
+    seconds = float(out.stdout.split()[3])
+    gb = lambda b: f"{b / 1e9:.2f} GB"
+    return (f"{how}: {seconds:.1f} s; checkpoint {gb(size)} (bf16); peak RSS {gb(peak)} = {peak / size:.2f} x the checkpoint;"
+            f" after imports {gb(base)}; loading added {gb(peak - base)} = {(peak - base) / size:.2f} x; params held {gb(held)}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--dir", type=Path, default=Path("/tmp/llama1b-random"))
-    p.add_argument("--how", choices=("sharded", "host"), default="sharded")
+    p.add_argument("--how", default="sharded", help=f"comma list of {', '.join(HOWS)}")
+    p.add_argument("--repeat", type=int, default=1)
     args = p.parse_args()
+    hows = args.how.split(",")
+    if unknown := [h for h in hows if h not in HOWS]:
+        p.error(f"--how {unknown[0]}: choose from {', '.join(HOWS)}")
     size = make_checkpoint(args.dir)
-    out = subprocess.run([sys.executable, "-c", LOAD, str(args.dir), args.how], capture_output=True, text=True, check=True)
-    base, peak, held = (int(x) for x in out.stdout.split())
-    gb = lambda b: f"{b / 1e9:.2f} GB"
-    print(f"{args.how}: checkpoint {gb(size)} (bf16); peak RSS {gb(peak)} = {peak / size:.2f} x the checkpoint;"
-          f" after imports {gb(base)}; loading added {gb(peak - base)} = {(peak - base) / size:.2f} x; params held {gb(held)}")
+    for _ in range(args.repeat):
+        for how in hows:
+            print(f"[load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}] {measure(args.dir, how, size)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ sft() {  # sft LABEL EXTRA_SETS...
 sft xla
 sft flash model.dim=128 model.hidden_dim=256 model.attention_impl=flash  # head_dim 64: flash_shape_error's rules
 sft default model.dim=128 model.hidden_dim=256  # attention_impl None: flash on GPU where the shape rules allow
+sft cudnn model.dim=128 model.hidden_dim=256 model.attention_impl=cudnn  # opt-in; cudnn_shape_error's rules
 
 # 4. If time is left: attention alone, fwd+bwd, packed rows (4 segments), GQA, bf16.
 cat > "$WORK/attn_bench.py" <<'EOF'
@@ -106,6 +107,7 @@ shapes = [("1B", 8, 4096, 32, 8, 64), ("8B/dev", 2, 4096, 32, 8, 128)] if not sm
 impls = {
     "flash(pallas)": lambda q, k, v, s: attention(q, k, v, s, "flash"),
     "xla(mixjax)": lambda q, k, v, s: attention(q, k, v, s, "xla"),
+    "cudnn(mixjax)": lambda q, k, v, s: attention(q, k, v, s, "cudnn"),  # same-segment mask as a (B,1,T,T) bias
     "cudnn(no segs)": lambda q, k, v, s: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn"),
     "cudnn(packed)": lambda q, k, v, s: cudnn_packed(q, k, v, s),
 }

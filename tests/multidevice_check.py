@@ -130,7 +130,9 @@ def cuda_part(report: dict) -> None:
              for k in ("inputs", "targets", "weights", "segment_ids", "positions")}
     with trainer.mesh, nn.logical_axis_rules(LOGICAL_RULES):
         text = trainer._train.trace(trainer.abstract_state, batch).lower(lowering_platforms=("cuda",)).as_text()
-    report["cuda_kernels"] = sorted(set(re.findall(r'name = "(mha\w*)"', text)))
+    names = re.findall(r'name = "(mha\w*)"', text)
+    report["cuda_kernels"] = sorted(set(names))
+    report["cuda_kernel_calls"] = {n: names.count(n) for n in report["cuda_kernels"]}  # kernels in the lowered module
     report["cuda_triton_calls"] = text.count("__gpu$xla.gpu.triton")
     report["cuda_collectives"] = {op: text.count(f"stablehlo.{op}") for op in ("all_gather", "reduce_scatter", "all_reduce")}
 

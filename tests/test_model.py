@@ -2,7 +2,9 @@
 dense masked attention on packed segments; unrolled layers and remat policies leave the
 logits and gradients unchanged."""
 
+import contextlib
 import dataclasses
+import io
 
 import jax
 import jax.numpy as jnp
@@ -74,7 +76,7 @@ def test_flash_attention_equals_dense_masked_on_packed_segments():
 def test_unknown_attention_impl_is_an_error():
     q, k, v = qkv(1, 8)
     with pytest.raises(ValueError, match="attention_impl"):
-        attention(q, k, v, jnp.ones((1, 8), jnp.int32), "cudnn")
+        attention(q, k, v, jnp.ones((1, 8), jnp.int32), "splash")
 
 
 def _inputs(b=2, t=32):
@@ -184,3 +186,107 @@ def test_flash_with_rows_it_cannot_run_is_a_config_error():
 
 def test_module_runs_full_float32_matmuls():
     assert jax.config.jax_default_matmul_precision == "highest"  # tests/conftest.py full_f32_matmuls
+
+
+@pytest.mark.parametrize("seq_len", [16, 32, 64, 128, 256, 384, 4096])
+@pytest.mark.parametrize("head_dim", [16, 64, 128, 256])
+def test_flash_tiles_fit_every_shape_the_rules_allow(seq_len, head_dim):
+    """The kernel's own checks (blocks of min(block, T) dividing T; as many dQ query blocks
+    as dK/dV key blocks) hold for every shape flash_shape_error lets through."""
+    from mixjax.model.llama import flash_block_sizes, flash_shape_error
+
+    assert flash_shape_error(seq_len, head_dim) is None
+    b = flash_block_sizes(seq_len, head_dim)
+    blocks = {name: min(getattr(b, name), seq_len) for name in ("block_q", "block_k", "block_q_dkv", "block_kv_dkv", "block_q_dq", "block_kv_dq")}
+    assert all(seq_len % size == 0 and size >= 16 for size in blocks.values())
+    assert seq_len // blocks["block_q_dq"] == seq_len // blocks["block_kv_dkv"]
+    expected = (32, 128, 128, 32) if head_dim <= 128 else (32, 32, 32, 32)  # Triton's tutorial tiles; jax's defaults
+    assert (b.block_q, b.block_k) == (128, 128) and (b.block_q_dkv, b.block_kv_dkv, b.block_q_dq, b.block_kv_dq) == expected
+
+
+def test_flash_with_its_tiles_equals_xla_on_256_tokens():
+    """Rows of 256: the 32 x 128 / 128 x 32 backward tiles cover two key blocks (interpret mode)."""
+    q, k, v = qkv(1, 256, n=2, kv=1, h=16)
+    segments = jnp.asarray(packed_segments(1, 256, seed=3))
+    loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(attention(q, k, v, segments, impl)))
+    np.testing.assert_allclose(attention(q, k, v, segments, "flash"), attention(q, k, v, segments, "xla"), atol=2e-5, rtol=2e-5)
+    for a, b in zip(jax.grad(loss("flash"), argnums=(0, 1, 2))(q, k, v), jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("remat", ["dots_with_no_batch_dims", "full"])
+def test_flash_under_remat_keeps_the_gradients_and_its_residuals(remat):
+    """The remat policies that save the flash kernel's residuals (its output and
+    log-sum-exp) give the gradients of no remat; "full" saves neither."""
+    from jax.ad_checkpoint import print_saved_residuals
+
+    from mixjax.model.llama import _flash_kernel, remat_policy
+
+    q, k, v = qkv(1, 32, n=4, kv=2, h=16)
+    segments = jnp.asarray(packed_segments(1, 32, seed=4))
+    body = lambda q, k, v: jnp.sin(_flash_kernel(q * 2.0, k, v, segments, interpret=True))
+    loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v))
+    remat_fn = jax.checkpoint(body, policy=remat_policy(remat))
+    for a, b in zip(jax.grad(loss(remat_fn), argnums=(0, 1, 2))(q, k, v), jax.grad(loss(body), argnums=(0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        print_saved_residuals(loss(remat_fn), q, k, v)
+    kernel_outputs = [line for line in out.getvalue().splitlines() if "custom_vjp_call" in line]
+    # (groups, B, T, kv, H) output and (groups, B, kv, T) log-sum-exp, or nothing
+    assert [line.split()[0] for line in kernel_outputs] == (["f32[2,1,32,2,16]", "f32[2,1,2,32]"] if remat != "full" else [])
+
+
+@pytest.mark.parametrize("seq_len, head_dim, dtype, error", [
+    (4096, 128, "bfloat16", None), (4096, 64, "float16", None), (96, 8, "bfloat16", None),
+    (4096, 128, "float32", "model.dtype 'float32' is not 'bfloat16' or 'float16'"),
+    (4096, 256, "bfloat16", "head_dim 256 is not a multiple of 8 <= 128"),
+    (4096, 60, "bfloat16", "head_dim 60 is not a multiple of 8 <= 128"),
+    (4095, 128, "bfloat16", "seq_len 4095 is odd"),
+])
+def test_cudnn_shape_rules(seq_len, head_dim, dtype, error):
+    from mixjax.model.llama import cudnn_shape_error
+
+    assert cudnn_shape_error(seq_len, head_dim, dtype) == error
+
+
+def test_cudnn_with_rows_it_cannot_run_is_a_config_error():
+    from pathlib import Path
+
+    from mixjax.pipeline.config import ConfigError, apply_overrides, load_config, validate
+
+    config = load_config(Path(__file__).parent / "fixtures" / "tiny_config.py")
+    ok = ["model.attention_impl='cudnn'", "model.dim=64", "model.dtype='bfloat16'"]
+    validate(apply_overrides(config, ok), device_count=1)  # head_dim 32, seq_len 96
+    with pytest.raises(ConfigError, match=r"^model.attention_impl='cudnn' cannot run train.seq_len=96 with model.head_dim=32 and"
+                       r" model.dtype='float32': model.dtype 'float32' is not 'bfloat16' or 'float16'; fix that, or set"
+                       r" model.attention_impl=None \(flash where it runs, else xla\)$"):
+        validate(apply_overrides(config, ok[:2]), device_count=1)
+
+
+def test_cudnn_needs_cuda_when_traced():
+    """Why no CPU test runs the cuDNN path: jax reads the cuDNN version when it traces it."""
+    q, k, v = (x.astype(jnp.bfloat16) for x in qkv(1, 16, h=16))
+    with pytest.raises(RuntimeError, match="cuDNN is not detected"):
+        attention(q, k, v, jnp.ones((1, 16), jnp.int32), "cudnn")
+
+
+def test_cudnn_train_step_lowers_for_cuda(monkeypatch):
+    """With jax's cuDNN version probe answered (9.10, as a GPU node would), the model's train
+    step lowers for CUDA to cuDNN's fused attention with the same-segment mask as a
+    (B, 1, T, T) bias, forward and backward (what cuDNN accepts at run time is not checked)."""
+    import re
+
+    from jax._src.cudnn import fused_attention_stablehlo
+
+    from mixjax.train.loop import TrainConfig, Trainer
+    from mixjax.train.sharding import LOGICAL_RULES
+
+    monkeypatch.setattr(fused_attention_stablehlo, "check_cudnn_version", lambda: 91000)
+    model = dataclasses.replace(CONFIG, dim=64, n_heads=4, n_kv_heads=2, dtype="bfloat16", attention_impl="cudnn")
+    trainer = Trainer(model, TrainConfig(seq_len=64, batch_size=2))
+    batch = {key: jax.ShapeDtypeStruct((1, 2, 64), jnp.float32 if key == "weights" else jnp.int32, sharding=trainer.step_sharding)
+             for key in ("inputs", "targets", "weights", "segment_ids", "positions")}
+    with trainer.mesh, nn.logical_axis_rules(LOGICAL_RULES):
+        text = trainer._train.trace(trainer.abstract_state, batch).lower(lowering_platforms=("cuda",)).as_text()
+    assert sorted(set(re.findall(r"__cudnn\$\w+", text))) == ["__cudnn$fmhaScaleBiasSoftmax", "__cudnn$fmhaScaleBiasSoftmaxBackward"]
+    assert "tensor<2x1x64x64xbf16>" in text  # the mask as a bias, one per row

@@ -46,9 +46,12 @@ def test_lm_head_gathered_once_and_gradient_reduce_scattered_once():
 
 def test_1b_step_lowers_for_cuda_with_triton_kernels_and_one_head_gather():
     """What an H100 node would compile (lowered for CUDA on CPU, 8 fake devices, FSDP): the
-    flash kernels are Triton calls inside the per-device region, and the only explicit
-    collectives are the LM head's single gather and single reduce-scatter."""
+    flash kernels are Triton calls inside the per-device region, each kernel once (the
+    remat policy keeps the forward kernel's residuals), and the only explicit collectives
+    are the LM head's single gather and single reduce-scatter."""
     report = _check("cuda")
     assert report["cuda_kernels"] == ["mha_backward", "mha_forward", "mha_preprocess_backward"]
+    # remat dots_with_no_batch_dims saves the kernel's residuals: the backward runs no second forward kernel
+    assert report["cuda_kernel_calls"] == {"mha_backward": 1, "mha_forward": 1, "mha_preprocess_backward": 1}
     assert report["cuda_triton_calls"] >= 3
     assert report["cuda_collectives"]["all_gather"] == 1 and report["cuda_collectives"]["reduce_scatter"] == 1

@@ -69,7 +69,7 @@ class ModelConfig:
     # Speed / memory only (left out of run fingerprints; see mixjax.config_fields).
     remat: RematPolicy = neutral("none", "memory: recomputes the same activations in the backward pass")
     # None: flash on GPU where its shape rules allow (flash_shape_error), else xla.
-    attention_impl: Literal["xla", "flash"] | None = neutral(None, "the same attention, another kernel (float rounding only)")
+    attention_impl: Literal["xla", "flash", "cudnn"] | None = neutral(None, "the same attention, another kernel (float rounding only)")
     scan_layers: bool = neutral(True, "the same layers, looped or unrolled (float rounding only)")
     init_std: float = 0.02
 
@@ -192,6 +192,27 @@ def kernel_platform() -> str:
     return jax.default_backend()
 
 
+def flash_block_sizes(seq_len: int, head_dim: int):
+    """The Pallas kernel's tiles (``jax.experimental.pallas.ops.gpu.attention.BlockSizes``)
+    for rows of ``seq_len`` tokens that :func:`flash_shape_error` accepts.
+
+    Forward: 128 x 128 (the kernel's default; 8 warps for head_dim > 64). Backward, for
+    head_dim <= 128: 32 query x 128 key rows for dK/dV and 128 x 32 for dQ, the tiles of
+    Triton's fused-attention tutorial, whose kernel this one follows (its H100 figures;
+    jax's default is 32 x 32 for both, 4 warps either way), with 128-row blocks: a quarter
+    of the default's programs, each with 4x larger dots. Larger head dims keep jax's
+    defaults (shared memory). The kernel takes min(block, T) per axis and needs
+    T / block_q_dq == T / block_kv_dkv: both hold for every T the shape rules allow.
+    Chosen from those sources, not measured here (no GPU): launch/gpu_check.sh times them.
+    """
+    from jax.experimental.pallas.ops.gpu.attention import BlockSizes
+
+    if head_dim > 128:
+        return BlockSizes.get_default()
+    del seq_len  # the kernel clamps each block to T; listed for the rule above
+    return BlockSizes(block_q=128, block_k=128, block_q_dkv=32, block_kv_dkv=128, block_q_dq=128, block_kv_dq=32)
+
+
 def _flash_kernel(q: Array, k: Array, v: Array, segment_ids: Array, interpret: bool) -> Array:
     """The Pallas GPU flash kernel on (local) arrays; GQA without copying K/V: the kernel
     is vmapped over the G query heads of each KV head with K/V unbatched, so every group
@@ -199,7 +220,8 @@ def _flash_kernel(q: Array, k: Array, v: Array, segment_ids: Array, interpret: b
     backward pass sums the groups' dK/dV)."""
     from jax.experimental.pallas.ops.gpu import attention as pallas_attention
 
-    mha = functools.partial(pallas_attention.mha, sm_scale=1.0 / math.sqrt(q.shape[-1]), causal=True, interpret=interpret)
+    blocks = flash_block_sizes(q.shape[1], q.shape[-1])
+    mha = functools.partial(pallas_attention.mha, sm_scale=1.0 / math.sqrt(q.shape[-1]), causal=True, block_sizes=blocks, interpret=interpret)
     b, t, n, h = q.shape
     kv = k.shape[2]
     if n == kv:
@@ -253,6 +275,33 @@ def flash_shape_error(seq_len: int, head_dim: int) -> str | None:
     return None
 
 
+def cudnn_shape_error(seq_len: int, head_dim: int, dtype: str) -> str | None:
+    """Why cuDNN's fused attention cannot train rows of ``seq_len`` tokens with ``head_dim``
+    in compute ``dtype``, or None (jax's checks, ``jax._src.cudnn.fused_attention_stablehlo``:
+    fp16 / bf16 inputs; head_dim a multiple of 8, at most 128 before Hopper (256 from
+    Hopper on; 128 here, as the config cannot know the GPU); with a bias, which the
+    same-segment mask becomes, even lengths in training)."""
+    if dtype not in ("bfloat16", "float16"):
+        return f"model.dtype {dtype!r} is not 'bfloat16' or 'float16'"
+    if head_dim > 128 or head_dim % 8:
+        return f"head_dim {head_dim} is not a multiple of 8 <= 128"
+    if seq_len % 2:
+        return f"seq_len {seq_len} is odd"
+    return None
+
+
+def cudnn_attention(q: Array, k: Array, v: Array, segment_ids: Array) -> Array:
+    """cuDNN's fused flash attention (``jax.nn.dot_product_attention(implementation=
+    "cudnn")``), causal, with packed examples kept apart by a same-segment mask. jax's
+    public call takes no segment ids, so the mask goes to cuDNN as a (B, 1, T, T) bias in
+    the compute dtype, materialised per layer (32 MiB per 4096-token row) and kept for the
+    backward pass; GQA without repeating K/V. CUDA GPUs only: jax reads the cuDNN version
+    when it traces the call ("cuDNN is not detected" elsewhere). q: (B, T, N, H), k / v:
+    (B, T, K, H), segment_ids (B, T) -> (B, T, N, H)."""
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+    return jax.nn.dot_product_attention(q, k, v, mask=same, is_causal=True, implementation="cudnn")
+
+
 def resolve_attention(impl: str | None, seq_len: int, head_dim: int, platform: str) -> str:
     """The attention path: ``impl`` when set; by default (None) the fastest valid one: the
     flash kernel on GPU where :func:`flash_shape_error` allows it, else XLA's."""
@@ -269,7 +318,9 @@ def attention(q: Array, k: Array, v: Array, segment_ids: Array, impl: str | None
         return xla_attention(q, k, v, segment_ids)
     if impl == "flash":
         return flash_attention(q, k, v, segment_ids)
-    raise ValueError(f"attention_impl must be None, 'xla' or 'flash', got {impl!r}")
+    if impl == "cudnn":
+        return cudnn_attention(q, k, v, segment_ids)
+    raise ValueError(f"attention_impl must be None, 'xla', 'flash' or 'cudnn', got {impl!r}")
 
 
 def _matmul_operand(x: Array, dtype) -> Array:
@@ -424,11 +475,34 @@ class Block(nn.Module):
         return x, None
 
 
+def _is_flash_call(prim, params: dict) -> bool:
+    """Whether an equation is the Pallas flash kernel's custom_vjp call: its primal is
+    jax's jitted ``mha`` (``jax.experimental.pallas.ops.gpu.attention``)."""
+    if prim.name != "custom_vjp_call":
+        return False
+    return any(e.primitive.name in ("jit", "pjit") and e.params.get("name") == "mha" for e in params["call_jaxpr"].jaxpr.eqns)
+
+
+def saving_flash_residuals(policy):
+    """``policy``, and the flash kernel's custom_vjp call saveable: its output and
+    log-sum-exp are kept for the backward pass, which then runs the backward kernels only,
+    not ``mha_forward`` a second time (q, k, v are recomputed from the saved projections as
+    before). Costs per layer the output (B, T, N, H) in the compute dtype and a (B, N, T)
+    float32 log-sum-exp (``jax.ad_checkpoint.print_saved_residuals``; 8B, one 4096-token
+    row per device: 32.5 MiB per layer, 1.0 GiB for 32 layers). A
+    ``checkpoint_name`` on the kernel's output with ``save_only_these_names`` does not do
+    this: the residuals are made inside the custom_vjp's forward rule, which the policy is
+    asked about as one equation, and a saved name after it left that equation recomputed
+    (two ``mha_forward`` in the CUDA lowering; docs/cluster.md)."""
+    return lambda prim, *args, **params: True if _is_flash_call(prim, params) else policy(prim, *args, **params)
+
+
 _REMAT_POLICIES = {
-    "full": lambda: jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer
-    "dots": lambda: jax.checkpoint_policies.checkpoint_dots,  # keep every matmul output (incl. attention scores)
-    "dots_with_no_batch_dims": lambda: jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep projections
-    "offload_dots_with_no_batch_dims": lambda: jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
+    "full": lambda: jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer (flash forward included)
+    "dots": lambda: saving_flash_residuals(jax.checkpoint_policies.checkpoint_dots),  # every matmul output (incl. scores)
+    "dots_with_no_batch_dims": lambda: saving_flash_residuals(jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims),
+    "offload_dots_with_no_batch_dims": lambda: saving_flash_residuals(
+        jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host")),
 }
 
 

@@ -31,7 +31,7 @@ from mixjax.mixing.design import DESIGNS, SWARM_STRENGTHS, PAPER_SCALES
 from mixjax.mixing.fit import FitConfig
 from mixjax.mixing.objective import objective_importance
 from mixjax.mixing.solve import Constraints
-from mixjax.model.llama import PRESETS, ModelConfig, RopeScaling, flash_shape_error
+from mixjax.model.llama import PRESETS, ModelConfig, RopeScaling, cudnn_shape_error, flash_shape_error
 from mixjax.train.loop import TrainConfig
 from mixjax.train.optimizer import OptimizerConfig
 from mixjax.train.sharding import batch_split_error
@@ -377,8 +377,9 @@ def check_domain_specs(domains: tuple[DomainSpec, ...]) -> None:
 
 
 def check_attention(config: ExperimentConfig) -> None:
-    """ConfigError when ``model.attention_impl='flash'`` cannot run the rows of a train
-    section on CUDA (:func:`flash_shape_error`); the default (None) falls back to XLA's."""
+    """ConfigError when ``model.attention_impl='flash'`` (:func:`flash_shape_error`) or
+    ``'cudnn'`` (:func:`cudnn_shape_error`) cannot run the rows of a train section on
+    CUDA; the default (None) falls back to XLA's."""
     model = config.model_config()
     sections = [("train", config.train)] + ([("pretrain.train", config.pretrain.train)] if config.pretrain else [])
     for key, train in sections:
@@ -386,6 +387,11 @@ def check_attention(config: ExperimentConfig) -> None:
             raise ConfigError(
                 f"model.attention_impl='flash' cannot run {key}.seq_len={train.seq_len} on GPU: {error};"
                 f" set {key}.seq_len to a multiple of 128, or model.attention_impl=None (flash where it runs, else xla)"
+            )
+        if model.attention_impl == "cudnn" and (error := cudnn_shape_error(train.seq_len, model.head_size, model.dtype)) is not None:
+            raise ConfigError(
+                f"model.attention_impl='cudnn' cannot run {key}.seq_len={train.seq_len} with model.head_dim={model.head_size}"
+                f" and model.dtype={model.dtype!r}: {error}; fix that, or set model.attention_impl=None (flash where it runs, else xla)"
             )
 
 

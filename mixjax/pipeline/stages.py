@@ -70,8 +70,8 @@ class Inputs:
     """What the training stages read, loaded on first use: tokenizer, domains, model, the
     init checkpoint's parameters."""
 
-    def __init__(self, config: ExperimentConfig) -> None:
-        self.config = config
+    def __init__(self, config: ExperimentConfig, log: Callable[[str], None] = print) -> None:
+        self.config, self.log = config, log
 
     @functools.cached_property
     def tokenizer(self):
@@ -106,12 +106,14 @@ class Inputs:
         """The init checkpoint's params on the trainer's devices, in the checkpoint's dtype
         (bf16 for Llama-3: 2 bytes/param, sharded as the params), loaded tensor by tensor:
         no float32 host copy, held or transient (each run's float32 master params are made
-        from them on the devices)."""
+        from them on the devices). Converted once per experiment (``<experiment_dir>/init``,
+        :mod:`mixjax.pipeline.converted`); later processes restore that conversion."""
         if self.config.checkpoint is None:
             return None
-        from mixjax.model.hf import load_hf_params
+        from mixjax.pipeline.converted import load_init_params
 
-        return load_hf_params(self.config.checkpoint, self.model, self.trainer.state_shardings.params)
+        root = Path(self.config.experiment_dir) / "init"
+        return load_init_params(self.config.checkpoint, self.model, self.trainer.state_shardings.params, root, log=self.log)
 
     @functools.cached_property
     def checkpoint_stamp(self) -> dict | None:
@@ -315,7 +317,7 @@ class Pipeline:
                 config = fine_tuning_config(self.config, log=self.store.log, progress=self.options.progress, profile=self.options.profile)
             except RUN_ERRORS as err:
                 raise RunsFailed({"pretrain": f"{type(err).__name__}: {err}"}) from err
-            self._inputs = Inputs(config)
+            self._inputs = Inputs(config, self.store.log)
         return self._inputs
 
     def solution(self) -> dict:
