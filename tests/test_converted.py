@@ -140,3 +140,14 @@ def test_arrays_larger_than_the_in_flight_limit_still_save_and_restore(tmp_path,
     for _ in range(2):  # convert, then restore
         loaded = converted.load_init_params(tmp_path / "ckpt", model, shardings, tmp_path / "init", log=lambda _: None)
         assert_identical(loaded, direct)
+
+
+def test_a_relative_experiment_directory_converts_and_restores(tmp_path, monkeypatch, conversions):
+    """The demo's workdir is relative ("experiments"); orbax refuses relative paths."""
+    model = write_checkpoint(tmp_path / "ckpt")
+    shardings = Trainer(model, TrainConfig(seq_len=16, batch_size=2)).state_shardings.params
+    monkeypatch.chdir(tmp_path)
+    first = converted.load_init_params(Path("ckpt"), model, shardings, Path("experiments/demo/init"), log=lambda line: None)
+    second = converted.load_init_params(Path("ckpt"), model, shardings, Path("experiments/demo/init"), log=lambda line: None)
+    assert len(conversions) == 1
+    assert_identical(first, second)

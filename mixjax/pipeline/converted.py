@@ -152,7 +152,7 @@ def load_init_params(
     Raises:
       UnsupportedCheckpoint: from the conversion (a tensor not consumed, or missing).
     """
-    root = Path(root)
+    root = Path(root).absolute()  # orbax refuses relative paths (the demo's workdir is "experiments")
     fingerprint = source_fingerprint(checkpoint, dtype)
     directory = root / conversion_key(fingerprint)
     if not any_process(not (directory / "params").is_dir()):  # every process sees the conversion
