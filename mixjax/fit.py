@@ -172,7 +172,7 @@ def _law_lines(fit: Fit) -> list[str]:
 
 def _budget_lines(b, names) -> list[str]:
     """One budget's optimum against the baselines, its interval, dw/dN and any disagreement."""
-    lines = [f"\nBudget N = {b.budget:g}   (predicted total loss, lower is better)",
+    lines = [f"\nBudget N = {b.budget:g}   (predicted objective, lower is better)",
              f"  {'mixture':<12} " + " ".join(f"{n:>{max(7, len(n))}}" for n in names) + f" {'total':>9}"]
     rows = [("recommended", b.weights, b.objective), ("law optimum", b.optimum, b.optimum_objective)]
     rows += [(n, w, b.baseline_objective[n]) for n, w in b.baselines.items()]
@@ -266,7 +266,10 @@ def _print(args: argparse.Namespace, report: MixtureReport, predicted: dict | No
             out["proposals"] = {"budget": proposals[0], "weights": proposals[1].tolist()}
         print(json.dumps(out))
     else:
-        print(f"Objective: minimise {' + '.join(f'{s:g} x loss.{n}' for n, s in (objective or {}).items() if s)}\n")
+        print(f"Objective: minimise {' + '.join(f'{s:g} x loss.{n}' for n, s in (objective or {}).items() if s)}")
+        if fit.targets:
+            print(f"Targets (loss columns without a tokens column: no run trains on them): {', '.join(fit.targets)}")
+        print()
         print(format_report(report))
         if predicted is not None:
             print(f"\nPredicted losses for {args.predict} (one row per run):")

@@ -45,7 +45,7 @@ def _parse_weights(items: list[str], names: tuple[str, ...]) -> np.ndarray:
     return w / w.sum()
 
 
-def optimal_weights(fit_path: Path, budget: float, names, constraints) -> np.ndarray:
+def optimal_weights(fit_path: Path, budget: float, names, constraints, targets=()) -> np.ndarray:
     from mixjax.mixing.fit.result import Fit
     from mixjax.mixing.solve import solve_sweep
 
@@ -54,6 +54,8 @@ def optimal_weights(fit_path: Path, budget: float, names, constraints) -> np.nda
     fit = Fit.from_dict(json.loads(fit_path.read_text()))
     if tuple(fit.domains) != tuple(names):
         raise ValueError(f"{fit_path}: domains {list(fit.domains)} differ from the config's {list(names)}")
+    if tuple(fit.targets) != tuple(targets):
+        raise ValueError(f"{fit_path}: targets {list(fit.targets)} differ from the config's {list(targets)} (refit, or give --weights)")
     return solve_sweep(fit.params, [budget], constraints, names)[0]
 
 
@@ -69,7 +71,7 @@ def choose_weights(args: argparse.Namespace, config, names, available) -> tuple[
     if args.fit is None and answer is not None and (solved := answer.weights(args.budget, names)) is not None:
         return solved, answer.describe()
     fit_path = Path(args.fit) if args.fit else (answer.fit_path if answer else config.experiment_dir / "fit.json")
-    return optimal_weights(fit_path, args.budget, names, config.constraints(available)), f"the optimum of {fit_path}"
+    return optimal_weights(fit_path, args.budget, names, config.constraints(available), config.target_names), f"the optimum of {fit_path}"
 
 
 def mixture_rows(domains: dict, names, weights, budget: int, seed: int) -> list[tuple[str, object]]:

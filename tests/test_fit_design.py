@@ -121,3 +121,16 @@ def test_a_swarm_table_fits_and_decides():
     report = optimise_mixture(table, [6.0], key=jax.random.key(0), grid_step=None)
     assert report.budgets[0].decision is not None and np.isclose(report.budgets[0].weights.sum(), 1.0)
     assert np.allclose(report.budgets[0].optimum, 1 / 3, atol=0.05)  # a symmetric truth
+
+
+def test_a_swarm_with_no_feasible_draw_fails_fast():
+    """Availability that leaves one feasible point (caps summing to 1): refused after one
+    round of draws, not after halving the distance again and again."""
+    import time
+
+    from mixjax.mixing.design import swarm_mixtures
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="no feasible mixture in 8,192 draws"):
+        swarm_mixtures(np.ones(2), 3, np.random.default_rng(0), max_weight=[0.5, 0.5], max_draws=8192)
+    assert time.perf_counter() - start < 10

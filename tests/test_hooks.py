@@ -272,3 +272,16 @@ def test_timer_and_signal_are_agreed_only_at_poll_steps():
     for step in range(1, 8):
         H.run_hooks(hooks, info(step, record, total_steps=20))
     assert asked == [False] and [(s["step"], s["full"]) for s in ckpt.saves] == [(7, True)]
+
+
+def test_the_selection_alone_picks_the_best_evaluation():
+    """RunRecord(selection=domains): a target measured at every evaluation never chooses the
+    checkpoint (it would be tuned on the set it is judged on)."""
+    from mixjax.train.hooks import RunRecord
+
+    for selection, best in ((("a", "b"), 2), (None, 1)):
+        record = RunRecord(selection=selection)
+        record.add_evaluation(1, {"a": 1.0, "b": 1.0, "target": 5.0})
+        record.add_evaluation(2, {"a": 0.9, "b": 1.0, "target": 9.0})
+        assert record.best["step"] == best
+    assert record.total({"a": 1.0, "target": 2.0}) == 3.0 and RunRecord(selection=("a",)).total({"a": 1.0, "target": 2.0}) == 1.0

@@ -108,7 +108,7 @@ class FakeTrain:
     def __init__(self, fail=()):
         self.calls, self.fail = [], set(fail)
 
-    def __call__(self, trainer, cfg, examples, val_sets, workdir, *, init_params=None, log=print, progress=True, hooks=()):
+    def __call__(self, trainer, cfg, examples, val_sets, workdir, *, init_params=None, log=print, progress=True, hooks=(), selection=None):
         workdir = Path(workdir)
         self.calls.append((workdir.name, cfg))
         self.positions = getattr(self, "positions", {}) | {workdir.name: sum(e.num_tokens - 1 for e in examples)}

@@ -110,3 +110,45 @@ def test_a_target_keeps_its_own_family_under_the_paper_law(table_path):
     # domains, rho = 1, nothing transferred from the target's (empty) column.
     t = np.asarray(fit.params.transfer)
     assert np.allclose(t[:3, :3], 1 - np.eye(3)) and np.allclose(t[:, 3], 0) and np.allclose(fit.params.rho[:3], 1)
+
+
+def test_a_target_named_like_a_domain_is_refused(tmp_path):
+    """loss.B beside tokens.b is a typo, not a target: it would leave b never measured."""
+    path = tmp_path / "runs.csv"
+    path.write_text("tokens.a,tokens.b,loss.a,loss.B\n1,1,2,2\n2,1,1.9,2.1\n1,2,2.1,1.9\n")
+    with pytest.raises(RunTableError, match="column loss.B has no tokens.B column but matches domain 'b'"):
+        read_run_table(path)
+
+
+def test_a_table_measuring_only_the_target(tmp_path, capsys):
+    """RegMix's case: the training domains' losses are not measured, the objective is the target."""
+    x = _design()
+    path = tmp_path / "runs.csv"
+    write_run_table(path, NAMES, x, np.concatenate([np.full((len(x), 3), np.nan), _target(x)[:, None]], axis=1), targets=("bench",))
+    assert main(["--runs", str(path), "--budget", "3"]) == 2  # the default objective (the domains) is empty
+    assert "no training domain has a measured loss" in capsys.readouterr().err
+    assert main(["--runs", str(path), "--budget", "3", "--objective", "bench=1", "--json", "--grid-step", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["optimum"]["3"][0] > 0.95
+
+
+def test_a_target_measured_in_few_runs_is_poorly_identified(table_path):
+    table = read_run_table(table_path)
+    losses = table.losses.copy()
+    losses[4:, 3] = np.nan  # the target measured in the base run and a's three first perturbations only
+    fit = optimise_mixture(type(table)(table.domains, table.tokens, losses, table.lines, "few", table.targets), [3.0],
+                           Constraints.create(3, importance=[0, 0, 0, 1.0]), key=jax.random.key(0), grid_step=None).fit
+    bench = fit.diagnostics[3]
+    assert bench.poorly_identified and any("measured in 4 runs, too few" in n for n in bench.notes)
+
+
+def test_the_library_default_objective_leaves_targets_out(table_path):
+    """optimise_mixture without constraints minimises the domains' sum (targets at 0), as the CLI."""
+    table = read_run_table(table_path)
+    report = optimise_mixture(table, [3.0], key=jax.random.key(0), grid_step=None)
+    w = report.budgets[0].optimum
+    expected = float(np.sum(predict(report.fit, w[None] * 3.0)[0, :3]))
+    assert report.budgets[0].optimum_objective == pytest.approx(expected, rel=1e-9)
+    from mixjax.mixing.solve import solve_sweep
+
+    assert solve_sweep(report.fit.params, [3.0], domains=NAMES).shape == (1, 3)

@@ -78,6 +78,9 @@ def swarm_mixtures(prior, num_runs: int, rng: np.random.Generator, *, max_weight
                 if len(kept) == num_runs:
                     break
         if drawn >= max_draws and len(kept) < num_runs:
+            if not kept:
+                raise ValueError(f"no feasible mixture in {drawn:,} draws: the available tokens leave almost no room"
+                                 f" (the largest weights sum to {cap.sum():.3g}); give more data or lower the budget")
             distance, drawn = distance / 2, 0
             if distance < 1e-6:
                 raise ValueError(f"only {len(kept)} distinct feasible mixtures found of {num_runs}; loosen the availability or ask for fewer runs")

@@ -154,10 +154,15 @@ def total_loss(
     importance: Array | None = None,
 ) -> Array:
     """The objective the solver minimises: ``sum_i s_i L_i(w, N)`` over every law output
-    (``importance`` (P,): the domains', then the targets')."""
+    (``importance``: the domains', then the targets'; entries it leaves out, and every
+    target when it is None, weigh 0)."""
     losses = mixture_losses(params, weights, budget)
+    k, outputs = weights.shape[-1], losses.shape[-1]
     if importance is None:
-        return jnp.sum(losses, axis=-1)
+        importance = jnp.concatenate([jnp.ones(k, losses.dtype), jnp.zeros(outputs - k, losses.dtype)])
+    importance = jnp.asarray(importance, losses.dtype)
+    if importance.shape[-1] < outputs:  # a (k,) importance: the targets weigh 0
+        importance = jnp.concatenate([importance, jnp.zeros((*importance.shape[:-1], outputs - importance.shape[-1]), losses.dtype)], axis=-1)
     return jnp.sum(importance * losses, axis=-1)
 
 

@@ -37,6 +37,7 @@ from mixjax.mixing.fit.config import FitConfig
 from mixjax.mixing.fit.result import Fit, predict
 from mixjax.mixing.fit.table import fit_families
 from mixjax.mixing.law import evaluate, mixture_losses, objective_value
+from mixjax.mixing.objective import objective_importance
 from mixjax.mixing.runs import RunTable
 from mixjax.mixing.solve import Constraints, check_feasible, host_weight_bounds, solve_sweep
 
@@ -262,7 +263,8 @@ def optimise_mixture(
     if len(table.domains) < 2:
         raise ValueError(f"{table.source}: {len(table.domains)} domain ({', '.join(table.domains)}): a mixture needs at least 2")
     key = jax.random.key(0) if key is None else key
-    constraints = constraints or Constraints.create(len(table.domains), importance=table.measured.astype(float))
+    constraints = constraints or Constraints.create(
+        len(table.domains), importance=objective_importance(table.outputs, len(table.domains), table.measured))
     for budget in budgets:  # fail before the (slow) fit
         check_feasible(constraints, float(budget), list(table.domains))
     return decide(fit_table(table, key, cfg), budgets, constraints, key, grid_step)

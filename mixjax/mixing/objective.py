@@ -25,11 +25,16 @@ def objective_importance(outputs: Sequence[str], num_domains: int, has_law: np.n
         paper's objective, every measured training domain at 1 and every target at 0.
     Raises:
       ValueError: an unknown name, a negative or non-finite weight, an output without a
-        law (never measured) given a weight, or weights summing to 0.
+        law (never measured) given a weight, or weights summing to 0 (the default's too:
+        no measured domain).
     """
     has_law = np.asarray(has_law, bool)
     if objective is None:
-        return np.where(np.arange(len(outputs)) < num_domains, has_law, False).astype(np.float64)
+        s = np.where(np.arange(len(outputs)) < num_domains, has_law, False).astype(np.float64)
+        if not s.sum() > 0:
+            raise ValueError("objective: no training domain has a measured loss, so the default objective (their sum) is"
+                             f" empty; give one, e.g. --objective {outputs[-1]}=1")
+        return s
     s = np.zeros(len(outputs))
     for name, weight in objective.items():
         if name not in outputs:

@@ -164,6 +164,17 @@ def _read_rows(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+def _check_target_names(targets: tuple[str, ...], domains: tuple[str, ...], source: str) -> None:
+    """RunTableError for a target named like a domain up to case, spaces, '-' and '_' (a
+    typo in a loss column would make a domain "never measured" and a target of its loss)."""
+    key = lambda name: "".join(ch for ch in name.lower() if ch not in " -_")
+    for t in targets:
+        near = [d for d in domains if key(d) == key(t)]
+        if near:
+            raise RunTableError(f"{source}: column loss.{t} has no tokens.{t} column but matches domain {near[0]!r}: rename it"
+                                f" loss.{near[0]} (a loss column without a tokens column is a target no run trains on)")
+
+
 def parse_run_table(rows: list[tuple[int, dict]], source: str = "<table>", require_losses: bool = True) -> RunTable:
     """The run table of parsed rows ``(line number, {column: value})``.
 
@@ -181,6 +192,7 @@ def parse_run_table(rows: list[tuple[int, dict]], source: str = "<table>", requi
     if require_losses and not any(f"loss.{d}" in columns for d in domains):
         raise RunTableError(f"{source}: no loss.<domain> column (have: {', '.join(columns)})")
     targets = tuple(c.removeprefix("loss.") for c in columns if c.startswith("loss.") and c.removeprefix("loss.") not in domains)
+    _check_target_names(targets, domains, source)
     outputs = domains + targets
     tokens, losses, lines = [], [], []
     for number, row in rows:

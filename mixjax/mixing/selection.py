@@ -181,6 +181,10 @@ def _diagnostics(fit: Fit, table, oof: np.ndarray, measured_cols: np.ndarray) ->
                          " predictions far from the table's budgets are extrapolations")
         if np.isfinite(oof_max) and oof_max > limit:
             notes.append(f"leave-one-out error {oof_max:.2%} exceeds {limit:.2%}")
+        k = len(table.domains)
+        if i >= k and ok.sum() < k + 4:  # a target's law: about k + 3 identifiable parameters (level, exponent, floor, rho, k - 1 transfer weights)
+            notes.append(f"measured in {int(ok.sum())} runs, too few for a law of {k} domains' tokens (about {k + 3} parameters):"
+                         f" its weights are not determined by the runs; measure it in at least {k + 4}")
         out[i] = DomainDiagnostics(
             name=table.outputs[i], residuals=res.tolist(), rmse=float(np.sqrt(np.mean(res**2))),
             max_abs_residual=float(np.max(np.abs(res))), oof_errors=err.tolist(), oof_max_rel_error=oof_max,

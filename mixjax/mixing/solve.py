@@ -333,9 +333,11 @@ _solve_budgets = small_program_jit(jax.vmap(solve_weights, in_axes=(None, 0, Non
 
 
 def solve_sweep(params: AnyLawParams, budgets, constraints: Constraints | None = None, domains=None) -> np.ndarray:
-    """Optimal weights for each budget, shape (len(budgets), k); float64, checked feasible."""
+    """Optimal weights for each budget, shape (len(budgets), k); float64, checked feasible.
+    Without ``constraints``: no bounds, every domain at importance 1 and targets at 0; a law
+    with targets (more entries than domains) then needs ``domains`` to know k."""
     budgets = np.atleast_1d(np.asarray(budgets, np.float64))
-    constraints = constraints or Constraints.create(len(params.beta))
+    constraints = constraints or Constraints.create(len(domains) if domains is not None else len(params.beta))
     for budget in budgets:
         check_feasible(constraints, float(budget), domains)
     with jax.enable_x64(True):

@@ -340,6 +340,8 @@ def validate(config: ExperimentConfig, device_count: int | None = None, nodes: i
         raise ConfigError(f"plan.design: unknown design {plan.design!r} (have: {', '.join(DESIGNS)})")
     if plan.swarm_runs is not None and plan.swarm_runs < 1:
         raise ConfigError(f"plan.swarm_runs: a number of runs >= 1 (or None: 4k+1), got {plan.swarm_runs}")
+    if not 0 <= plan.swarm_min_distance < 1:
+        raise ConfigError(f"plan.swarm_min_distance: a half-L1 distance in [0, 1), got {plan.swarm_min_distance}")
     if not 0 < plan.swarm_strengths[0] <= plan.swarm_strengths[1]:
         raise ConfigError(f"plan.swarm_strengths: (low, high) with 0 < low <= high, got {plan.swarm_strengths}")
     if config.adaptive_rounds < 0:

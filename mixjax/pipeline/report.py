@@ -57,7 +57,7 @@ def read_validation(path: Path, names: Sequence[str], targets: Sequence[str] = (
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             weights, by_seed = measured.setdefault(row["label"], ([float(row[f"weight.{n}"]) for n in names], {}))
-            by_seed[int(row["seed"])] = [float(row[f"loss.{n}"]) for n in (*names, *targets)]
+            by_seed[int(row["seed"])] = [float(row[f"loss.{n}"] or "nan") for n in (*names, *targets)]  # empty: not measured
     return measured
 
 
@@ -67,7 +67,9 @@ def plot_fits(runs_csv: Path, fit: Fit, path) -> None:
     table = read_run_table(runs_csv)
     data = {d.name: d for d in domain_data(table)}
     names = [n for n in fit.domains if n in data]
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4 * max(1, len(names)), 3.2), squeeze=False)
+    if not names:
+        axes[0][0].text(0.5, 0.5, "no training domain was measured", ha="center", va="center")
     base = table.base_tokens
     for ax, name in zip(axes[0], names):
         d, i = data[name], fit.domains.index(name)

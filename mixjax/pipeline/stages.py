@@ -195,9 +195,11 @@ def prepare_run(spec: RunSpec, inputs: Inputs, profile: bool = False) -> Prepare
 def train_runs(
     runs: Sequence[PreparedRun], store: RunStore, label: str, *, val_sets: Mapping[str, Sequence[Example]],
     init_params, trainer: Callable[[], Trainer], options: Options, after_each: Callable[[], None] = lambda: None,
-    keep_best_params: bool = False,
+    keep_best_params: bool = False, selection: Sequence[str] | None = None,
 ) -> dict[str, str]:
     """Train every run that has not finished; returns {name: error} of the runs that raised.
+    ``selection``: the validation sets whose total picks each run's best checkpoint (the
+    training domains; targets are measured at that step).
     Checks every fingerprint first, so a stale run stops the stage before any training.
     ``trainer`` gives the one compiled Trainer the runs share (built only if a run trains).
     A finished run's checkpoints are deleted (its best params kept with ``keep_best_params``)."""
@@ -211,7 +213,7 @@ def train_runs(
         try:
             train(
                 trainer(), run.train, run.examples, val_sets, store.run_dir(run.spec.name),
-                init_params=init_params, progress=options.progress, log=store.log,
+                init_params=init_params, progress=options.progress, log=store.log, selection=selection,
             )
             store.release_checkpoints([run.spec.name], keep_best_params)
         except RUN_ERRORS as err:
@@ -366,7 +368,7 @@ class Pipeline:
         write = lambda: self.store.write_table(table, recorded, self.config.domain_names, self.config.target_names)
         failed = train_runs(
             runs, self.store, label, val_sets=val, init_params=inputs.init_params, trainer=lambda: inputs.trainer, options=self.options,
-            after_each=write, keep_best_params=self.config.keep_best_params,
+            after_each=write, keep_best_params=self.config.keep_best_params, selection=self.config.domain_names,
         )
         self.failed.update(failed)
         write()

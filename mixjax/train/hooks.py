@@ -32,15 +32,22 @@ class RunRecord:
     """What a run has measured: every evaluation (``history``: step, total, per-domain
     losses in nats/token), the one with the lowest total (``best``: the run's result, the
     paper's "checkpoint with the lowest validation loss", arXiv 2508.11953; README, The
-    pipeline, step 2) and the non-padding positions trained so far (tokens, epochs counted)."""
+    pipeline, step 2) and the non-padding positions trained so far (tokens, epochs counted).
+    ``selection``: the validation sets whose sum is the total (None: all of them; the
+    pipeline's training domains, so a target never chooses the checkpoint it is judged at)."""
 
     history: list[dict] = dataclasses.field(default_factory=list)
     best: dict = dataclasses.field(default_factory=lambda: {"step": -1, "losses": {}, "total": math.inf})
     trained_tokens: int = 0
+    selection: tuple[str, ...] | None = None
+
+    def total(self, losses: Mapping[str, float]) -> float:
+        """The sum of ``losses`` over :attr:`selection` (nats)."""
+        return sum(v for n, v in losses.items() if self.selection is None or n in self.selection)
 
     def add_evaluation(self, step: int, losses: Mapping[str, float]) -> bool:
         """Record an evaluation; True when its total is a new best."""
-        total = sum(losses.values())
+        total = self.total(losses)
         self.history.append({"step": step, "total": total, "losses": dict(losses)})
         if total < self.best["total"]:
             self.best = {"step": step, "losses": dict(losses), "total": total}
@@ -55,8 +62,8 @@ class RunRecord:
         return {"history": self.history, "best": self.best, "trained_tokens": self.trained_tokens}
 
     @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> RunRecord:
-        return cls(history=list(meta["history"]), best=dict(meta["best"]), trained_tokens=int(meta["trained_tokens"]))
+    def from_meta(cls, meta: Mapping[str, Any], selection: tuple[str, ...] | None = None) -> RunRecord:
+        return cls(history=list(meta["history"]), best=dict(meta["best"]), trained_tokens=int(meta["trained_tokens"]), selection=selection)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,9 +168,9 @@ class Evaluation:
 
     def __call__(self, info: StepInfo) -> None:
         losses = self.evaluate(info.state.params)
-        total = sum(losses.values())
-        if not math.isfinite(total):
-            raise NonFiniteLossError(info.run, info.step, "eval", total)
+        if not math.isfinite(sum(losses.values())):
+            raise NonFiniteLossError(info.run, info.step, "eval", sum(losses.values()))
+        total = info.record.total(losses)
         improved = info.record.add_evaluation(info.step, losses)
         self.out.evaluation(info.step, losses)
         self.log(f"[{info.run}] step {info.step}/{info.total_steps} val total {total:.4f} "

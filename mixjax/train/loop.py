@@ -244,6 +244,7 @@ def train(
     log: Callable[[str], None] = print,
     progress: bool = True,
     hooks: Sequence[Hook] = (),
+    selection: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train one run in ``workdir`` (its name is the run's); resumes from its latest full
     checkpoint if present.
@@ -257,6 +258,8 @@ def train(
         terminal, periodic lines elsewhere).
       hooks: extra hooks, run after the built-in ones (metrics, profile, evaluation,
         checkpoints, progress).
+      selection: the validation sets whose total picks the best checkpoint (default all;
+        the others are measured at the steps it picks).
     Returns:
       The TrainResult, also written to ``workdir/result.json`` by process 0.
     Raises:
@@ -276,6 +279,7 @@ def train(
         ))))
         checkpoints = stack.enter_context(contextlib.closing(RunCheckpoints(workdir / "checkpoints", async_save=cfg.async_checkpoints)))
         state, record = _start_or_resume(trainer, checkpoints, data, cfg.seed, init_params, log, run)
+        record.selection = None if selection is None else tuple(selection)
         state = trainer.with_total_steps(state, total_steps)
         step = int(state.step)
         out = stack.enter_context(contextlib.closing(RunMetrics(workdir, enabled=is_primary_process(), resume_step=step)))

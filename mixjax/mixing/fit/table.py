@@ -178,7 +178,7 @@ def two_stage_start(table: RunTable, measured_cols: np.ndarray, scale: float, ke
         data = [d for d in domain_data(table) if d.name in np.asarray(table.domains)[trained]]
     except RunTableError:
         return None, None
-    if len(data) != int(trained.sum()) or not all(d.has_series for d in data):
+    if not data or len(data) != int(trained.sum()) or not all(d.has_series for d in data):
         return None, None
     start_cfg = dataclasses.replace(cfg, folds=dataclasses.replace(cfg.folds, enabled=False))
     fit = fit_two_stage(data, key, start_cfg)
