@@ -240,11 +240,8 @@ def train(
     val_sets: Mapping[str, Sequence[Example]],
     workdir: str | Path,
     *,
-    init_params=None,
-    log: Callable[[str], None] = print,
-    progress: bool = True,
-    hooks: Sequence[Hook] = (),
-    selection: Sequence[str] | None = None,
+    init_params=None, log: Callable[[str], None] = print, progress: bool = True,
+    hooks: Sequence[Hook] = (), selection: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train one run in ``workdir`` (its name is the run's); resumes from its latest full
     checkpoint if present.
@@ -257,9 +254,8 @@ def train(
       log: receives the evaluation and summary lines. progress: show progress (a bar on a
         terminal, periodic lines elsewhere).
       hooks: extra hooks, run after the built-in ones (metrics, profile, evaluation,
-        checkpoints, progress).
-      selection: the validation sets whose total picks the best checkpoint (default all;
-        the others are measured at the steps it picks).
+        checkpoints, progress). selection: the validation sets whose total picks the best
+        checkpoint (default all).
     Returns:
       The TrainResult, also written to ``workdir/result.json`` by process 0.
     Raises:
@@ -278,8 +274,7 @@ def train(
             epochs=max(1, math.ceil(cfg.epochs)), seed=cfg.seed, prefetch=cfg.prefetch,
         ))))
         checkpoints = stack.enter_context(contextlib.closing(RunCheckpoints(workdir / "checkpoints", async_save=cfg.async_checkpoints)))
-        state, record = _start_or_resume(trainer, checkpoints, data, cfg.seed, init_params, log, run)
-        record.selection = None if selection is None else tuple(selection)
+        state, record = _start_or_resume(trainer, checkpoints, data, cfg.seed, init_params, log, run, selection)
         state = trainer.with_total_steps(state, total_steps)
         step = int(state.step)
         out = stack.enter_context(contextlib.closing(RunMetrics(workdir, enabled=is_primary_process(), resume_step=step)))
@@ -353,19 +348,22 @@ def _checkpointing(trainer: Trainer, cfg: TrainConfig, checkpoints: RunCheckpoin
     )
 
 
-def _start_or_resume(trainer: Trainer, checkpoints: RunCheckpoints, data, seed: int, init_params, log: Callable[[str], None], run: str):
+def _start_or_resume(trainer: Trainer, checkpoints: RunCheckpoints, data, seed: int, init_params, log: Callable[[str], None], run: str,
+                     selection: Sequence[str] | None = None):
     """(state, RunRecord) from the latest full checkpoint (the data iterator moved to its
-    position), else a fresh state (``init_params`` if given, else random from ``seed``)."""
+    position), else a fresh state (``init_params`` if given, else random from ``seed``);
+    the record's total is over ``selection`` (None: every validation set)."""
+    selection = None if selection is None else tuple(selection)
     restored = checkpoints.restore_latest(trainer.abstract_state)
     if restored is not None:
         state, meta = restored
         data.set_state(meta["data_state"])
         log(f"resumed {run} at step {int(state.step)}")
-        return state, RunRecord.from_meta(meta)
+        return state, RunRecord.from_meta(meta, selection)
     state = trainer.init(jax.random.key(seed))
     if init_params is not None:
         state = trainer.with_params(state, init_params)
-    return state, RunRecord()
+    return state, RunRecord(selection=selection)
 
 
 def _mesh_peak_flops(mesh) -> float | None:
