@@ -95,7 +95,7 @@ def test_a_swarm_is_reproducible_distinct_and_within_the_available_tokens():
     from mixjax.mixing.design import design_runs, swarm_mixtures
 
     available = np.array([1000.0, 150.0, 2000.0, 600.0])
-    draw = lambda seed: design_runs("swarm", np.full(4, 100.0), available, np.random.default_rng(seed))
+    draw = lambda seed: design_runs("swarm", tuple("abcd"), np.full(4, 100.0), available, np.random.default_rng(seed))
     tokens, names = draw(3)
     assert tokens.shape == (17, 4) and names[0] == "swarm-000"  # 4k+1 runs by default
     assert np.allclose(tokens.sum(axis=1), 400.0) and np.all(tokens <= available + 1e-9)
@@ -103,8 +103,8 @@ def test_a_swarm_is_reproducible_distinct_and_within_the_available_tokens():
     w = tokens / 400.0
     gaps = [0.5 * np.abs(w[i] - w[j]).sum() for i in range(17) for j in range(i)]
     assert min(gaps) >= 0.05
-    both, labels = design_runs("4k+1+swarm", np.full(4, 100.0), available, np.random.default_rng(3))
-    assert len(both) == 34 and labels[:2] == ["base", "0-x0.25"] and np.array_equal(both[17:], tokens)
+    both, labels = design_runs("4k+1+swarm", tuple("abcd"), np.full(4, 100.0), available, np.random.default_rng(3))
+    assert len(both) == 34 and labels[:2] == ["base", "a-x0.25"] and np.array_equal(both[17:], tokens)
     with pytest.raises(ValueError, match="largest weights sum to"):
         swarm_mixtures(np.ones(2), 3, np.random.default_rng(0), max_weight=[0.3, 0.3])
 
@@ -114,7 +114,7 @@ def test_a_swarm_table_fits_and_decides():
     from mixjax.mixing.design import design_runs
     from mixjax.mixing.mixture import optimise_mixture
 
-    tokens, _ = design_runs("swarm", np.full(3, 1.0), np.full(3, 10.0), np.random.default_rng(0), swarm_runs=26)
+    tokens, _ = design_runs("swarm", ("a", "b", "c"), np.full(3, 1.0), np.full(3, 10.0), np.random.default_rng(0), swarm_runs=26)
     x = tokens
     losses = 1.0 + 0.8 * (x + 0.3 * (x.sum(1, keepdims=True) - x) ** 0.6 + 1e-3) ** -0.3
     table = RunTable(("a", "b", "c"), tokens, losses, tuple(range(2, len(tokens) + 2)))
@@ -134,3 +134,14 @@ def test_a_swarm_with_no_feasible_draw_fails_fast():
     with pytest.raises(ValueError, match="no feasible mixture in 8,192 draws"):
         swarm_mixtures(np.ones(2), 3, np.random.default_rng(0), max_weight=[0.5, 0.5], max_draws=8192)
     assert time.perf_counter() - start < 10
+
+
+def test_plan_keeps_the_4k1_run_names_of_earlier_experiments():
+    """A 4k+1 run is named by its rounded tokens over the base (its run directory in
+    experiments planned before the swarm designs): base_tokens=1001 gives a-x0.24975."""
+    from mixjax.pipeline.config import PlanConfig
+    from mixjax.pipeline.stages import plan_runs
+
+    specs = plan_runs(["a", "b"], 1001, (0.25, 0.5, 2, 3), np.array([1e6, 1e6]), [4000], PlanConfig(design="4k+1+swarm", swarm_runs=2))
+    assert [s.name for s in specs] == ["base", "a-x0.24975", "a-x0.4995", "a-x2", "a-x3", "b-x0.24975", "b-x0.4995", "b-x2", "b-x3",
+                                       "swarm-000", "swarm-001"]

@@ -87,28 +87,29 @@ def swarm_mixtures(prior, num_runs: int, rng: np.random.Generator, *, max_weight
     return np.stack(kept)
 
 
-def design_runs(design: str, base_tokens, available, rng: np.random.Generator, scales=PAPER_SCALES,
+def design_runs(design: str, names, base_tokens, available, rng: np.random.Generator, scales=PAPER_SCALES,
                 swarm_runs: int | None = None, **swarm) -> tuple[np.ndarray, list[str]]:
     """The token counts (R, k) and names of a plan's runs.
 
     ``"4k+1"``: :func:`perturbation_runs`; ``"swarm"``: a swarm (:func:`swarm_mixtures`,
     ``swarm_runs`` or :func:`swarm_size` runs) at the base run's budget ``sum(base_tokens)``
     around the available tokens' shares, each domain within its available tokens;
-    ``"4k+1+swarm"``: both; ``swarm``: :func:`swarm_mixtures`' options. Names: "base",
-    "<domain index>-x<scale>", "swarm-<j>". Raises ValueError for an unknown design.
+    ``"4k+1+swarm"``: both; ``swarm``: :func:`swarm_mixtures`' options. Run names (from the
+    domains' ``names``): "base", "<domain>-x<scale>", "swarm-<j>". Raises ValueError for
+    an unknown design.
     """
     base = np.asarray(base_tokens, np.float64)
     k = len(base)
     if design not in DESIGNS:
         raise ValueError(f"unknown design {design!r}; choose from {DESIGNS}")
-    tokens, names = np.zeros((0, k)), []
+    tokens, runs = np.zeros((0, k)), []
     if design != "swarm":
         tokens = perturbation_runs(base, scales)
-        names = ["base"] + [f"{i}-x{s:g}" for i in range(k) for s in scales]
+        runs = ["base"] + [f"{name}-x{s:g}" for name in names for s in scales]
     if design != "4k+1":
         budget = base.sum()
         available = np.asarray(available, np.float64)
         w = swarm_mixtures(available / available.sum(), swarm_runs or swarm_size(k), rng, max_weight=available / budget, **swarm)
         tokens = np.concatenate([tokens, w * budget])
-        names += [f"swarm-{j:03d}" for j in range(len(w))]
-    return tokens, names
+        runs += [f"swarm-{j:03d}" for j in range(len(w))]
+    return tokens, runs

@@ -134,7 +134,7 @@ def plan_runs(names: Sequence[str], base_tokens: int, scales: Sequence[float], a
     draws a swarm); ConfigError when a domain cannot supply its largest run."""
     rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.key(0) if key is None else key)).ravel())
     try:
-        tokens, labels = design_runs(plan.design, np.full(len(names), base_tokens), available, rng, scales, plan.swarm_runs,
+        tokens, run_names = design_runs(plan.design, names, np.full(len(names), base_tokens), available, rng, scales, plan.swarm_runs,
                                      strengths=plan.swarm_strengths, min_distance=plan.swarm_min_distance)
     except ValueError as err:
         raise ConfigError(f"plan: {err}") from None
@@ -148,12 +148,15 @@ def plan_runs(names: Sequence[str], base_tokens: int, scales: Sequence[float], a
     for budget in budgets:
         if budget > available.sum():
             raise ConfigError(f"target budget {budget:,} exceeds the {int(available.sum()):,} training tokens available")
-    specs = []
-    for label, row in zip(labels, tokens):
-        domain, _, scale = label.partition("-x")
-        name = f"{names[int(domain)]}-x{scale}" if scale else label
-        specs.append(RunSpec(name, "perturb", dict(zip(names, row.tolist()))))
-    return specs
+    run_names = [n if n.startswith("swarm-") else _perturbation_name(row, names, base_tokens) for n, row in zip(run_names, tokens)]
+    return [RunSpec(name, "perturb", dict(zip(names, row.tolist()))) for name, row in zip(run_names, tokens)]
+
+
+def _perturbation_name(row: np.ndarray, names: Sequence[str], base_tokens: int) -> str:
+    """A 4k+1 run's name from its rounded tokens ("base", "<domain>-x<tokens / base>"): the
+    names (and run directories) experiments planned before the swarm designs have."""
+    changed = [i for i, t in enumerate(row) if t != base_tokens]
+    return "base" if not changed else f"{names[changed[0]]}-x{row[changed[0]] / base_tokens:g}"
 
 
 # ---------------------------------------------------------------------- training runs
