@@ -233,9 +233,15 @@ def _build(spec: DomainSpec, split: _Split, held_out: set[str], max_len: int) ->
             " measured; set val_examples >= 1"
         )
     _check_answers(spec, split, train_ids, val_ids, max_len)
-    cut = lambda a: a[:max_len].copy() if len(a) > max_len else a  # a copy: the full encoding is let go
-    example = lambda i: Example(cut(split.encoded[i][0]), cut(split.encoded[i][1]))
+    example = lambda i: _cut_example(split, i, max_len)
     return Domain(spec.name, tuple(map(example, train_ids)), tuple(map(example, val_ids)), split.skipped)
+
+
+def _cut_example(split: _Split, i: int, max_len: int) -> Example:
+    """Encoded record ``i`` as an Example of at most ``max_len`` tokens (a copy when cut:
+    the full encoding is let go)."""
+    cut = lambda a: a[:max_len].copy() if len(a) > max_len else a
+    return Example(cut(split.encoded[i][0]), cut(split.encoded[i][1]))
 
 
 def load_domain(spec: DomainSpec, tokenizer: Tokenizer, max_len: int) -> Domain:
@@ -265,10 +271,10 @@ def load_domains(specs: Sequence[DomainSpec], tokenizer: Tokenizer, max_len: int
 
 def _build_target(spec: TargetSpec, split: _Split, max_len: int) -> Domain:
     """A target: its validation examples only (cut to ``max_len`` tokens)."""
-    val = [split.encoded[i] for i in sorted(split.val_ids.tolist()) if _first_trained(split.encoded[i][1]) < max_len]
+    val = [i for i in sorted(split.val_ids.tolist()) if _first_trained(split.encoded[i][1]) < max_len]
     if not val:
         raise DataError(f"target {spec.name}: no validation example keeps an answer within {max_len} tokens (train.seq_len={max_len - 1})")
-    return Domain(spec.name, (), tuple(Example(t[:max_len].copy(), m[:max_len].copy()) for t, m in val), split.skipped)
+    return Domain(spec.name, (), tuple(_cut_example(split, i, max_len) for i in val), split.skipped)
 
 
 def encode_documents(tokenizer: Tokenizer, texts: Iterable[str], max_len: int) -> list[Example]:

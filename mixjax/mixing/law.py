@@ -137,14 +137,13 @@ def mixture_losses(params: AnyLawParams, weights: Array, budget: Array | float) 
     ``budget``: one per law output, the k domains then any targets (laws of entries past
     the k-th, whose own tokens are 0: no mixture trains on a target)."""
     targets = params.beta.shape[-1] - weights.shape[-1]
-    own, other = weights * budget, (1.0 - weights) * budget  # the paper's M_i = (1 - w_i) N: separable in w
-    if targets:
-        shape = (*own.shape[:-1], targets)
-        own = jnp.concatenate([own, jnp.zeros(shape, own.dtype)], axis=-1)
-        other = jnp.concatenate([other, jnp.broadcast_to(jnp.asarray(budget, other.dtype)[..., None], shape)], axis=-1)  # a target sees N
+    shape = (*weights.shape[:-1], targets)
+    pad = lambda a, fill: jnp.concatenate([a, jnp.broadcast_to(jnp.asarray(fill, a.dtype)[..., None], shape)], axis=-1) if targets else a
+    own = pad(weights * budget, 0.0)  # a target's own tokens: none
     if has_transfer(params):
         return token_losses(params, own)
-    return domain_loss(params, own, other)
+    # The paper's M_i = (1 - w_i) N (separable in w); a target sees every token, N.
+    return domain_loss(params, own, pad((1.0 - weights) * budget, budget))
 
 
 def total_loss(

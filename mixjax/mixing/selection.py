@@ -150,8 +150,13 @@ def _targets_on_their_own_family(fits):
 
 def _with_row(fit, source, row: int):
     """``fit`` (a FamilyFit) with measured output ``row`` taken from ``source``."""
-    take = lambda a, b, axis: None if a is None or b is None else np.concatenate(
-        [np.take(a, range(row), axis), np.take(b, [row], axis), np.take(a, range(row + 1, a.shape[axis]), axis)], axis)
+    def take(a, b, axis: int):
+        if a is None or b is None:
+            return None
+        out, at = np.array(a), (slice(None),) * axis + (row,)
+        out[at] = b[at]
+        return out
+
     return dataclasses.replace(fit, theta=take(fit.theta, source.theta, 0), oof=take(fit.oof, source.oof, 1),
                                fitted=take(fit.fitted, source.fitted, 1), samples=take(fit.samples, source.samples, 1))
 
